@@ -1,0 +1,17 @@
+//! Shoal: a P2P distribution engine for large files behind an HTTP forward proxy.
+//!
+//! Floors, top to bottom; a module uses only what stands below it, so data flows one way:
+//! `cli` → `daemon` → (proxy → engine → transfer / scheduler, later issues) → `storage`, `runtime`.
+
+pub mod daemon;
+pub mod runtime;
+pub mod storage;
+pub mod cli;
+
+/// Wall-clock milliseconds since the Unix epoch, the time base of task access times and GC.
+pub fn storage_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,159 @@
+//! Thread-per-core: N worker threads, each running its own tokio current_thread runtime.
+//!
+//! A connection accepted on a core stays on that core for its whole life, so its state is never shared
+//! across threads and its io_uring ring (storage) is that core's own. Listeners are bound once per core
+//! with SO_REUSEPORT and the kernel spreads connections over them. Work moves between cores only through
+//! an explicit hand-off ([`Cores::spawn_on`]).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::runtime::{Builder, Handle};
+use tokio::sync::watch;
+
+/// The running worker threads.
+pub struct Cores {
+    handles: Vec<Handle>,
+    threads: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    next: AtomicUsize,
+}
+
+impl Cores {
+    /// Starts `n` workers (0 means one per available CPU).
+    pub fn start(n: usize, name: &str) -> io::Result<Cores> {
+        let n = if n == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { n };
+        let (stop, _) = watch::channel(false);
+        let mut handles = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = Builder::new_current_thread().enable_all().build()?;
+            handles.push(rt.handle().clone());
+            let mut rx = stop.subscribe();
+            threads.push(std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
+                rt.block_on(async move {
+                    // Ends when stop is set or the Cores value is dropped.
+                    let _ = rx.wait_for(|s| *s).await;
+                });
+            })?);
+        }
+        Ok(Cores { handles, threads, stop, next: AtomicUsize::new(0) })
+    }
+
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    pub fn handle(&self, core: usize) -> &Handle {
+        &self.handles[core % self.handles.len()]
+    }
+
+    /// Hands a future to a given core; it runs there to completion.
+    pub fn spawn_on<F>(&self, core: usize, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle(core).spawn(fut)
+    }
+
+    /// Hands a future to the next core in turn.
+    pub fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let core = self.next.fetch_add(1, Ordering::Relaxed);
+        self.spawn_on(core, fut)
+    }
+
+    /// Runs `make(core)` on every core, e.g. to start one accept loop per core.
+    pub fn on_each<F, Fut>(&self, make: F) -> Vec<tokio::task::JoinHandle<Fut::Output>>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        (0..self.len()).map(|i| self.spawn_on(i, make(i))).collect()
+    }
+
+    /// Stops every worker (tasks still running are dropped) and joins the threads.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        let _ = self.stop.send(true);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Cores {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// A TCP listener socket with SO_REUSEPORT, so each core can bind its own on the same address. Must be
+/// converted with `tokio::net::TcpListener::from_std` on the core that will accept on it.
+pub fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.set_tcp_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn spawns_on_every_core_and_stops() {
+        let cores = Cores::start(2, "t").unwrap();
+        let seen = Arc::new(Mutex::new(HashSet::new()));
+        let hs = cores.on_each(|i| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().insert(std::thread::current().name().map(str::to_owned));
+                i
+            }
+        });
+        let rt = Builder::new_current_thread().build().unwrap();
+        let got: Vec<usize> = rt.block_on(async { futures_join(hs).await });
+        assert_eq!(got, vec![0, 1]);
+        assert_eq!(seen.lock().unwrap().len(), 2, "each core runs on its own thread");
+        cores.shutdown();
+    }
+
+    async fn futures_join(hs: Vec<tokio::task::JoinHandle<usize>>) -> Vec<usize> {
+        let mut v = Vec::new();
+        for h in hs {
+            v.push(h.await.unwrap());
+        }
+        v
+    }
+
+    #[test]
+    fn reuseport_listeners_share_an_address() {
+        let a = reuseport_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = a.local_addr().unwrap();
+        let b = reuseport_listener(addr).unwrap();
+        assert_eq!(b.local_addr().unwrap(), addr);
+    }
+}

@@ -1,0 +1,137 @@
+//! The whole-content sha256, computed in piece order as pieces complete, and the task's completion.
+//!
+//! Hashing runs on its own thread (sha256 is ~1.1 GB/s per core here, as fast as the disk), reading pieces
+//! back from the page cache, so the write path never waits for it. Each piece's crc32c is checked on the way,
+//! so a piece corrupted after it was written is caught before it can poison the digest.
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::meta::{ST_COMPLETE, ST_DIRTY};
+use super::task::Task;
+
+#[derive(Default)]
+pub struct HashState {
+    /// The first piece not yet hashed.
+    next: u32,
+    /// Absent while a runner has it.
+    ctx: Option<Sha256>,
+    running: bool,
+    finished: bool,
+    /// A piece already hashed was found corrupt: start over once it is fetched again.
+    restart: bool,
+}
+
+/// Called when a complete piece turns out corrupt: the digest must be recomputed over the refetched bytes.
+pub fn reset(task: &Task) {
+    let mut h = lock(&task.hasher);
+    if h.running {
+        h.restart = true;
+    } else {
+        *h = HashState::default();
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts a hashing run if the next piece in order is available and no run is active.
+pub fn kick(task: &Arc<Task>) {
+    let mut h = lock(&task.hasher);
+    if h.running || h.finished || task.is_complete() {
+        return;
+    }
+    let ready = task.has_piece(h.next) || task.piece_count() == Some(h.next);
+    if !ready {
+        return;
+    }
+    h.running = true;
+    let ctx = h.ctx.take().unwrap_or_default();
+    drop(h);
+    let t = task.clone();
+    let spawned = std::thread::Builder::new().name("shoal-sha256".into()).spawn(move || run(t, ctx));
+    if let Err(e) = spawned {
+        // Without a thread the task cannot complete; say so rather than hang its waiters.
+        task.fail(format!("cannot start hashing thread: {e}"));
+        lock(&task.hasher).running = false;
+    }
+}
+
+fn run(task: Arc<Task>, mut ctx: Sha256) {
+    let mut buf = Vec::new();
+    // Bounded by the piece count: every round hashes one piece or leaves.
+    loop {
+        let k = {
+            let mut h = lock(&task.hasher);
+            if std::mem::take(&mut h.restart) {
+                h.next = 0;
+                ctx = Sha256::default();
+            }
+            let k = h.next;
+            if task.piece_count() == Some(k) {
+                h.finished = true;
+                h.running = false;
+                drop(h);
+                finish(&task, ctx);
+                return;
+            }
+            // Checked under the lock so a writer that marks piece k and then kicks cannot be missed.
+            if !task.has_piece(k) || task.removed.load(std::sync::atomic::Ordering::Acquire) {
+                h.ctx = Some(ctx);
+                h.running = false;
+                return;
+            }
+            k
+        };
+        let (Some(crc), Some((off, len))) = (task.piece_crc(k), task.piece_range(k).or_else(|| {
+            // Length still unknown: every complete piece is a full one.
+            Some((k as u64 * task.piece_length() as u64, task.piece_length()))
+        })) else {
+            continue;
+        };
+        buf.resize(len as usize, 0);
+        if let Err(e) = task.data.read_exact_at(&mut buf, off) {
+            task.fail(format!("reading piece {k} for the digest: {e}"));
+            lock(&task.hasher).running = false;
+            return;
+        }
+        let got = crc32c::crc32c(&buf);
+        if got != crc {
+            task.drop_corrupt_piece(k, crc, got);
+            continue;
+        }
+        ctx.update(&buf);
+        lock(&task.hasher).next = k + 1;
+    }
+}
+
+fn finish(task: &Arc<Task>, ctx: Sha256) {
+    let digest: [u8; 32] = ctx.finalize().into();
+    if let Some(exp) = task.expected_sha256() {
+        if exp != digest {
+            let reason = format!(
+                "content digest mismatch: expected sha256:{}, got sha256:{}",
+                hex::encode(exp),
+                hex::encode(digest)
+            );
+            tracing::warn!(task = %task.id(), "{reason}; task discarded");
+            task.discard(reason);
+            return;
+        }
+    }
+    // Complete means durable: the bytes reach the disk before the flag that vouches for them.
+    if let Err(e) = task.data.sync_data() {
+        task.fail(format!("fdatasync: {e}"));
+        return;
+    }
+    task.meta.set_actual_sha256(&digest);
+    task.meta.set_state_bits(ST_COMPLETE);
+    task.meta.clear_state_bits(ST_DIRTY);
+    if let Err(e) = task.meta.flush(false) {
+        tracing::warn!(task = %task.id(), error = %e, "metadata flush failed; the task reloads as dirty");
+    }
+    task.notify();
+}

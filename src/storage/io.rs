@@ -1,0 +1,158 @@
+//! Which engine moves piece bytes between memory and task files: io_uring (a ring per thread) or plain
+//! pread/pwrite on tokio's blocking pool. `auto` probes io_uring once at start, because container runtimes'
+//! default seccomp profiles (Docker, containerd, Kubernetes RuntimeDefault) and gVisor refuse it.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::uring::{self, Ring};
+
+/// What the configuration asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IoEngineChoice {
+    #[default]
+    Auto,
+    Uring,
+    Sync,
+}
+
+impl std::str::FromStr for IoEngineChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "uring" | "io_uring" => Ok(Self::Uring),
+            "sync" => Ok(Self::Sync),
+            other => Err(format!("unknown io engine {other:?} (expected auto, uring or sync)")),
+        }
+    }
+}
+
+/// The engine that actually runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoEngine {
+    Uring,
+    Sync,
+}
+
+impl IoEngine {
+    pub fn name(self) -> &'static str {
+        match self {
+            IoEngine::Uring => "uring",
+            IoEngine::Sync => "sync",
+        }
+    }
+
+    /// Resolves a choice; `Err` only when io_uring was demanded and is not available.
+    pub fn select(choice: IoEngineChoice) -> Result<IoEngine, String> {
+        match choice {
+            IoEngineChoice::Sync => Ok(IoEngine::Sync),
+            IoEngineChoice::Uring => uring::probe().map(|_| IoEngine::Uring).map_err(|e| e.to_string()),
+            IoEngineChoice::Auto => match uring::probe() {
+                Ok(()) => Ok(IoEngine::Uring),
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_uring unavailable (seccomp or kernel); using pread/pwrite");
+                    Ok(IoEngine::Sync)
+                }
+            },
+        }
+    }
+
+    /// Writes all of `buf` at `offset`.
+    pub async fn write_all_at(self, file: &Arc<File>, buf: Bytes, offset: u64) -> io::Result<()> {
+        match self {
+            IoEngine::Sync => {
+                let f = file.clone();
+                blocking(move || f.write_all_at(&buf, offset)).await
+            }
+            IoEngine::Uring => {
+                let ring = Ring::current()?;
+                // Every chunk is queued before the first is awaited, so one piece alone fills the queue.
+                let ops: Vec<_> = (0..buf.len())
+                    .step_by(uring::CHUNK)
+                    .map(|start| {
+                        let end = (start + uring::CHUNK).min(buf.len());
+                        (start, end, ring.write_at(file, buf.slice(start..end), offset + start as u64))
+                    })
+                    .collect();
+                let mut first_err = None;
+                for (start, end, op) in ops {
+                    let done = op.await.result;
+                    let r = match done {
+                        Ok(n) if n == end - start => Ok(()),
+                        // Short write (rare on regular files): finish that chunk synchronously-ordered.
+                        Ok(n) => write_rest(&ring, file, buf.slice(start + n..end), offset + (start + n) as u64).await,
+                        Err(e) => Err(e),
+                    };
+                    if let (Err(e), None) = (r, &first_err) {
+                        first_err = Some(e);
+                    }
+                }
+                first_err.map_or(Ok(()), Err)
+            }
+        }
+    }
+
+    /// Reads exactly `len` bytes at `offset`.
+    pub async fn read_exact_at(self, file: &Arc<File>, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        match self {
+            IoEngine::Sync => {
+                let f = file.clone();
+                blocking(move || {
+                    let mut v = vec![0u8; len];
+                    f.read_exact_at(&mut v, offset).map(|_| v)
+                })
+                .await
+            }
+            IoEngine::Uring => {
+                let ring = Ring::current()?;
+                let done = ring.read_at(file, len, offset).await;
+                let n = done.result?;
+                let mut v = done.buf.ok_or_else(|| io::Error::other("read buffer lost"))?;
+                if n < len {
+                    // Short read from the page cache edge: read the rest the simple way.
+                    let f = file.clone();
+                    let tail = blocking(move || {
+                        let mut t = vec![0u8; len - n];
+                        f.read_exact_at(&mut t, offset + n as u64).map(|_| t)
+                    })
+                    .await?;
+                    v.truncate(n);
+                    v.extend_from_slice(&tail);
+                }
+                Ok(v)
+            }
+        }
+    }
+
+    pub async fn sync_data(self, file: &Arc<File>) -> io::Result<()> {
+        match self {
+            IoEngine::Sync => {
+                let f = file.clone();
+                blocking(move || f.sync_data()).await
+            }
+            IoEngine::Uring => Ring::current()?.fdatasync(file).await.result.map(|_| ()),
+        }
+    }
+}
+
+async fn write_rest(ring: &Arc<Ring>, file: &Arc<File>, mut buf: Bytes, mut offset: u64) -> io::Result<()> {
+    // Bounded: each round either moves at least one byte or returns an error.
+    while !buf.is_empty() {
+        let n = ring.write_at(file, buf.clone(), offset).await.result?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "io_uring wrote 0 bytes"));
+        }
+        buf = buf.slice(n..);
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| io::Error::other(format!("blocking task: {e}")))?
+}

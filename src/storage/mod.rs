@@ -1,0 +1,29 @@
+//! The storage engine: every piece that arrives from an origin or a peer is written here, and every piece
+//! served to a client or a peer is read from here.
+//!
+//! Owns: task content files (preallocated, written through io_uring or pread/pwrite), their mmap-backed
+//! metadata (storage-format.md), piece waiters, the whole-content digest, zero-copy read handles and GC.
+//! Never: speaks HTTP or the peer protocol, or decides where bytes come from; it calls nothing above it.
+//! Called by: the engine (writes pieces, waits for them), transfer and proxy (zero-copy reads), the daemon
+//! (open, GC, clean close).
+
+mod digest;
+mod error;
+mod gc;
+mod id;
+mod io;
+pub mod layout;
+mod meta;
+mod store;
+mod task;
+mod uring;
+mod zerocopy;
+
+pub use error::{Result, StorageError};
+pub use gc::GcReport;
+pub use id::{BadTaskId, TaskId};
+pub use io::{IoEngine, IoEngineChoice};
+pub use meta::{HEADER_SIZE as META_HEADER_SIZE, MAGIC as META_MAGIC, VERSION as META_VERSION};
+pub use store::{LoadReport, Store, StoreConfig, TaskSpec};
+pub use task::{Task, TaskInfo, TaskState};
+pub use zerocopy::{fallback_count as zero_copy_fallbacks, ZeroCopy};

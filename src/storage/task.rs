@@ -1,0 +1,410 @@
+//! One task: its content file, its mapped metadata, piece writes and reads, waiters, and its lifecycle.
+//!
+//! Crash-safety order for a piece: crc32c computed from the bytes in memory → bytes written to the content
+//! file (page cache) → one 8-byte store of {complete, crc} into the mapped piece table. A process killed at
+//! any instant therefore never leaves a piece marked complete whose bytes were not handed to the kernel.
+//! Against power loss and bit rot, every piece is checked against its crc the first time this process
+//! reads it (see `verified`), and a task is marked complete only after an fdatasync.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::digest::HashState;
+use super::error::{Result, StorageError};
+use super::io::IoEngine;
+use super::layout;
+use super::meta::{Meta, ST_COMPLETE, ST_DIRTY};
+use super::zerocopy::ZeroCopy;
+use super::TaskId;
+
+/// Where a task stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskState {
+    InProgress,
+    Complete,
+    Failed(String),
+}
+
+/// A snapshot for listings (`shoal ls`) and GC decisions.
+#[derive(Clone, Debug)]
+pub struct TaskInfo {
+    pub id: TaskId,
+    pub url: String,
+    pub content_length: Option<u64>,
+    pub piece_length: u32,
+    pub pieces_complete: u32,
+    pub piece_count: Option<u32>,
+    pub state: TaskState,
+    pub created_ms: u64,
+    pub last_access_ms: u64,
+    pub sha256: Option<[u8; 32]>,
+}
+
+pub struct Task {
+    pub(super) id: TaskId,
+    pub(super) meta: Meta,
+    pub(super) data: Arc<File>,
+    pub(super) data_path: PathBuf,
+    pub(super) io: IoEngine,
+    writing: Mutex<HashSet<u32>>,
+    /// One bit per piece: its bytes were written or crc-checked by this process.
+    verified: Vec<AtomicU64>,
+    /// Bumped on every change a waiter may care about.
+    changed: watch::Sender<u64>,
+    failed: Mutex<Option<String>>,
+    pub(super) hasher: Mutex<HashState>,
+    pub(super) removed: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Critical sections here cannot leave the guarded data half-updated, so poison carries no meaning.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Task {
+    pub(super) fn new(meta: Meta, data: File, data_path: PathBuf, io: IoEngine) -> Arc<Task> {
+        let words = (meta.capacity as usize).div_ceil(64);
+        Arc::new(Task {
+            id: meta.id,
+            verified: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            meta,
+            data: Arc::new(data),
+            data_path,
+            io,
+            writing: Mutex::new(HashSet::new()),
+            changed: watch::channel(0).0,
+            failed: Mutex::new(None),
+            hasher: Mutex::new(HashState::default()),
+            removed: AtomicBool::new(false),
+        })
+    }
+
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    pub fn url(&self) -> &str {
+        &self.meta.url
+    }
+
+    pub fn content_length(&self) -> Option<u64> {
+        self.meta.content_length()
+    }
+
+    pub fn piece_length(&self) -> u32 {
+        self.meta.piece_length
+    }
+
+    pub fn expected_sha256(&self) -> Option<[u8; 32]> {
+        self.meta.expected_sha256
+    }
+
+    /// Known once the content length is.
+    pub fn piece_count(&self) -> Option<u32> {
+        self.content_length().map(|l| layout::piece_count(l, self.meta.piece_length) as u32)
+    }
+
+    /// Offset and length of piece `k`, when the content length is known and `k` is in range.
+    pub fn piece_range(&self, k: u32) -> Option<(u64, u32)> {
+        layout::piece_range(self.content_length()?, self.meta.piece_length, k)
+    }
+
+    pub fn has_piece(&self, k: u32) -> bool {
+        self.meta.piece_crc(k).is_some()
+    }
+
+    pub fn piece_crc(&self, k: u32) -> Option<u32> {
+        self.meta.piece_crc(k)
+    }
+
+    /// Indices of complete pieces (what a parent advertises to a child).
+    pub fn completed_pieces(&self) -> Vec<u32> {
+        let n = self.piece_count().unwrap_or(self.meta.capacity);
+        (0..n).filter(|&k| self.has_piece(k)).collect()
+    }
+
+    pub fn state(&self) -> TaskState {
+        if let Some(r) = lock(&self.failed).clone() {
+            return TaskState::Failed(r);
+        }
+        if self.meta.state() & ST_COMPLETE != 0 {
+            TaskState::Complete
+        } else {
+            TaskState::InProgress
+        }
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.state() == TaskState::Complete
+    }
+
+    /// The sha256 of the whole content, once every piece has been hashed in order.
+    pub fn sha256(&self) -> Option<[u8; 32]> {
+        self.meta.actual_sha256()
+    }
+
+    pub fn info(&self) -> TaskInfo {
+        TaskInfo {
+            id: self.id,
+            url: self.meta.url.clone(),
+            content_length: self.content_length(),
+            piece_length: self.meta.piece_length,
+            pieces_complete: self.completed_pieces().len() as u32,
+            piece_count: self.piece_count(),
+            state: self.state(),
+            created_ms: self.meta.created_ms,
+            last_access_ms: self.meta.last_access_ms(),
+            sha256: self.sha256(),
+        }
+    }
+
+    /// A receiver that sees every later change; check the condition after subscribing, then await.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub(super) fn notify(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        match lock(&self.failed).as_ref() {
+            Some(r) => Err(StorageError::TaskFailed(r.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Length piece `k` must have, or an error if `k` cannot exist.
+    fn expected_piece_len(&self, k: u32) -> Result<usize> {
+        match self.content_length() {
+            Some(len) => match layout::piece_range(len, self.meta.piece_length, k) {
+                Some((_, l)) => Ok(l as usize),
+                None => Err(StorageError::PieceOutOfRange { piece: k, count: self.piece_count().unwrap_or(0) }),
+            },
+            None if k < self.meta.capacity => Ok(self.meta.piece_length as usize),
+            None => Err(StorageError::TooLarge((k as u64 + 1) * self.meta.piece_length as u64)),
+        }
+    }
+
+    /// Writes piece `k` and publishes it. With `expected_crc` (a piece from a peer) the bytes are checked
+    /// first and a mismatch writes nothing. Writing a piece that is already complete is a no-op.
+    pub async fn write_piece(self: &Arc<Self>, k: u32, data: Bytes, expected_crc: Option<u32>) -> Result<()> {
+        self.check_failed()?;
+        let want = self.expected_piece_len(k)?;
+        if data.len() != want {
+            return Err(StorageError::PieceLength { piece: k, got: data.len(), expected: want });
+        }
+        if self.has_piece(k) {
+            return Ok(());
+        }
+        let crc = crc32c::crc32c(&data);
+        if let Some(exp) = expected_crc {
+            if exp != crc {
+                return Err(StorageError::CrcMismatch { piece: k, expected: exp, got: crc });
+            }
+        }
+        struct Claim<'a>(&'a Mutex<HashSet<u32>>, u32);
+        impl Drop for Claim<'_> {
+            fn drop(&mut self) {
+                lock(self.0).remove(&self.1);
+            }
+        }
+        if !lock(&self.writing).insert(k) {
+            return Err(StorageError::PieceBusy(k));
+        }
+        let _claim = Claim(&self.writing, k);
+        let offset = k as u64 * self.meta.piece_length as u64;
+        self.io.write_all_at(&self.data, data, offset).await.map_err(|e| StorageError::io(&self.data_path, e))?;
+        // The task may have failed or been removed while the bytes were in flight; a piece of a dropped
+        // task must not be published.
+        self.check_failed()?;
+        self.meta.mark_piece(k, crc);
+        self.set_verified(k);
+        self.notify();
+        super::digest::kick(self);
+        Ok(())
+    }
+
+    /// Fixes the length of a task whose origin did not announce one (a chunked stream has ended).
+    /// Pieces already written must all lie inside it.
+    pub fn set_content_length(self: &Arc<Self>, len: u64) -> Result<()> {
+        if let Some(cur) = self.content_length() {
+            return if cur == len { Ok(()) } else { Err(StorageError::LengthConflict(len)) };
+        }
+        let count = layout::piece_count(len, self.meta.piece_length);
+        if count > self.meta.capacity as u64 {
+            return Err(StorageError::TooLarge(len));
+        }
+        let count = count as u32;
+        // A full piece written where the final, shorter piece belongs would be the wrong length.
+        let last_short = len % self.meta.piece_length as u64 != 0;
+        let conflict = self.completed_pieces().into_iter().any(|k| k >= count || (last_short && k == count - 1));
+        if conflict {
+            return Err(StorageError::LengthConflict(len));
+        }
+        self.data.set_len(len).map_err(|e| StorageError::io(&self.data_path, e))?;
+        self.meta.set_content_length(len);
+        self.notify();
+        super::digest::kick(self);
+        Ok(())
+    }
+
+    fn is_verified(&self, k: u32) -> bool {
+        self.verified[(k / 64) as usize].load(Ordering::Acquire) & (1 << (k % 64)) != 0
+    }
+
+    fn set_verified(&self, k: u32) {
+        self.verified[(k / 64) as usize].fetch_or(1 << (k % 64), Ordering::AcqRel);
+    }
+
+    /// A complete piece's bytes whose crc did not match: forget the piece so it is fetched again.
+    pub(super) fn drop_corrupt_piece(&self, k: u32, expected: u32, got: u32) -> StorageError {
+        tracing::warn!(task = %self.id, piece = k, "piece failed its crc32c check; it will be fetched again");
+        self.meta.clear_piece(k);
+        self.meta.clear_state_bits(ST_COMPLETE);
+        self.meta.set_state_bits(ST_DIRTY);
+        super::digest::reset(self);
+        self.notify();
+        StorageError::CrcMismatch { piece: k, expected, got }
+    }
+
+    /// Reads a complete piece through the io engine, checking its crc32c.
+    pub async fn read_piece(&self, k: u32) -> Result<Bytes> {
+        let crc = self.meta.piece_crc(k).ok_or(StorageError::PieceMissing(k))?;
+        let (off, len) = self.piece_range(k).ok_or(StorageError::PieceMissing(k))?;
+        let v = self
+            .io
+            .read_exact_at(&self.data, len as usize, off)
+            .await
+            .map_err(|e| StorageError::io(&self.data_path, e))?;
+        let got = crc32c::crc32c(&v);
+        if got != crc {
+            return Err(self.drop_corrupt_piece(k, crc, got));
+        }
+        self.set_verified(k);
+        self.touch();
+        Ok(Bytes::from(v))
+    }
+
+    /// The file, offset and length of piece `k` for sendfile/splice. The first request for a piece in this
+    /// process reads it once to check its crc (from then on the page cache usually serves sendfile).
+    pub async fn zero_copy_piece(&self, k: u32) -> Result<ZeroCopy> {
+        let (off, len) = self.piece_range(k).ok_or(StorageError::PieceMissing(k))?;
+        if !self.has_piece(k) {
+            return Err(StorageError::PieceMissing(k));
+        }
+        if !self.is_verified(k) {
+            self.read_piece(k).await?;
+        }
+        self.touch();
+        Ok(ZeroCopy { file: self.data.clone(), offset: off, len: len as u64 })
+    }
+
+    /// A zero-copy handle for any byte range whose pieces are all complete (proxy Range responses).
+    pub async fn zero_copy_range(&self, offset: u64, len: u64) -> Result<ZeroCopy> {
+        let total = self.content_length().ok_or(StorageError::Invalid("content length unknown".into()))?;
+        let end = offset.checked_add(len).filter(|&e| e <= total).ok_or(StorageError::Invalid("range".into()))?;
+        if len > 0 {
+            let pl = self.meta.piece_length as u64;
+            for k in (offset / pl) as u32..=((end - 1) / pl) as u32 {
+                self.zero_copy_piece(k).await?;
+            }
+        }
+        Ok(ZeroCopy { file: self.data.clone(), offset, len })
+    }
+
+    /// Waits until piece `k` is complete, or the task fails.
+    pub async fn wait_piece(&self, k: u32) -> Result<()> {
+        let mut rx = self.subscribe();
+        loop {
+            if self.has_piece(k) {
+                return Ok(());
+            }
+            self.check_failed()?;
+            if let Some(n) = self.piece_count() {
+                if k >= n {
+                    return Err(StorageError::PieceOutOfRange { piece: k, count: n });
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(StorageError::TaskFailed("task dropped".into()));
+            }
+        }
+    }
+
+    /// Waits until every piece is stored, hashed, synced and (when expected) matched; returns the sha256.
+    pub async fn wait_complete(&self) -> Result<[u8; 32]> {
+        let mut rx = self.subscribe();
+        loop {
+            self.check_failed()?;
+            if self.is_complete() {
+                if let Some(d) = self.sha256() {
+                    return Ok(d);
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(StorageError::TaskFailed("task dropped".into()));
+            }
+        }
+    }
+
+    /// Fails the task: waiters get the reason, nothing more is published. Files stay until `discard`.
+    pub fn fail(&self, reason: impl Into<String>) {
+        let mut f = lock(&self.failed);
+        if f.is_none() {
+            *f = Some(reason.into());
+        }
+        drop(f);
+        self.notify();
+    }
+
+    /// Fails the task and deletes its files; the store forgets it on its next look. Open handles (readers
+    /// mid-sendfile) keep their descriptors, so nobody reads a truncated file.
+    pub fn discard(&self, reason: impl Into<String>) {
+        self.fail(reason);
+        if !self.removed.swap(true, Ordering::AcqRel) {
+            for p in [self.meta.path(), self.data_path.as_path()] {
+                if let Err(e) = std::fs::remove_file(p) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(path = %p.display(), error = %e, "could not remove task file");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records a read for LRU eviction; coarse so that hot reads do not dirty the page on every call.
+    pub fn touch(&self) {
+        let now = now_ms();
+        if now.saturating_sub(self.meta.last_access_ms()) >= 1000 {
+            self.meta.set_last_access_ms(now);
+        }
+    }
+
+    /// Clean shutdown of an unfinished task: data and metadata synced, then the dirty bit cleared.
+    pub(super) fn close_clean(&self) -> Result<()> {
+        if self.removed.load(Ordering::Acquire) || lock(&self.failed).is_some() {
+            return Ok(());
+        }
+        if self.meta.state() & ST_DIRTY == 0 {
+            return Ok(());
+        }
+        self.data.sync_data().map_err(|e| StorageError::io(&self.data_path, e))?;
+        self.meta.flush(false)?;
+        self.meta.clear_state_bits(ST_DIRTY);
+        self.meta.flush(true)
+    }
+}

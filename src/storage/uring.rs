@@ -1,0 +1,301 @@
+//! One io_uring ring per thread, its completions delivered through an eventfd that tokio's AsyncFd polls.
+//!
+//! Operations push their SQE when they are created (not when first polled), so a caller that creates
+//! several writes and then awaits them keeps them all in flight. A driver task on the same runtime submits
+//! everything pushed since its last turn in one `io_uring_enter` (batched submission) and reaps completions.
+//! Buffers and the file are owned by the operation's slot until the kernel reports completion, so dropping a
+//! future never lets the kernel touch freed memory.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use io_uring::{opcode, types, IoUring};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
+
+/// Submission queue entries per ring; with 256 KiB chunks this is 32 MiB of writes in flight per core.
+const RING_ENTRIES: u32 = 128;
+/// Large writes are split so one piece alone reaches the queue depth where io_uring beats pwrite.
+pub const CHUNK: usize = 256 << 10;
+
+/// What a slot keeps alive for the kernel until its completion arrives.
+enum Keep {
+    Write(#[allow(dead_code)] Bytes),
+    Read(Vec<u8>),
+    None,
+}
+
+struct Slot {
+    result: Option<i32>,
+    waker: Option<Waker>,
+    keep: Keep,
+    _file: Arc<File>,
+    abandoned: bool,
+}
+
+struct Inner {
+    ring: IoUring,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    unsubmitted: usize,
+}
+
+pub struct Ring {
+    inner: Mutex<Inner>,
+    kick: Notify,
+    alive: AtomicBool,
+}
+
+thread_local! {
+    static RING: RefCell<Weak<Ring>> = const { RefCell::new(Weak::new()) };
+}
+
+/// Checks that io_uring can be set up here and supports the opcodes we use.
+pub fn probe() -> io::Result<()> {
+    let ring = IoUring::new(4)?;
+    let mut p = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut p)?;
+    for (code, name) in [
+        (opcode::Write::CODE, "write"),
+        (opcode::Read::CODE, "read"),
+        (opcode::Fsync::CODE, "fsync"),
+    ] {
+        if !p.is_supported(code) {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, format!("io_uring lacks {name}")));
+        }
+    }
+    Ok(())
+}
+
+fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    // A panic while holding the lock would leave the ring consistent (no partial state), so poison is ignored.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Ring {
+    /// The ring of the current thread, created with its driver task on first use. Must run inside a tokio
+    /// runtime; a ring whose runtime has gone is replaced.
+    pub fn current() -> io::Result<Arc<Ring>> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(io::Error::other("io_uring engine used outside a tokio runtime"));
+        }
+        RING.with(|cell| {
+            if let Some(r) = cell.borrow().upgrade() {
+                if r.alive.load(Ordering::Acquire) {
+                    return Ok(r);
+                }
+            }
+            let ring = IoUring::builder().build(RING_ENTRIES)?;
+            // SAFETY: eventfd(2) takes no pointers; the returned fd is checked before use and owned below.
+            let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+            if efd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: efd is a fresh, valid descriptor that nothing else owns.
+            let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+            ring.submitter().register_eventfd(efd.as_raw_fd())?;
+            let r = Arc::new(Ring {
+                inner: Mutex::new(Inner { ring, slots: Vec::new(), free: Vec::new(), unsubmitted: 0 }),
+                kick: Notify::new(),
+                alive: AtomicBool::new(true),
+            });
+            // SAFETY: `efd` is an OwnedFd: open, and the same descriptor for as long as the AsyncFd owns it.
+            let afd = unsafe { AsyncFd::register_with_interest(efd, tokio::io::Interest::READABLE) }
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            tokio::spawn(drive(r.clone(), afd));
+            *cell.borrow_mut() = Arc::downgrade(&r);
+            Ok(r)
+        })
+    }
+
+    /// Pushes one SQE; the slot owns `keep` (whose heap buffer the entry points into) and `file` until the
+    /// kernel's completion arrives.
+    fn push(self: &Arc<Self>, file: &Arc<File>, keep: Keep, entry: io_uring::squeue::Entry) -> Op {
+        let mut g = lock(&self.inner);
+        let slot = Slot { result: None, waker: None, keep, _file: file.clone(), abandoned: false };
+        let idx = match g.free.pop() {
+            Some(i) => {
+                g.slots[i] = Some(slot);
+                i
+            }
+            None => {
+                g.slots.push(Some(slot));
+                g.slots.len() - 1
+            }
+        };
+        let entry = entry.user_data(idx as u64);
+        loop {
+            // SAFETY: the entry's buffer and fd are owned by slot `idx`, which is freed only after its CQE.
+            if unsafe { g.ring.submission().push(&entry) }.is_ok() {
+                g.unsubmitted += 1;
+                break;
+            }
+            // Queue full: submit what is queued now, on this thread, then retry.
+            match g.ring.submit() {
+                Ok(_) => g.unsubmitted = 0,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => reap(&mut g),
+                Err(e) => {
+                    // Never queued: the op completes with the error instead of hanging.
+                    if let Some(s) = g.slots[idx].as_mut() {
+                        s.result = Some(-e.raw_os_error().unwrap_or(libc::EIO));
+                    }
+                    break;
+                }
+            }
+        }
+        drop(g);
+        self.kick.notify_one();
+        Op { ring: self.clone(), idx, done: false }
+    }
+
+    pub fn write_at(self: &Arc<Self>, file: &Arc<File>, buf: Bytes, offset: u64) -> Op {
+        let fd = types::Fd(file.as_raw_fd());
+        let entry = opcode::Write::new(fd, buf.as_ptr(), buf.len() as u32).offset(offset).build();
+        self.push(file, Keep::Write(buf), entry)
+    }
+
+    pub fn read_at(self: &Arc<Self>, file: &Arc<File>, len: usize, offset: u64) -> Op {
+        let fd = types::Fd(file.as_raw_fd());
+        let mut buf = vec![0u8; len];
+        // The Vec's heap buffer does not move when the Vec is moved into the slot.
+        let entry = opcode::Read::new(fd, buf.as_mut_ptr(), len as u32).offset(offset).build();
+        self.push(file, Keep::Read(buf), entry)
+    }
+
+    pub fn fdatasync(self: &Arc<Self>, file: &Arc<File>) -> Op {
+        let fd = types::Fd(file.as_raw_fd());
+        let entry = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build();
+        self.push(file, Keep::None, entry)
+    }
+}
+
+fn reap(g: &mut Inner) {
+    let done: Vec<(usize, i32)> = g.ring.completion().map(|c| (c.user_data() as usize, c.result())).collect();
+    for (idx, res) in done {
+        let Some(Some(slot)) = g.slots.get_mut(idx) else { continue };
+        if slot.abandoned {
+            g.slots[idx] = None;
+            g.free.push(idx);
+            continue;
+        }
+        slot.result = Some(res);
+        if let Some(w) = slot.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Submits batches and reaps completions for one ring until its runtime shuts down.
+async fn drive(ring: Arc<Ring>, efd: AsyncFd<OwnedFd>) {
+    struct Dead<'a>(&'a AtomicBool);
+    impl Drop for Dead<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Release);
+        }
+    }
+    let _dead = Dead(&ring.alive);
+    loop {
+        {
+            let mut g = lock(&ring.inner);
+            if g.unsubmitted > 0 {
+                g.unsubmitted = 0;
+                if let Err(e) = g.ring.submit() {
+                    tracing::error!(error = %e, "io_uring submit failed");
+                }
+            }
+            reap(&mut g);
+        }
+        tokio::select! {
+            _ = ring.kick.notified() => {}
+            ready = efd.readable() => match ready {
+                Ok(mut guard) => {
+                    let mut buf = [0u8; 8];
+                    // SAFETY: reading 8 bytes into a stack buffer from our own non-blocking eventfd.
+                    let _ = unsafe { libc::read(efd.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "io_uring eventfd failed");
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// A pending ring operation; resolves to the kernel's result (bytes moved, or 0 for fsync).
+pub struct Op {
+    ring: Arc<Ring>,
+    idx: usize,
+    done: bool,
+}
+
+/// What a completed read returns: the result and the buffer it filled.
+pub struct Completed {
+    pub result: io::Result<usize>,
+    pub buf: Option<Vec<u8>>,
+}
+
+impl Future for Op {
+    type Output = Completed;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Completed> {
+        if !self.ring.alive.load(Ordering::Acquire) {
+            self.done = true;
+            let e = io::Error::other("io_uring driver stopped");
+            return Poll::Ready(Completed { result: Err(e), buf: None });
+        }
+        let ring = self.ring.clone();
+        let mut g = lock(&ring.inner);
+        let idx = self.idx;
+        let Some(slot) = g.slots[idx].as_mut() else {
+            self.done = true;
+            return Poll::Ready(Completed { result: Err(io::Error::other("io_uring slot lost")), buf: None });
+        };
+        match slot.result {
+            Some(res) => {
+                let keep = std::mem::replace(&mut slot.keep, Keep::None);
+                g.slots[idx] = None;
+                g.free.push(idx);
+                self.done = true;
+                let result = if res < 0 { Err(io::Error::from_raw_os_error(-res)) } else { Ok(res as usize) };
+                let buf = match keep {
+                    Keep::Read(v) => Some(v),
+                    _ => None,
+                };
+                Poll::Ready(Completed { result, buf })
+            }
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut g = lock(&self.ring.inner);
+        if let Some(slot) = g.slots[self.idx].as_mut() {
+            if slot.result.is_some() {
+                g.slots[self.idx] = None;
+                g.free.push(self.idx);
+            } else {
+                // The kernel may still write into the buffer: the slot lives until reap() sees the CQE.
+                slot.abandoned = true;
+                slot.waker = None;
+            }
+        }
+    }
+}
