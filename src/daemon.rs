@@ -62,7 +62,9 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             let _ = tokio::task::spawn_blocking(move || s.gc(crate::storage_now_ms())).await;
         }
     });
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(wait_for_signal())?;
     tracing::info!("shutting down");
     cores.shutdown();
@@ -73,7 +75,9 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
 fn close(store: &Arc<Store>) {
     match store.close() {
         Ok(()) => tracing::info!("storage closed cleanly"),
-        Err(e) => tracing::warn!(error = %e, "storage close incomplete; the next start re-checks the affected tasks"),
+        Err(e) => {
+            tracing::warn!(error = %e, "storage close incomplete; the next start re-checks the affected tasks")
+        }
     }
 }
 

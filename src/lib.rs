@@ -3,10 +3,10 @@
 //! Floors, top to bottom; a module uses only what stands below it, so data flows one way:
 //! `cli` → `daemon` → (proxy → engine → transfer / scheduler, later issues) → `storage`, `runtime`.
 
+pub mod cli;
 pub mod daemon;
 pub mod runtime;
 pub mod storage;
-pub mod cli;
 
 /// Wall-clock milliseconds since the Unix epoch, the time base of task access times and GC.
 pub fn storage_now_ms() -> u64 {

@@ -52,7 +52,9 @@ pub fn kick(task: &Arc<Task>) {
     let ctx = h.ctx.take().unwrap_or_default();
     drop(h);
     let t = task.clone();
-    let spawned = std::thread::Builder::new().name("shoal-sha256".into()).spawn(move || run(t, ctx));
+    let spawned = std::thread::Builder::new()
+        .name("shoal-sha256".into())
+        .spawn(move || run(t, ctx));
     if let Err(e) = spawned {
         // Without a thread the task cannot complete; say so rather than hang its waiters.
         task.fail(format!("cannot start hashing thread: {e}"));
@@ -86,10 +88,13 @@ fn run(task: Arc<Task>, mut ctx: Sha256) {
             }
             k
         };
-        let (Some(crc), Some((off, len))) = (task.piece_crc(k), task.piece_range(k).or_else(|| {
-            // Length still unknown: every complete piece is a full one.
-            Some((k as u64 * task.piece_length() as u64, task.piece_length()))
-        })) else {
+        let (Some(crc), Some((off, len))) = (
+            task.piece_crc(k),
+            task.piece_range(k).or_else(|| {
+                // Length still unknown: every complete piece is a full one.
+                Some((k as u64 * task.piece_length() as u64, task.piece_length()))
+            }),
+        ) else {
             continue;
         };
         buf.resize(len as usize, 0);

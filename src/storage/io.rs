@@ -27,7 +27,9 @@ impl std::str::FromStr for IoEngineChoice {
             "auto" => Ok(Self::Auto),
             "uring" | "io_uring" => Ok(Self::Uring),
             "sync" => Ok(Self::Sync),
-            other => Err(format!("unknown io engine {other:?} (expected auto, uring or sync)")),
+            other => Err(format!(
+                "unknown io engine {other:?} (expected auto, uring or sync)"
+            )),
         }
     }
 }
@@ -51,7 +53,9 @@ impl IoEngine {
     pub fn select(choice: IoEngineChoice) -> Result<IoEngine, String> {
         match choice {
             IoEngineChoice::Sync => Ok(IoEngine::Sync),
-            IoEngineChoice::Uring => uring::probe().map(|_| IoEngine::Uring).map_err(|e| e.to_string()),
+            IoEngineChoice::Uring => uring::probe()
+                .map(|_| IoEngine::Uring)
+                .map_err(|e| e.to_string()),
             IoEngineChoice::Auto => match uring::probe() {
                 Ok(()) => Ok(IoEngine::Uring),
                 Err(e) => {
@@ -76,7 +80,11 @@ impl IoEngine {
                     .step_by(uring::CHUNK)
                     .map(|start| {
                         let end = (start + uring::CHUNK).min(buf.len());
-                        (start, end, ring.write_at(file, buf.slice(start..end), offset + start as u64))
+                        (
+                            start,
+                            end,
+                            ring.write_at(file, buf.slice(start..end), offset + start as u64),
+                        )
                     })
                     .collect();
                 let mut first_err = None;
@@ -85,7 +93,15 @@ impl IoEngine {
                     let r = match done {
                         Ok(n) if n == end - start => Ok(()),
                         // Short write (rare on regular files): finish that chunk synchronously-ordered.
-                        Ok(n) => write_rest(&ring, file, buf.slice(start + n..end), offset + (start + n) as u64).await,
+                        Ok(n) => {
+                            write_rest(
+                                &ring,
+                                file,
+                                buf.slice(start + n..end),
+                                offset + (start + n) as u64,
+                            )
+                            .await
+                        }
                         Err(e) => Err(e),
                     };
                     if let (Err(e), None) = (r, &first_err) {
@@ -98,7 +114,12 @@ impl IoEngine {
     }
 
     /// Reads exactly `len` bytes at `offset`.
-    pub async fn read_exact_at(self, file: &Arc<File>, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+    pub async fn read_exact_at(
+        self,
+        file: &Arc<File>,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<Vec<u8>> {
         match self {
             IoEngine::Sync => {
                 let f = file.clone();
@@ -112,7 +133,9 @@ impl IoEngine {
                 let ring = Ring::current()?;
                 let done = ring.read_at(file, len, offset).await;
                 let n = done.result?;
-                let mut v = done.buf.ok_or_else(|| io::Error::other("read buffer lost"))?;
+                let mut v = done
+                    .buf
+                    .ok_or_else(|| io::Error::other("read buffer lost"))?;
                 if n < len {
                     // Short read from the page cache edge: read the rest the simple way.
                     let f = file.clone();
@@ -140,12 +163,20 @@ impl IoEngine {
     }
 }
 
-async fn write_rest(ring: &Arc<Ring>, file: &Arc<File>, mut buf: Bytes, mut offset: u64) -> io::Result<()> {
+async fn write_rest(
+    ring: &Arc<Ring>,
+    file: &Arc<File>,
+    mut buf: Bytes,
+    mut offset: u64,
+) -> io::Result<()> {
     // Bounded: each round either moves at least one byte or returns an error.
     while !buf.is_empty() {
         let n = ring.write_at(file, buf.clone(), offset).await.result?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "io_uring wrote 0 bytes"));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "io_uring wrote 0 bytes",
+            ));
         }
         buf = buf.slice(n..);
         offset += n as u64;
@@ -153,6 +184,10 @@ async fn write_rest(ring: &Arc<Ring>, file: &Arc<File>, mut buf: Bytes, mut offs
     Ok(())
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| io::Error::other(format!("blocking task: {e}")))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(format!("blocking task: {e}")))?
 }

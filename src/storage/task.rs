@@ -114,7 +114,8 @@ impl Task {
 
     /// Known once the content length is.
     pub fn piece_count(&self) -> Option<u32> {
-        self.content_length().map(|l| layout::piece_count(l, self.meta.piece_length) as u32)
+        self.content_length()
+            .map(|l| layout::piece_count(l, self.meta.piece_length) as u32)
     }
 
     /// Offset and length of piece `k`, when the content length is known and `k` is in range.
@@ -192,20 +193,34 @@ impl Task {
         match self.content_length() {
             Some(len) => match layout::piece_range(len, self.meta.piece_length, k) {
                 Some((_, l)) => Ok(l as usize),
-                None => Err(StorageError::PieceOutOfRange { piece: k, count: self.piece_count().unwrap_or(0) }),
+                None => Err(StorageError::PieceOutOfRange {
+                    piece: k,
+                    count: self.piece_count().unwrap_or(0),
+                }),
             },
             None if k < self.meta.capacity => Ok(self.meta.piece_length as usize),
-            None => Err(StorageError::TooLarge((k as u64 + 1) * self.meta.piece_length as u64)),
+            None => Err(StorageError::TooLarge(
+                (k as u64 + 1) * self.meta.piece_length as u64,
+            )),
         }
     }
 
     /// Writes piece `k` and publishes it. With `expected_crc` (a piece from a peer) the bytes are checked
     /// first and a mismatch writes nothing. Writing a piece that is already complete is a no-op.
-    pub async fn write_piece(self: &Arc<Self>, k: u32, data: Bytes, expected_crc: Option<u32>) -> Result<()> {
+    pub async fn write_piece(
+        self: &Arc<Self>,
+        k: u32,
+        data: Bytes,
+        expected_crc: Option<u32>,
+    ) -> Result<()> {
         self.check_failed()?;
         let want = self.expected_piece_len(k)?;
         if data.len() != want {
-            return Err(StorageError::PieceLength { piece: k, got: data.len(), expected: want });
+            return Err(StorageError::PieceLength {
+                piece: k,
+                got: data.len(),
+                expected: want,
+            });
         }
         if self.has_piece(k) {
             return Ok(());
@@ -213,7 +228,11 @@ impl Task {
         let crc = crc32c::crc32c(&data);
         if let Some(exp) = expected_crc {
             if exp != crc {
-                return Err(StorageError::CrcMismatch { piece: k, expected: exp, got: crc });
+                return Err(StorageError::CrcMismatch {
+                    piece: k,
+                    expected: exp,
+                    got: crc,
+                });
             }
         }
         struct Claim<'a>(&'a Mutex<HashSet<u32>>, u32);
@@ -227,7 +246,10 @@ impl Task {
         }
         let _claim = Claim(&self.writing, k);
         let offset = k as u64 * self.meta.piece_length as u64;
-        self.io.write_all_at(&self.data, data, offset).await.map_err(|e| StorageError::io(&self.data_path, e))?;
+        self.io
+            .write_all_at(&self.data, data, offset)
+            .await
+            .map_err(|e| StorageError::io(&self.data_path, e))?;
         // The task may have failed or been removed while the bytes were in flight; a piece of a dropped
         // task must not be published.
         self.check_failed()?;
@@ -242,7 +264,11 @@ impl Task {
     /// Pieces already written must all lie inside it.
     pub fn set_content_length(self: &Arc<Self>, len: u64) -> Result<()> {
         if let Some(cur) = self.content_length() {
-            return if cur == len { Ok(()) } else { Err(StorageError::LengthConflict(len)) };
+            return if cur == len {
+                Ok(())
+            } else {
+                Err(StorageError::LengthConflict(len))
+            };
         }
         let count = layout::piece_count(len, self.meta.piece_length);
         if count > self.meta.capacity as u64 {
@@ -251,11 +277,16 @@ impl Task {
         let count = count as u32;
         // A full piece written where the final, shorter piece belongs would be the wrong length.
         let last_short = len % self.meta.piece_length as u64 != 0;
-        let conflict = self.completed_pieces().into_iter().any(|k| k >= count || (last_short && k == count - 1));
+        let conflict = self
+            .completed_pieces()
+            .into_iter()
+            .any(|k| k >= count || (last_short && k == count - 1));
         if conflict {
             return Err(StorageError::LengthConflict(len));
         }
-        self.data.set_len(len).map_err(|e| StorageError::io(&self.data_path, e))?;
+        self.data
+            .set_len(len)
+            .map_err(|e| StorageError::io(&self.data_path, e))?;
         self.meta.set_content_length(len);
         self.notify();
         super::digest::kick(self);
@@ -278,12 +309,19 @@ impl Task {
         self.meta.set_state_bits(ST_DIRTY);
         super::digest::reset(self);
         self.notify();
-        StorageError::CrcMismatch { piece: k, expected, got }
+        StorageError::CrcMismatch {
+            piece: k,
+            expected,
+            got,
+        }
     }
 
     /// Reads a complete piece through the io engine, checking its crc32c.
     pub async fn read_piece(&self, k: u32) -> Result<Bytes> {
-        let crc = self.meta.piece_crc(k).ok_or(StorageError::PieceMissing(k))?;
+        let crc = self
+            .meta
+            .piece_crc(k)
+            .ok_or(StorageError::PieceMissing(k))?;
         let (off, len) = self.piece_range(k).ok_or(StorageError::PieceMissing(k))?;
         let v = self
             .io
@@ -301,7 +339,7 @@ impl Task {
 
     /// The file, offset and length of piece `k` for sendfile/splice. The first request for a piece in this
     /// process reads it once to check its crc (from then on the page cache usually serves sendfile).
-    pub async fn zero_copy_piece(&self, k: u32) -> Result<ZeroCopy> {
+    pub async fn zero_copy_piece(self: &Arc<Self>, k: u32) -> Result<ZeroCopy> {
         let (off, len) = self.piece_range(k).ok_or(StorageError::PieceMissing(k))?;
         if !self.has_piece(k) {
             return Err(StorageError::PieceMissing(k));
@@ -310,20 +348,35 @@ impl Task {
             self.read_piece(k).await?;
         }
         self.touch();
-        Ok(ZeroCopy { file: self.data.clone(), offset: off, len: len as u64 })
+        Ok(ZeroCopy {
+            file: self.data.clone(),
+            offset: off,
+            len: len as u64,
+            _pin: self.clone(),
+        })
     }
 
     /// A zero-copy handle for any byte range whose pieces are all complete (proxy Range responses).
-    pub async fn zero_copy_range(&self, offset: u64, len: u64) -> Result<ZeroCopy> {
-        let total = self.content_length().ok_or(StorageError::Invalid("content length unknown".into()))?;
-        let end = offset.checked_add(len).filter(|&e| e <= total).ok_or(StorageError::Invalid("range".into()))?;
+    pub async fn zero_copy_range(self: &Arc<Self>, offset: u64, len: u64) -> Result<ZeroCopy> {
+        let total = self
+            .content_length()
+            .ok_or(StorageError::Invalid("content length unknown".into()))?;
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= total)
+            .ok_or(StorageError::Invalid("range".into()))?;
         if len > 0 {
             let pl = self.meta.piece_length as u64;
             for k in (offset / pl) as u32..=((end - 1) / pl) as u32 {
                 self.zero_copy_piece(k).await?;
             }
         }
-        Ok(ZeroCopy { file: self.data.clone(), offset, len })
+        Ok(ZeroCopy {
+            file: self.data.clone(),
+            offset,
+            len,
+            _pin: self.clone(),
+        })
     }
 
     /// Waits until piece `k` is complete, or the task fails.
@@ -346,8 +399,10 @@ impl Task {
     }
 
     /// Waits until every piece is stored, hashed, synced and (when expected) matched; returns the sha256.
-    pub async fn wait_complete(&self) -> Result<[u8; 32]> {
+    pub async fn wait_complete(self: &Arc<Self>) -> Result<[u8; 32]> {
         let mut rx = self.subscribe();
+        // A task reloaded after a restart with all its pieces needs one hashing pass to complete.
+        super::digest::kick(self);
         loop {
             self.check_failed()?;
             if self.is_complete() {
@@ -371,11 +426,13 @@ impl Task {
         self.notify();
     }
 
-    /// Fails the task and deletes its files; the store forgets it on its next look. Open handles (readers
-    /// mid-sendfile) keep their descriptors, so nobody reads a truncated file.
+    /// Fails the task and deletes its files, freeing the space at once; the store forgets it on its next
+    /// look. Whoever still holds a handle gets errors (never a silently shortened body), since a discarded
+    /// task is either failed or one that GC proved nobody was using.
     pub fn discard(&self, reason: impl Into<String>) {
-        self.fail(reason);
         if !self.removed.swap(true, Ordering::AcqRel) {
+            // Unlinking alone would keep the blocks until the last descriptor closes.
+            let _ = self.data.set_len(0);
             for p in [self.meta.path(), self.data_path.as_path()] {
                 if let Err(e) = std::fs::remove_file(p) {
                     if e.kind() != std::io::ErrorKind::NotFound {
@@ -384,6 +441,7 @@ impl Task {
                 }
             }
         }
+        self.fail(reason);
     }
 
     /// Records a read for LRU eviction; coarse so that hot reads do not dirty the page on every call.
@@ -394,6 +452,12 @@ impl Task {
         }
     }
 
+    /// Records an access at a given instant (ms since the Unix epoch), for callers that keep their own
+    /// clock, such as a re-announcement of a task after restart, and for tests of GC order.
+    pub fn touch_at(&self, ms: u64) {
+        self.meta.set_last_access_ms(ms);
+    }
+
     /// Clean shutdown of an unfinished task: data and metadata synced, then the dirty bit cleared.
     pub(super) fn close_clean(&self) -> Result<()> {
         if self.removed.load(Ordering::Acquire) || lock(&self.failed).is_some() {
@@ -402,7 +466,9 @@ impl Task {
         if self.meta.state() & ST_DIRTY == 0 {
             return Ok(());
         }
-        self.data.sync_data().map_err(|e| StorageError::io(&self.data_path, e))?;
+        self.data
+            .sync_data()
+            .map_err(|e| StorageError::io(&self.data_path, e))?;
         self.meta.flush(false)?;
         self.meta.clear_state_bits(ST_DIRTY);
         self.meta.flush(true)

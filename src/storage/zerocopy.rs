@@ -21,16 +21,27 @@ pub fn fallback_count() -> u64 {
     FALLBACKS.load(Ordering::Relaxed)
 }
 
-/// A byte range of a task file that is complete and verified.
-#[derive(Clone, Debug)]
+/// A byte range of a task file that is complete and verified. It pins its task, so GC cannot evict the
+/// task while the range is being sent.
+#[derive(Clone)]
 pub struct ZeroCopy {
     pub file: Arc<File>,
     pub offset: u64,
     pub len: u64,
+    pub(super) _pin: Arc<super::Task>,
 }
 
 /// Largest single sendfile call; keeps one connection from monopolising a core's runtime for too long.
 const MAX_SEND: usize = 1 << 20;
+
+impl std::fmt::Debug for ZeroCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZeroCopy")
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish()
+    }
+}
 
 impl ZeroCopy {
     /// Sends the whole range to `sock`; returns the bytes sent (always `len` on success).
@@ -55,10 +66,16 @@ impl ZeroCopy {
             match r {
                 Ok(0) => {
                     // The file is shorter than the range promised: never pad or end early silently.
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "task file shorter than range"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "task file shorter than range",
+                    ));
                 }
                 Ok(n) => sent += n as u64,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) && sent == 0 => {
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS))
+                        && sent == 0 =>
+                {
                     FALLBACKS.fetch_add(1, Ordering::Relaxed);
                     return self.copy_to_socket(sock).await;
                 }
@@ -79,19 +96,29 @@ impl ZeroCopy {
                 // Loops on WouldBlock until readiness is registered; bounded by the kernel's answers.
                 loop {
                     match self.0.try_write(buf) {
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => match self.0.poll_write_ready(cx) {
-                            std::task::Poll::Ready(Ok(())) => continue,
-                            std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
-                            std::task::Poll::Pending => return std::task::Poll::Pending,
-                        },
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            match self.0.poll_write_ready(cx) {
+                                std::task::Poll::Ready(Ok(())) => continue,
+                                std::task::Poll::Ready(Err(e)) => {
+                                    return std::task::Poll::Ready(Err(e))
+                                }
+                                std::task::Poll::Pending => return std::task::Poll::Pending,
+                            }
+                        }
                         r => return std::task::Poll::Ready(r),
                     }
                 }
             }
-            fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<io::Result<()>> {
                 std::task::Poll::Ready(Ok(()))
             }
-            fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<io::Result<()>> {
                 std::task::Poll::Ready(Ok(()))
             }
         }

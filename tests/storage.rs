@@ -1,0 +1,537 @@
+//! The storage engine end to end, on both io engines: pieces, streaming waits, digests, zero copy,
+//! corruption, metadata rejection, GC and disk-full behaviour.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use shoal::storage::{StorageError, Store, StoreConfig, TaskState};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn out_of_order_pieces_read_back_and_digest_matches() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), engine);
+        let piece = 64 << 10;
+        let all = content(1, 10 * piece as usize + 1234);
+        let task = store
+            .create(&spec(1, Some(all.len() as u64), piece, Some(sha256(&all))))
+            .unwrap();
+        assert_eq!(task.piece_count(), Some(11));
+        rt().block_on(async {
+            let order = [7u32, 0, 10, 3, 1, 9, 2, 8, 4, 6, 5];
+            for &k in &order {
+                task.write_piece(k, piece_of(&all, piece, k), None)
+                    .await
+                    .unwrap();
+            }
+            // Idempotent: a second copy of a complete piece is accepted and ignored.
+            task.write_piece(3, piece_of(&all, piece, 3), None)
+                .await
+                .unwrap();
+            assert_eq!(
+                task.wait_complete().await.unwrap(),
+                sha256(&all),
+                "{engine:?}"
+            );
+            let mut back = Vec::new();
+            for k in 0..11 {
+                back.extend_from_slice(&task.read_piece(k).await.unwrap());
+            }
+            assert!(back == all, "{engine:?}: bytes read back differ");
+        });
+        assert_eq!(task.state(), TaskState::Complete);
+        drop(task);
+        store.close().unwrap();
+        drop(store);
+        // Reloaded: still complete, same digest, no pieces lost.
+        let store = open(dir.path(), engine);
+        let t = store.get(&id(1)).unwrap();
+        assert!(t.is_complete());
+        assert_eq!(t.sha256(), Some(sha256(&all)));
+    }
+}
+
+#[test]
+fn wrong_lengths_and_ranges_are_refused() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), engine);
+        let piece = 16 << 10;
+        let task = store.create(&spec(2, Some(40_000), piece, None)).unwrap();
+        rt().block_on(async {
+            let short = Bytes::from(vec![1u8; 100]);
+            assert!(matches!(
+                task.write_piece(0, short, None).await,
+                Err(StorageError::PieceLength { .. })
+            ));
+            let big = Bytes::from(vec![1u8; piece as usize]);
+            assert!(matches!(
+                task.write_piece(3, big.clone(), None).await,
+                Err(StorageError::PieceOutOfRange { .. })
+            ));
+            let e = task
+                .write_piece(0, big.clone(), Some(crc32c::crc32c(&big) ^ 1))
+                .await;
+            assert!(
+                matches!(e, Err(StorageError::CrcMismatch { .. })),
+                "a peer's bad crc writes nothing"
+            );
+            assert!(!task.has_piece(0));
+            assert!(matches!(
+                task.read_piece(0).await,
+                Err(StorageError::PieceMissing(0))
+            ));
+        });
+        assert!(matches!(
+            store.create(&spec(2, Some(1), piece, None)),
+            Err(StorageError::TaskExists(_))
+        ));
+        let bad_piece = shoal::storage::TaskSpec {
+            piece_length: Some(3000),
+            ..spec(3, Some(1), piece, None)
+        };
+        assert!(matches!(
+            store.create(&bad_piece),
+            Err(StorageError::Invalid(_))
+        ));
+    }
+}
+
+#[test]
+fn readers_wait_for_pieces_while_the_writer_fills_others() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), engine);
+        let piece = 32 << 10;
+        let n = 16u32;
+        let all = content(3, (n * piece) as usize);
+        let task = store
+            .create(&spec(3, Some(all.len() as u64), piece, Some(sha256(&all))))
+            .unwrap();
+        let cores = shoal::runtime::Cores::start(2, "t").unwrap();
+        // Four readers on the other core stream the task in order while the writer fills it.
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let t = task.clone();
+                cores.spawn_on(1, async move {
+                    let mut got = Vec::new();
+                    for k in 0..n {
+                        t.wait_piece(k).await.unwrap();
+                        got.extend_from_slice(&t.read_piece(k).await.unwrap());
+                    }
+                    got
+                })
+            })
+            .collect();
+        let t = task.clone();
+        let data = all.clone();
+        let writer = cores.spawn_on(0, async move {
+            for k in (0..n).rev() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                t.write_piece(k, piece_of(&data, piece, k), None)
+                    .await
+                    .unwrap();
+            }
+        });
+        rt().block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), writer)
+                .await
+                .unwrap()
+                .unwrap();
+            for r in readers {
+                let got = tokio::time::timeout(Duration::from_secs(30), r)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(got == all, "{engine:?}: streamed bytes differ");
+            }
+            task.wait_complete().await.unwrap();
+        });
+        cores.shutdown();
+    }
+}
+
+#[test]
+fn unknown_length_grows_and_is_fixed_at_the_end() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), engine);
+        let piece = 16 << 10;
+        for (n, len) in [
+            (4u8, 5 * piece as usize + 77),
+            (5u8, 3 * piece as usize),
+            (6u8, 0),
+        ] {
+            let all = content(n as u64, len);
+            let task = store
+                .create(&spec(n, None, piece, Some(sha256(&all))))
+                .unwrap();
+            assert_eq!(task.piece_count(), None);
+            rt().block_on(async {
+                let full = len / piece as usize;
+                for k in 0..full as u32 {
+                    task.write_piece(k, piece_of(&all, piece, k), None)
+                        .await
+                        .unwrap();
+                }
+                // A short piece before the length is known is refused: it could only be the last one.
+                if len % piece as usize != 0 {
+                    let last = piece_of(&all, piece, full as u32);
+                    assert!(task.write_piece(full as u32, last, None).await.is_err());
+                }
+                if full > 0 {
+                    let e = task.set_content_length(piece as u64 / 2);
+                    assert!(
+                        matches!(e, Err(StorageError::LengthConflict(_))),
+                        "pieces lie beyond that length"
+                    );
+                }
+                task.set_content_length(len as u64).unwrap();
+                if len % piece as usize != 0 {
+                    task.write_piece(full as u32, piece_of(&all, piece, full as u32), None)
+                        .await
+                        .unwrap();
+                }
+                assert_eq!(
+                    task.wait_complete().await.unwrap(),
+                    sha256(&all),
+                    "{engine:?} len {len}"
+                );
+            });
+            let size = std::fs::metadata(dir.path().join(format!(
+                "tasks/{}/{}.data",
+                id(n).shard(),
+                id(n)
+            )))
+            .unwrap()
+            .len();
+            assert_eq!(size, len as u64);
+        }
+    }
+}
+
+#[test]
+fn digest_mismatch_discards_the_task() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), engine);
+        let piece = 16 << 10;
+        let all = content(7, 3 * piece as usize);
+        let task = store
+            .create(&spec(7, Some(all.len() as u64), piece, Some([0xee; 32])))
+            .unwrap();
+        rt().block_on(async {
+            for k in 0..3 {
+                task.write_piece(k, piece_of(&all, piece, k), None)
+                    .await
+                    .unwrap();
+            }
+            let e = tokio::time::timeout(Duration::from_secs(10), task.wait_complete())
+                .await
+                .unwrap();
+            assert!(
+                matches!(e, Err(StorageError::TaskFailed(ref r)) if r.contains("digest mismatch")),
+                "{e:?}"
+            );
+        });
+        assert!(matches!(task.state(), TaskState::Failed(_)));
+        assert!(store.get(&id(7)).is_none(), "never served");
+        let shard = dir.path().join("tasks").join(id(7).shard());
+        assert_eq!(
+            std::fs::read_dir(shard).unwrap().count(),
+            0,
+            "files removed"
+        );
+        // The same ID can be fetched again from scratch.
+        assert!(store
+            .create(&spec(7, Some(all.len() as u64), piece, Some(sha256(&all))))
+            .is_ok());
+    }
+}
+
+#[test]
+fn flipped_bit_in_a_content_file_is_detected_and_the_piece_refetched() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let piece = 16 << 10;
+        let all = content(8, 4 * piece as usize);
+        {
+            let store = open(dir.path(), engine);
+            let task = store
+                .create(&spec(8, Some(all.len() as u64), piece, Some(sha256(&all))))
+                .unwrap();
+            rt().block_on(async {
+                for k in 0..4 {
+                    task.write_piece(k, piece_of(&all, piece, k), None)
+                        .await
+                        .unwrap();
+                }
+                task.wait_complete().await.unwrap();
+            });
+            store.close().unwrap();
+        }
+        let data = dir
+            .path()
+            .join(format!("tasks/{}/{}.data", id(8).shard(), id(8)));
+        let mut bytes = std::fs::read(&data).unwrap();
+        bytes[2 * piece as usize + 100] ^= 0x10;
+        std::fs::write(&data, &bytes).unwrap();
+
+        let store = open(dir.path(), engine);
+        let task = store.get(&id(8)).unwrap();
+        rt().block_on(async {
+            assert!(task.zero_copy_piece(1).await.is_ok());
+            let e = task.zero_copy_piece(2).await;
+            assert!(
+                matches!(e, Err(StorageError::CrcMismatch { piece: 2, .. })),
+                "{e:?}"
+            );
+            assert!(!task.has_piece(2), "corrupt piece forgotten");
+            assert!(
+                !task.is_complete(),
+                "no longer complete while a piece is missing"
+            );
+            task.write_piece(2, piece_of(&all, piece, 2), None)
+                .await
+                .unwrap();
+            let d = tokio::time::timeout(Duration::from_secs(10), task.wait_complete())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(d, sha256(&all));
+            assert!(task.read_piece(2).await.unwrap() == piece_of(&all, piece, 2));
+        });
+    }
+}
+
+#[test]
+fn zero_copy_sends_exact_bytes_to_a_socket() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), engine);
+        let piece = 64 << 10;
+        let all = content(9, 5 * piece as usize + 999);
+        let task = store
+            .create(&spec(9, Some(all.len() as u64), piece, None))
+            .unwrap();
+        rt().block_on(async {
+            for k in 0..6 {
+                task.write_piece(k, piece_of(&all, piece, k), None)
+                    .await
+                    .unwrap();
+            }
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let reader = tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut v = Vec::new();
+                s.read_to_end(&mut v).await.unwrap();
+                v
+            });
+            let sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+            // A range crossing piece boundaries, then a whole last (short) piece.
+            let r = task.zero_copy_range(1000, 2 * piece as u64).await.unwrap();
+            assert_eq!(r.send_to(&sock).await.unwrap(), 2 * piece as u64);
+            let z = task.zero_copy_piece(5).await.unwrap();
+            assert_eq!(z.send_to(&sock).await.unwrap(), 999);
+            drop(sock);
+            let got = reader.await.unwrap();
+            let mut want = all[1000..1000 + 2 * piece as usize].to_vec();
+            want.extend_from_slice(&all[5 * piece as usize..]);
+            assert!(got == want, "{engine:?}: zero-copy bytes differ");
+            assert!(
+                task.zero_copy_range(all.len() as u64 - 10, 11)
+                    .await
+                    .is_err(),
+                "past the end"
+            );
+        });
+    }
+}
+
+#[test]
+fn bad_metadata_is_discarded_and_orphans_removed_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let piece = 16 << 10;
+    let all = content(10, piece as usize);
+    {
+        let store = open(dir.path(), engines()[0]);
+        for n in [10u8, 11, 12] {
+            let t = store
+                .create(&spec(n, Some(all.len() as u64), piece, None))
+                .unwrap();
+            rt().block_on(t.write_piece(0, piece_of(&all, piece, 0), None))
+                .unwrap();
+            rt().block_on(t.wait_complete()).unwrap();
+        }
+        store.close().unwrap();
+    }
+    let path = |n: u8, ext: &str| {
+        dir.path()
+            .join(format!("tasks/{}/{}.{ext}", id(n).shard(), id(n)))
+    };
+    // 11: garbage metadata; 12: truncated metadata; 13: content file without metadata; a leftover temp
+    // file; and a file that is not ours, which must be left alone.
+    std::fs::write(path(11, "meta"), b"not a shoal metadata file").unwrap();
+    let m = std::fs::read(path(12, "meta")).unwrap();
+    std::fs::write(path(12, "meta"), &m[..m.len() / 2]).unwrap();
+    std::fs::create_dir_all(path(13, "data").parent().unwrap()).unwrap();
+    std::fs::write(path(13, "data"), b"orphan").unwrap();
+    std::fs::create_dir_all(path(14, "meta").parent().unwrap()).unwrap();
+    std::fs::write(path(14, "meta.tmp"), b"half-created").unwrap();
+    let foreign = dir
+        .path()
+        .join("tasks")
+        .join(id(10).shard())
+        .join("README.txt");
+    std::fs::write(&foreign, b"not ours").unwrap();
+
+    let (store, report) = Store::open(StoreConfig::new(dir.path())).unwrap();
+    assert_eq!(report.loaded, 1);
+    assert_eq!(report.discarded, 2);
+    assert_eq!(report.orphans_removed, 2);
+    assert!(store.get(&id(10)).is_some());
+    for n in [11, 12, 13] {
+        assert!(store.get(&id(n)).is_none());
+        assert!(
+            !path(n, "meta").exists() && !path(n, "data").exists(),
+            "task {n} files removed"
+        );
+    }
+    assert!(!path(14, "meta.tmp").exists());
+    assert!(foreign.exists(), "files that are not ours are left alone");
+}
+
+#[test]
+fn gc_ttl_and_watermarks_spare_tasks_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let piece = 64 << 10;
+    let size = 4 * piece as u64; // 256 KiB per task
+    let mut cfg = StoreConfig::new(dir.path());
+    cfg.quota_bytes = Some(10 * size);
+    cfg.high_watermark = 0.8;
+    cfg.low_watermark = 0.5;
+    cfg.ttl = Some(Duration::from_secs(3600));
+    let (store, _) = Store::open(cfg).unwrap();
+    let all = content(20, size as usize);
+    let mut now = 1_000_000_000_000u64;
+    for n in 0..9u8 {
+        let t = store.create(&spec(n, Some(size), piece, None)).unwrap();
+        rt().block_on(async {
+            for k in 0..4 {
+                t.write_piece(k, piece_of(&all, piece, k), None)
+                    .await
+                    .unwrap();
+            }
+            t.wait_complete().await.unwrap();
+        });
+        now += 1000;
+    }
+    // Access times: task n was last read at base + n seconds, except that 0 is read now (most recent).
+    let base = now;
+    for n in 0..9u8 {
+        let t = store.get(&id(n)).unwrap();
+        set_access(&store, n, base + n as u64 * 1000);
+        drop(t);
+    }
+    set_access(&store, 0, base + 100_000);
+    // Task 1 (oldest) is in use: a reader holds it.
+    let held = store.get(&id(1)).unwrap();
+    let usage = store.usage_bytes();
+    let per = usage / 9;
+    assert!(per >= size, "usage {usage}");
+    let r = store.gc(base + 200_000);
+    assert!(r.expired.is_empty());
+    // Above the high watermark: evict least recently used until under the low one, skipping the held task.
+    let need = (usage - (10 * size) / 2).div_ceil(per) as u8;
+    let want: Vec<_> = (2..2 + need).map(id).collect();
+    assert_eq!(r.evicted, want, "{r:?}");
+    assert!(r.usage_after <= 5 * size && r.usage_before == usage);
+    assert!(store.get(&id(1)).is_some() && store.get(&id(0)).is_some());
+    drop(held);
+    // TTL: an hour after their last access every task but 0 (read later than the others) expires.
+    let r = store.gc(base + 9_000 + 3_600_001);
+    let mut want = vec![id(1)];
+    want.extend((2 + need..9).map(id));
+    assert_eq!(r.expired, want, "{r:?}");
+    assert_eq!(store.list().len(), 1);
+    assert_eq!(store.evictions(), 8);
+}
+
+fn set_access(store: &Arc<Store>, n: u8, ms: u64) {
+    // Reads stamp the wall clock; tests stamp chosen instants through the same metadata field.
+    let t = store.get(&id(n)).unwrap();
+    t.touch_at(ms);
+}
+
+#[test]
+fn disk_full_is_a_clear_error_and_the_store_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "mounting a 2 MiB tmpfs needs root (CI runs as root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    for engine in engines() {
+        let store = open(&mnt, engine);
+        let piece = 64 << 10;
+        // Known length: the reservation fails at creation and leaves no files behind.
+        let e = store.create(&spec(30, Some(8 << 20), piece, None));
+        assert!(
+            matches!(e, Err(StorageError::DiskFull { .. })),
+            "{:?}",
+            e.err()
+        );
+        assert!(store.get(&id(30)).is_none());
+        // Unknown length (a chunked origin): pieces succeed until the disk fills, then a clear error.
+        let t = store.create(&spec(31, None, piece, None)).unwrap();
+        let all = content(31, 64 * piece as usize);
+        let mut failed_at = None;
+        rt().block_on(async {
+            for k in 0..64 {
+                match t.write_piece(k, piece_of(&all, piece, k), None).await {
+                    Ok(()) => {}
+                    Err(StorageError::DiskFull { .. }) => {
+                        failed_at = Some(k);
+                        break;
+                    }
+                    Err(e) => panic!("{engine:?}: unexpected {e}"),
+                }
+            }
+        });
+        let k = failed_at.expect("a 4 MiB stream cannot fit a 2 MiB file system");
+        assert!(!t.has_piece(k), "the failed piece is not marked complete");
+        drop(t);
+        // Freeing the space makes the engine usable again.
+        assert!(store.remove(&id(31), "test"));
+        let small = store.create(&spec(32, Some(1000), piece, None)).unwrap();
+        rt().block_on(small.write_piece(0, Bytes::from(content(32, 1000)), None))
+            .unwrap();
+        assert!(small.has_piece(0));
+        drop(small);
+        store.remove(&id(32), "test");
+    }
+}
