@@ -42,6 +42,9 @@ pub fn default_data_dir() -> PathBuf {
 
 /// Runs until SIGINT or SIGTERM, then closes the store cleanly.
 pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
+    // Handlers first: a SIGTERM that arrives during start-up must still mean "stop cleanly", not death.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut signals = rt.block_on(async { Signals::install() })?;
     let (store, _report) = Store::open(cfg.store.clone())?;
     let cores = Cores::start(cfg.workers, "shoal-core")?;
     tracing::info!(
@@ -62,10 +65,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             let _ = tokio::task::spawn_blocking(move || s.gc(crate::storage_now_ms())).await;
         }
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(wait_for_signal())?;
+    rt.block_on(signals.wait());
     tracing::info!("shutting down");
     cores.shutdown();
     close(&store);
@@ -81,13 +81,21 @@ fn close(store: &Arc<Store>) {
     }
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
     }
-    Ok(())
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

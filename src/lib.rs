@@ -10,8 +10,5 @@ pub mod storage;
 
 /// Wall-clock milliseconds since the Unix epoch, the time base of task access times and GC.
 pub fn storage_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

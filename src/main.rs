@@ -11,9 +11,9 @@ use shoal::storage::StoreConfig;
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // Colours only on a terminal: logs piped to files or collectors stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json {
         b.json().init();
     } else {
@@ -26,21 +26,14 @@ fn main() -> ExitCode {
     init_logging(cli.log_json);
     let r: anyhow::Result<()> = match cli.command {
         Command::Daemon(a) => {
-            let mut store =
-                StoreConfig::new(a.data_dir.clone().unwrap_or_else(daemon::default_data_dir));
+            let mut store = StoreConfig::new(a.data_dir.clone().unwrap_or_else(daemon::default_data_dir));
             store.io_engine = a.storage.io_engine;
             store.quota_bytes = a.storage.quota;
             store.ttl = (!a.storage.ttl.is_zero()).then_some(a.storage.ttl);
             if a.config.is_some() {
-                tracing::warn!(
-                    "--config is not read yet (the YAML config arrives with the operability issue)"
-                );
+                tracing::warn!("--config is not read yet (the YAML config arrives with the operability issue)");
             }
-            let cfg = DaemonConfig {
-                store,
-                workers: a.workers,
-                gc_interval: a.storage.gc_interval,
-            };
+            let cfg = DaemonConfig { store, workers: a.workers, gc_interval: a.storage.gc_interval };
             daemon::run(cfg).map_err(Into::into)
         }
         Command::Scheduler(_) => Err(anyhow::anyhow!("`shoal scheduler` is not implemented yet")),

@@ -26,11 +26,7 @@ pub struct Cores {
 impl Cores {
     /// Starts `n` workers (0 means one per available CPU).
     pub fn start(n: usize, name: &str) -> io::Result<Cores> {
-        let n = if n == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            n
-        };
+        let n = if n == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { n };
         let (stop, _) = watch::channel(false);
         let mut handles = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
@@ -38,23 +34,14 @@ impl Cores {
             let rt = Builder::new_current_thread().enable_all().build()?;
             handles.push(rt.handle().clone());
             let mut rx = stop.subscribe();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("{name}-{i}"))
-                    .spawn(move || {
-                        rt.block_on(async move {
-                            // Ends when stop is set or the Cores value is dropped.
-                            let _ = rx.wait_for(|s| *s).await;
-                        });
-                    })?,
-            );
+            threads.push(std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
+                rt.block_on(async move {
+                    // Ends when stop is set or the Cores value is dropped.
+                    let _ = rx.wait_for(|s| *s).await;
+                });
+            })?);
         }
-        Ok(Cores {
-            handles,
-            threads,
-            stop,
-            next: AtomicUsize::new(0),
-        })
+        Ok(Cores { handles, threads, stop, next: AtomicUsize::new(0) })
     }
 
     pub fn len(&self) -> usize {
@@ -143,20 +130,14 @@ mod tests {
         let hs = cores.on_each(|i| {
             let seen = seen.clone();
             async move {
-                seen.lock()
-                    .unwrap()
-                    .insert(std::thread::current().name().map(str::to_owned));
+                seen.lock().unwrap().insert(std::thread::current().name().map(str::to_owned));
                 i
             }
         });
         let rt = Builder::new_current_thread().build().unwrap();
         let got: Vec<usize> = rt.block_on(async { futures_join(hs).await });
         assert_eq!(got, vec![0, 1]);
-        assert_eq!(
-            seen.lock().unwrap().len(),
-            2,
-            "each core runs on its own thread"
-        );
+        assert_eq!(seen.lock().unwrap().len(), 2, "each core runs on its own thread");
         cores.shutdown();
     }
 

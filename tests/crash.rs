@@ -27,37 +27,20 @@ fn crash_child_writer() {
     let Some(dir) = std::env::var_os("SHOAL_CRASH_DIR") else {
         return;
     };
-    let engine: IoEngineChoice = std::env::var("SHOAL_CRASH_ENGINE")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let engine: IoEngineChoice = std::env::var("SHOAL_CRASH_ENGINE").unwrap().parse().unwrap();
     let store = open(std::path::Path::new(&dir), engine);
     let all = task_bytes();
-    let (task, _) = store
-        .get_or_create(&spec(
-            TASK,
-            Some(all.len() as u64),
-            PIECE,
-            Some(sha256(&all)),
-        ))
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (task, _) = store.get_or_create(&spec(TASK, Some(all.len() as u64), PIECE, Some(sha256(&all)))).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(std::process::id() as u64);
     println!("CHILD-STARTED");
     rt.block_on(async {
         let mut missing: Vec<u32> = (0..PIECES).filter(|&k| !task.has_piece(k)).collect();
         // Several pieces in flight at once, in random order, as pieces from several parents would be.
         while !missing.is_empty() {
-            let batch: Vec<u32> = (0..4.min(missing.len()))
-                .map(|_| missing.swap_remove(rng.gen_range(0..missing.len())))
-                .collect();
-            let futs: Vec<_> = batch
-                .iter()
-                .map(|&k| task.write_piece(k, piece_of(&all, PIECE, k), None))
-                .collect();
+            let batch: Vec<u32> =
+                (0..4.min(missing.len())).map(|_| missing.swap_remove(rng.gen_range(0..missing.len()))).collect();
+            let futs: Vec<_> = batch.iter().map(|&k| task.write_piece(k, piece_of(&all, PIECE, k), None)).collect();
             for f in futs {
                 f.await.unwrap();
             }
@@ -69,22 +52,9 @@ fn crash_child_writer() {
 
 fn spawn_child(dir: &std::path::Path, engine: IoEngineChoice) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "crash_child_writer",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", "crash_child_writer", "--ignored", "--nocapture", "--test-threads=1"])
         .env("SHOAL_CRASH_DIR", dir)
-        .env(
-            "SHOAL_CRASH_ENGINE",
-            if engine == IoEngineChoice::Uring {
-                "uring"
-            } else {
-                "sync"
-            },
-        )
+        .env("SHOAL_CRASH_ENGINE", if engine == IoEngineChoice::Uring { "uring" } else { "sync" })
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -97,10 +67,7 @@ fn verify(dir: &std::path::Path, engine: IoEngineChoice, all: &[u8]) -> u32 {
     let Some(task) = store.get(&id(TASK)) else {
         return 0;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut complete = 0;
     rt.block_on(async {
         for k in 0..PIECES {
@@ -108,10 +75,7 @@ fn verify(dir: &std::path::Path, engine: IoEngineChoice, all: &[u8]) -> u32 {
                 continue;
             }
             match task.read_piece(k).await {
-                Ok(b) => assert!(
-                    b == piece_of(all, PIECE, k),
-                    "piece {k}: marked complete with wrong bytes"
-                ),
+                Ok(b) => assert!(b == piece_of(all, PIECE, k), "piece {k}: marked complete with wrong bytes"),
                 Err(e @ StorageError::CrcMismatch { .. }) => {
                     panic!("piece {k} marked complete but {e}")
                 }
@@ -142,9 +106,7 @@ fn kill9_at_random_instants() {
             // Start the clock when the child is writing, not while it is still being exec'd.
             let mut line = String::new();
             let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-            while std::io::BufRead::read_line(&mut out, &mut line).unwrap_or(0) > 0
-                && !line.contains("CHILD-STARTED")
-            {
+            while std::io::BufRead::read_line(&mut out, &mut line).unwrap_or(0) > 0 && !line.contains("CHILD-STARTED") {
                 line.clear();
             }
             std::thread::sleep(Duration::from_millis(rng.gen_range(0..40)));
@@ -153,24 +115,15 @@ fn kill9_at_random_instants() {
             let _ = child.wait();
             kills += 1;
             let complete = verify(dir.path(), engine, &all);
-            assert!(
-                complete >= last || round == 0,
-                "pieces never disappear without corruption"
-            );
+            assert!(complete >= last || round == 0, "pieces never disappear without corruption");
             last = complete;
             partial += (complete > 0 && complete < PIECES) as u32;
         }
-        assert!(
-            partial >= 2,
-            "{engine:?}: only {partial} kills landed mid-download; the test proved nothing"
-        );
+        assert!(partial >= 2, "{engine:?}: only {partial} kills landed mid-download; the test proved nothing");
         // A final child finishes the job from whatever the kills left.
         let child = spawn_child(dir.path(), engine);
         let out = child.wait_with_output().unwrap();
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("CHILD-DONE"),
-            "{engine:?}: final child failed"
-        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("CHILD-DONE"), "{engine:?}: final child failed");
         assert_eq!(verify(dir.path(), engine, &all), PIECES);
         let store = open(dir.path(), engine);
         let task = store.get(&id(TASK)).unwrap();

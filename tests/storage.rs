@@ -11,10 +11,7 @@ use common::*;
 use shoal::storage::{StorageError, Store, StoreConfig, TaskState};
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
 #[test]
@@ -24,26 +21,16 @@ fn out_of_order_pieces_read_back_and_digest_matches() {
         let store = open(dir.path(), engine);
         let piece = 64 << 10;
         let all = content(1, 10 * piece as usize + 1234);
-        let task = store
-            .create(&spec(1, Some(all.len() as u64), piece, Some(sha256(&all))))
-            .unwrap();
+        let task = store.create(&spec(1, Some(all.len() as u64), piece, Some(sha256(&all)))).unwrap();
         assert_eq!(task.piece_count(), Some(11));
         rt().block_on(async {
             let order = [7u32, 0, 10, 3, 1, 9, 2, 8, 4, 6, 5];
             for &k in &order {
-                task.write_piece(k, piece_of(&all, piece, k), None)
-                    .await
-                    .unwrap();
+                task.write_piece(k, piece_of(&all, piece, k), None).await.unwrap();
             }
             // Idempotent: a second copy of a complete piece is accepted and ignored.
-            task.write_piece(3, piece_of(&all, piece, 3), None)
-                .await
-                .unwrap();
-            assert_eq!(
-                task.wait_complete().await.unwrap(),
-                sha256(&all),
-                "{engine:?}"
-            );
+            task.write_piece(3, piece_of(&all, piece, 3), None).await.unwrap();
+            assert_eq!(task.wait_complete().await.unwrap(), sha256(&all), "{engine:?}");
             let mut back = Vec::new();
             for k in 0..11 {
                 back.extend_from_slice(&task.read_piece(k).await.unwrap());
@@ -71,40 +58,17 @@ fn wrong_lengths_and_ranges_are_refused() {
         let task = store.create(&spec(2, Some(40_000), piece, None)).unwrap();
         rt().block_on(async {
             let short = Bytes::from(vec![1u8; 100]);
-            assert!(matches!(
-                task.write_piece(0, short, None).await,
-                Err(StorageError::PieceLength { .. })
-            ));
+            assert!(matches!(task.write_piece(0, short, None).await, Err(StorageError::PieceLength { .. })));
             let big = Bytes::from(vec![1u8; piece as usize]);
-            assert!(matches!(
-                task.write_piece(3, big.clone(), None).await,
-                Err(StorageError::PieceOutOfRange { .. })
-            ));
-            let e = task
-                .write_piece(0, big.clone(), Some(crc32c::crc32c(&big) ^ 1))
-                .await;
-            assert!(
-                matches!(e, Err(StorageError::CrcMismatch { .. })),
-                "a peer's bad crc writes nothing"
-            );
+            assert!(matches!(task.write_piece(3, big.clone(), None).await, Err(StorageError::PieceOutOfRange { .. })));
+            let e = task.write_piece(0, big.clone(), Some(crc32c::crc32c(&big) ^ 1)).await;
+            assert!(matches!(e, Err(StorageError::CrcMismatch { .. })), "a peer's bad crc writes nothing");
             assert!(!task.has_piece(0));
-            assert!(matches!(
-                task.read_piece(0).await,
-                Err(StorageError::PieceMissing(0))
-            ));
+            assert!(matches!(task.read_piece(0).await, Err(StorageError::PieceMissing(0))));
         });
-        assert!(matches!(
-            store.create(&spec(2, Some(1), piece, None)),
-            Err(StorageError::TaskExists(_))
-        ));
-        let bad_piece = shoal::storage::TaskSpec {
-            piece_length: Some(3000),
-            ..spec(3, Some(1), piece, None)
-        };
-        assert!(matches!(
-            store.create(&bad_piece),
-            Err(StorageError::Invalid(_))
-        ));
+        assert!(matches!(store.create(&spec(2, Some(1), piece, None)), Err(StorageError::TaskExists(_))));
+        let bad_piece = shoal::storage::TaskSpec { piece_length: Some(3000), ..spec(3, Some(1), piece, None) };
+        assert!(matches!(store.create(&bad_piece), Err(StorageError::Invalid(_))));
     }
 }
 
@@ -116,9 +80,7 @@ fn readers_wait_for_pieces_while_the_writer_fills_others() {
         let piece = 32 << 10;
         let n = 16u32;
         let all = content(3, (n * piece) as usize);
-        let task = store
-            .create(&spec(3, Some(all.len() as u64), piece, Some(sha256(&all))))
-            .unwrap();
+        let task = store.create(&spec(3, Some(all.len() as u64), piece, Some(sha256(&all)))).unwrap();
         let cores = shoal::runtime::Cores::start(2, "t").unwrap();
         // Four readers on the other core stream the task in order while the writer fills it.
         let readers: Vec<_> = (0..4)
@@ -139,21 +101,13 @@ fn readers_wait_for_pieces_while_the_writer_fills_others() {
         let writer = cores.spawn_on(0, async move {
             for k in (0..n).rev() {
                 tokio::time::sleep(Duration::from_millis(2)).await;
-                t.write_piece(k, piece_of(&data, piece, k), None)
-                    .await
-                    .unwrap();
+                t.write_piece(k, piece_of(&data, piece, k), None).await.unwrap();
             }
         });
         rt().block_on(async {
-            tokio::time::timeout(Duration::from_secs(30), writer)
-                .await
-                .unwrap()
-                .unwrap();
+            tokio::time::timeout(Duration::from_secs(30), writer).await.unwrap().unwrap();
             for r in readers {
-                let got = tokio::time::timeout(Duration::from_secs(30), r)
-                    .await
-                    .unwrap()
-                    .unwrap();
+                let got = tokio::time::timeout(Duration::from_secs(30), r).await.unwrap().unwrap();
                 assert!(got == all, "{engine:?}: streamed bytes differ");
             }
             task.wait_complete().await.unwrap();
@@ -168,22 +122,14 @@ fn unknown_length_grows_and_is_fixed_at_the_end() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path(), engine);
         let piece = 16 << 10;
-        for (n, len) in [
-            (4u8, 5 * piece as usize + 77),
-            (5u8, 3 * piece as usize),
-            (6u8, 0),
-        ] {
+        for (n, len) in [(4u8, 5 * piece as usize + 77), (5u8, 3 * piece as usize), (6u8, 0)] {
             let all = content(n as u64, len);
-            let task = store
-                .create(&spec(n, None, piece, Some(sha256(&all))))
-                .unwrap();
+            let task = store.create(&spec(n, None, piece, Some(sha256(&all)))).unwrap();
             assert_eq!(task.piece_count(), None);
             rt().block_on(async {
                 let full = len / piece as usize;
                 for k in 0..full as u32 {
-                    task.write_piece(k, piece_of(&all, piece, k), None)
-                        .await
-                        .unwrap();
+                    task.write_piece(k, piece_of(&all, piece, k), None).await.unwrap();
                 }
                 // A short piece before the length is known is refused: it could only be the last one.
                 if len % piece as usize != 0 {
@@ -192,30 +138,16 @@ fn unknown_length_grows_and_is_fixed_at_the_end() {
                 }
                 if full > 0 {
                     let e = task.set_content_length(piece as u64 / 2);
-                    assert!(
-                        matches!(e, Err(StorageError::LengthConflict(_))),
-                        "pieces lie beyond that length"
-                    );
+                    assert!(matches!(e, Err(StorageError::LengthConflict(_))), "pieces lie beyond that length");
                 }
                 task.set_content_length(len as u64).unwrap();
                 if len % piece as usize != 0 {
-                    task.write_piece(full as u32, piece_of(&all, piece, full as u32), None)
-                        .await
-                        .unwrap();
+                    task.write_piece(full as u32, piece_of(&all, piece, full as u32), None).await.unwrap();
                 }
-                assert_eq!(
-                    task.wait_complete().await.unwrap(),
-                    sha256(&all),
-                    "{engine:?} len {len}"
-                );
+                assert_eq!(task.wait_complete().await.unwrap(), sha256(&all), "{engine:?} len {len}");
             });
-            let size = std::fs::metadata(dir.path().join(format!(
-                "tasks/{}/{}.data",
-                id(n).shard(),
-                id(n)
-            )))
-            .unwrap()
-            .len();
+            let size =
+                std::fs::metadata(dir.path().join(format!("tasks/{}/{}.data", id(n).shard(), id(n)))).unwrap().len();
             assert_eq!(size, len as u64);
         }
     }
@@ -228,35 +160,20 @@ fn digest_mismatch_discards_the_task() {
         let store = open(dir.path(), engine);
         let piece = 16 << 10;
         let all = content(7, 3 * piece as usize);
-        let task = store
-            .create(&spec(7, Some(all.len() as u64), piece, Some([0xee; 32])))
-            .unwrap();
+        let task = store.create(&spec(7, Some(all.len() as u64), piece, Some([0xee; 32]))).unwrap();
         rt().block_on(async {
             for k in 0..3 {
-                task.write_piece(k, piece_of(&all, piece, k), None)
-                    .await
-                    .unwrap();
+                task.write_piece(k, piece_of(&all, piece, k), None).await.unwrap();
             }
-            let e = tokio::time::timeout(Duration::from_secs(10), task.wait_complete())
-                .await
-                .unwrap();
-            assert!(
-                matches!(e, Err(StorageError::TaskFailed(ref r)) if r.contains("digest mismatch")),
-                "{e:?}"
-            );
+            let e = tokio::time::timeout(Duration::from_secs(10), task.wait_complete()).await.unwrap();
+            assert!(matches!(e, Err(StorageError::TaskFailed(ref r)) if r.contains("digest mismatch")), "{e:?}");
         });
         assert!(matches!(task.state(), TaskState::Failed(_)));
         assert!(store.get(&id(7)).is_none(), "never served");
         let shard = dir.path().join("tasks").join(id(7).shard());
-        assert_eq!(
-            std::fs::read_dir(shard).unwrap().count(),
-            0,
-            "files removed"
-        );
+        assert_eq!(std::fs::read_dir(shard).unwrap().count(), 0, "files removed");
         // The same ID can be fetched again from scratch.
-        assert!(store
-            .create(&spec(7, Some(all.len() as u64), piece, Some(sha256(&all))))
-            .is_ok());
+        assert!(store.create(&spec(7, Some(all.len() as u64), piece, Some(sha256(&all)))).is_ok());
     }
 }
 
@@ -268,22 +185,16 @@ fn flipped_bit_in_a_content_file_is_detected_and_the_piece_refetched() {
         let all = content(8, 4 * piece as usize);
         {
             let store = open(dir.path(), engine);
-            let task = store
-                .create(&spec(8, Some(all.len() as u64), piece, Some(sha256(&all))))
-                .unwrap();
+            let task = store.create(&spec(8, Some(all.len() as u64), piece, Some(sha256(&all)))).unwrap();
             rt().block_on(async {
                 for k in 0..4 {
-                    task.write_piece(k, piece_of(&all, piece, k), None)
-                        .await
-                        .unwrap();
+                    task.write_piece(k, piece_of(&all, piece, k), None).await.unwrap();
                 }
                 task.wait_complete().await.unwrap();
             });
             store.close().unwrap();
         }
-        let data = dir
-            .path()
-            .join(format!("tasks/{}/{}.data", id(8).shard(), id(8)));
+        let data = dir.path().join(format!("tasks/{}/{}.data", id(8).shard(), id(8)));
         let mut bytes = std::fs::read(&data).unwrap();
         bytes[2 * piece as usize + 100] ^= 0x10;
         std::fs::write(&data, &bytes).unwrap();
@@ -293,22 +204,11 @@ fn flipped_bit_in_a_content_file_is_detected_and_the_piece_refetched() {
         rt().block_on(async {
             assert!(task.zero_copy_piece(1).await.is_ok());
             let e = task.zero_copy_piece(2).await;
-            assert!(
-                matches!(e, Err(StorageError::CrcMismatch { piece: 2, .. })),
-                "{e:?}"
-            );
+            assert!(matches!(e, Err(StorageError::CrcMismatch { piece: 2, .. })), "{e:?}");
             assert!(!task.has_piece(2), "corrupt piece forgotten");
-            assert!(
-                !task.is_complete(),
-                "no longer complete while a piece is missing"
-            );
-            task.write_piece(2, piece_of(&all, piece, 2), None)
-                .await
-                .unwrap();
-            let d = tokio::time::timeout(Duration::from_secs(10), task.wait_complete())
-                .await
-                .unwrap()
-                .unwrap();
+            assert!(!task.is_complete(), "no longer complete while a piece is missing");
+            task.write_piece(2, piece_of(&all, piece, 2), None).await.unwrap();
+            let d = tokio::time::timeout(Duration::from_secs(10), task.wait_complete()).await.unwrap().unwrap();
             assert_eq!(d, sha256(&all));
             assert!(task.read_piece(2).await.unwrap() == piece_of(&all, piece, 2));
         });
@@ -322,14 +222,10 @@ fn zero_copy_sends_exact_bytes_to_a_socket() {
         let store = open(dir.path(), engine);
         let piece = 64 << 10;
         let all = content(9, 5 * piece as usize + 999);
-        let task = store
-            .create(&spec(9, Some(all.len() as u64), piece, None))
-            .unwrap();
+        let task = store.create(&spec(9, Some(all.len() as u64), piece, None)).unwrap();
         rt().block_on(async {
             for k in 0..6 {
-                task.write_piece(k, piece_of(&all, piece, k), None)
-                    .await
-                    .unwrap();
+                task.write_piece(k, piece_of(&all, piece, k), None).await.unwrap();
             }
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap();
@@ -351,12 +247,7 @@ fn zero_copy_sends_exact_bytes_to_a_socket() {
             let mut want = all[1000..1000 + 2 * piece as usize].to_vec();
             want.extend_from_slice(&all[5 * piece as usize..]);
             assert!(got == want, "{engine:?}: zero-copy bytes differ");
-            assert!(
-                task.zero_copy_range(all.len() as u64 - 10, 11)
-                    .await
-                    .is_err(),
-                "past the end"
-            );
+            assert!(task.zero_copy_range(all.len() as u64 - 10, 11).await.is_err(), "past the end");
         });
     }
 }
@@ -369,19 +260,13 @@ fn bad_metadata_is_discarded_and_orphans_removed_at_load() {
     {
         let store = open(dir.path(), engines()[0]);
         for n in [10u8, 11, 12] {
-            let t = store
-                .create(&spec(n, Some(all.len() as u64), piece, None))
-                .unwrap();
-            rt().block_on(t.write_piece(0, piece_of(&all, piece, 0), None))
-                .unwrap();
+            let t = store.create(&spec(n, Some(all.len() as u64), piece, None)).unwrap();
+            rt().block_on(t.write_piece(0, piece_of(&all, piece, 0), None)).unwrap();
             rt().block_on(t.wait_complete()).unwrap();
         }
         store.close().unwrap();
     }
-    let path = |n: u8, ext: &str| {
-        dir.path()
-            .join(format!("tasks/{}/{}.{ext}", id(n).shard(), id(n)))
-    };
+    let path = |n: u8, ext: &str| dir.path().join(format!("tasks/{}/{}.{ext}", id(n).shard(), id(n)));
     // 11: garbage metadata; 12: truncated metadata; 13: content file without metadata; a leftover temp
     // file; and a file that is not ours, which must be left alone.
     std::fs::write(path(11, "meta"), b"not a shoal metadata file").unwrap();
@@ -391,11 +276,7 @@ fn bad_metadata_is_discarded_and_orphans_removed_at_load() {
     std::fs::write(path(13, "data"), b"orphan").unwrap();
     std::fs::create_dir_all(path(14, "meta").parent().unwrap()).unwrap();
     std::fs::write(path(14, "meta.tmp"), b"half-created").unwrap();
-    let foreign = dir
-        .path()
-        .join("tasks")
-        .join(id(10).shard())
-        .join("README.txt");
+    let foreign = dir.path().join("tasks").join(id(10).shard()).join("README.txt");
     std::fs::write(&foreign, b"not ours").unwrap();
 
     let (store, report) = Store::open(StoreConfig::new(dir.path())).unwrap();
@@ -405,10 +286,7 @@ fn bad_metadata_is_discarded_and_orphans_removed_at_load() {
     assert!(store.get(&id(10)).is_some());
     for n in [11, 12, 13] {
         assert!(store.get(&id(n)).is_none());
-        assert!(
-            !path(n, "meta").exists() && !path(n, "data").exists(),
-            "task {n} files removed"
-        );
+        assert!(!path(n, "meta").exists() && !path(n, "data").exists(), "task {n} files removed");
     }
     assert!(!path(14, "meta.tmp").exists());
     assert!(foreign.exists(), "files that are not ours are left alone");
@@ -431,9 +309,7 @@ fn gc_ttl_and_watermarks_spare_tasks_in_use() {
         let t = store.create(&spec(n, Some(size), piece, None)).unwrap();
         rt().block_on(async {
             for k in 0..4 {
-                t.write_piece(k, piece_of(&all, piece, k), None)
-                    .await
-                    .unwrap();
+                t.write_piece(k, piece_of(&all, piece, k), None).await.unwrap();
             }
             t.wait_complete().await.unwrap();
         });
@@ -500,11 +376,7 @@ fn disk_full_is_a_clear_error_and_the_store_keeps_working() {
         let piece = 64 << 10;
         // Known length: the reservation fails at creation and leaves no files behind.
         let e = store.create(&spec(30, Some(8 << 20), piece, None));
-        assert!(
-            matches!(e, Err(StorageError::DiskFull { .. })),
-            "{:?}",
-            e.err()
-        );
+        assert!(matches!(e, Err(StorageError::DiskFull { .. })), "{:?}", e.err());
         assert!(store.get(&id(30)).is_none());
         // Unknown length (a chunked origin): pieces succeed until the disk fills, then a clear error.
         let t = store.create(&spec(31, None, piece, None)).unwrap();
@@ -528,8 +400,7 @@ fn disk_full_is_a_clear_error_and_the_store_keeps_working() {
         // Freeing the space makes the engine usable again.
         assert!(store.remove(&id(31), "test"));
         let small = store.create(&spec(32, Some(1000), piece, None)).unwrap();
-        rt().block_on(small.write_piece(0, Bytes::from(content(32, 1000)), None))
-            .unwrap();
+        rt().block_on(small.write_piece(0, Bytes::from(content(32, 1000)), None)).unwrap();
         assert!(small.has_piece(0));
         drop(small);
         store.remove(&id(32), "test");

@@ -12,11 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::storage::IoEngineChoice;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "shoal",
-    version,
-    about = "P2P distribution of large files behind an HTTP proxy"
-)]
+#[command(name = "shoal", version, about = "P2P distribution of large files behind an HTTP proxy")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -100,9 +96,7 @@ pub struct GetArgs {
 /// Parses sizes such as `512`, `64KiB`, `10GB`, `1.5TiB` (SI and binary units; bare numbers are bytes).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -130,20 +124,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = |m: u64| {
-        n.checked_mul(m)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("duration too large: {s:?}"))
-    };
+    let secs = |m: u64| n.checked_mul(m).map(Duration::from_secs).ok_or_else(|| format!("duration too large: {s:?}"));
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "" | "s" => secs(1),
         "m" => secs(60),
         "h" => secs(3600),
         "d" => secs(86400),
-        u => Err(format!(
-            "unknown duration unit {u:?} in {s:?} (ms, s, m, h, d)"
-        )),
+        u => Err(format!("unknown duration unit {u:?} in {s:?} (ms, s, m, h, d)")),
     }
 }
 

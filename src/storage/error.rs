@@ -27,11 +27,7 @@ pub enum StorageError {
     #[error("piece {piece} out of range (task has {count} pieces)")]
     PieceOutOfRange { piece: u32, count: u32 },
     #[error("piece {piece} has {got} bytes, expected {expected}")]
-    PieceLength {
-        piece: u32,
-        got: usize,
-        expected: usize,
-    },
+    PieceLength { piece: u32, got: usize, expected: usize },
     #[error("piece {piece} crc32c mismatch: expected {expected:08x}, got {got:08x}")]
     CrcMismatch { piece: u32, expected: u32, got: u32 },
     #[error("piece {0} is being written by another writer")]

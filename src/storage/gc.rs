@@ -56,9 +56,7 @@ impl Store {
     fn usage_and_limit(&self) -> (u64, u64) {
         match self.cfg.quota_bytes {
             Some(q) => (self.usage_bytes(), q),
-            None => fs_usage(self.data_dir())
-                .map(|(t, u)| (u, t))
-                .unwrap_or((0, u64::MAX)),
+            None => fs_usage(self.data_dir()).map(|(t, u)| (u, t)).unwrap_or((0, u64::MAX)),
         }
     }
 
@@ -87,10 +85,7 @@ impl Store {
         let idle = self.idle_tasks();
         let mut rest = Vec::new();
         for (at, t) in idle {
-            let expired = self
-                .cfg
-                .ttl
-                .is_some_and(|ttl| now_ms.saturating_sub(at) > ttl.as_millis() as u64);
+            let expired = self.cfg.ttl.is_some_and(|ttl| now_ms.saturating_sub(at) > ttl.as_millis() as u64);
             if expired {
                 usage = usage.saturating_sub(self.evict(&t, "ttl expired", &mut r));
                 r.expired.push(t.id());

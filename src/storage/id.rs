@@ -28,11 +28,7 @@ impl FromStr for TaskId {
 
     fn from_str(s: &str) -> Result<Self, BadTaskId> {
         // Uppercase is refused so that one task has exactly one spelling on disk.
-        if s.len() != 64
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(BadTaskId);
         }
         let mut out = [0u8; 32];
@@ -63,9 +59,6 @@ mod tests {
         assert_eq!(s.parse::<TaskId>().unwrap().to_hex(), s);
         assert_eq!("AB".repeat(32).parse::<TaskId>(), Err(BadTaskId));
         assert_eq!("ab".repeat(31).parse::<TaskId>(), Err(BadTaskId));
-        assert_eq!(
-            format!("../{}", "a".repeat(61)).parse::<TaskId>(),
-            Err(BadTaskId)
-        );
+        assert_eq!(format!("../{}", "a".repeat(61)).parse::<TaskId>(), Err(BadTaskId));
     }
 }

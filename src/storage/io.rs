@@ -27,9 +27,7 @@ impl std::str::FromStr for IoEngineChoice {
             "auto" => Ok(Self::Auto),
             "uring" | "io_uring" => Ok(Self::Uring),
             "sync" => Ok(Self::Sync),
-            other => Err(format!(
-                "unknown io engine {other:?} (expected auto, uring or sync)"
-            )),
+            other => Err(format!("unknown io engine {other:?} (expected auto, uring or sync)")),
         }
     }
 }
@@ -53,9 +51,7 @@ impl IoEngine {
     pub fn select(choice: IoEngineChoice) -> Result<IoEngine, String> {
         match choice {
             IoEngineChoice::Sync => Ok(IoEngine::Sync),
-            IoEngineChoice::Uring => uring::probe()
-                .map(|_| IoEngine::Uring)
-                .map_err(|e| e.to_string()),
+            IoEngineChoice::Uring => uring::probe().map(|_| IoEngine::Uring).map_err(|e| e.to_string()),
             IoEngineChoice::Auto => match uring::probe() {
                 Ok(()) => Ok(IoEngine::Uring),
                 Err(e) => {
@@ -80,11 +76,7 @@ impl IoEngine {
                     .step_by(uring::CHUNK)
                     .map(|start| {
                         let end = (start + uring::CHUNK).min(buf.len());
-                        (
-                            start,
-                            end,
-                            ring.write_at(file, buf.slice(start..end), offset + start as u64),
-                        )
+                        (start, end, ring.write_at(file, buf.slice(start..end), offset + start as u64))
                     })
                     .collect();
                 let mut first_err = None;
@@ -93,15 +85,7 @@ impl IoEngine {
                     let r = match done {
                         Ok(n) if n == end - start => Ok(()),
                         // Short write (rare on regular files): finish that chunk synchronously-ordered.
-                        Ok(n) => {
-                            write_rest(
-                                &ring,
-                                file,
-                                buf.slice(start + n..end),
-                                offset + (start + n) as u64,
-                            )
-                            .await
-                        }
+                        Ok(n) => write_rest(&ring, file, buf.slice(start + n..end), offset + (start + n) as u64).await,
                         Err(e) => Err(e),
                     };
                     if let (Err(e), None) = (r, &first_err) {
@@ -113,13 +97,27 @@ impl IoEngine {
         }
     }
 
+    /// Writes a whole piece and starts its writeback at once, as Dragonfly does: dirty pages never pile
+    /// up, and the fdatasync that completes a task finds little left to do (so it overlaps with hashing
+    /// instead of following it).
+    pub async fn write_piece_at(self, file: &Arc<File>, buf: Bytes, offset: u64) -> io::Result<()> {
+        let len = buf.len();
+        self.write_all_at(file, buf, offset).await?;
+        match self {
+            IoEngine::Sync => {
+                let f = file.clone();
+                blocking(move || start_writeback(&f, offset, len)).await
+            }
+            IoEngine::Uring => {
+                // Fire and forget: the slot keeps the file open until the kernel answers.
+                drop(Ring::current()?.start_writeback(file, offset, len as u32));
+                Ok(())
+            }
+        }
+    }
+
     /// Reads exactly `len` bytes at `offset`.
-    pub async fn read_exact_at(
-        self,
-        file: &Arc<File>,
-        len: usize,
-        offset: u64,
-    ) -> io::Result<Vec<u8>> {
+    pub async fn read_exact_at(self, file: &Arc<File>, len: usize, offset: u64) -> io::Result<Vec<u8>> {
         match self {
             IoEngine::Sync => {
                 let f = file.clone();
@@ -133,9 +131,7 @@ impl IoEngine {
                 let ring = Ring::current()?;
                 let done = ring.read_at(file, len, offset).await;
                 let n = done.result?;
-                let mut v = done
-                    .buf
-                    .ok_or_else(|| io::Error::other("read buffer lost"))?;
+                let mut v = done.buf.ok_or_else(|| io::Error::other("read buffer lost"))?;
                 if n < len {
                     // Short read from the page cache edge: read the rest the simple way.
                     let f = file.clone();
@@ -163,20 +159,25 @@ impl IoEngine {
     }
 }
 
-async fn write_rest(
-    ring: &Arc<Ring>,
-    file: &Arc<File>,
-    mut buf: Bytes,
-    mut offset: u64,
-) -> io::Result<()> {
+fn start_writeback(f: &File, offset: u64, len: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range takes no pointers; the descriptor is valid for the call.
+    let r = unsafe {
+        libc::sync_file_range(f.as_raw_fd(), offset as libc::off64_t, len as libc::off64_t, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    // Only a hint: a file system that refuses it loses nothing.
+    if r != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "sync_file_range refused");
+    }
+    Ok(())
+}
+
+async fn write_rest(ring: &Arc<Ring>, file: &Arc<File>, mut buf: Bytes, mut offset: u64) -> io::Result<()> {
     // Bounded: each round either moves at least one byte or returns an error.
     while !buf.is_empty() {
         let n = ring.write_at(file, buf.clone(), offset).await.result?;
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "io_uring wrote 0 bytes",
-            ));
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "io_uring wrote 0 bytes"));
         }
         buf = buf.slice(n..);
         offset += n as u64;
@@ -184,10 +185,6 @@ async fn write_rest(
     Ok(())
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| io::Error::other(format!("blocking task: {e}")))?
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| io::Error::other(format!("blocking task: {e}")))?
 }

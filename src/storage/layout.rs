@@ -63,9 +63,7 @@ mod tests {
         let (len, pl) = (10 * 1024 + 7, 1024);
         let n = piece_count(len, pl) as u32;
         assert_eq!(n, 11);
-        let total: u64 = (0..n)
-            .map(|k| piece_range(len, pl, k).unwrap().1 as u64)
-            .sum();
+        let total: u64 = (0..n).map(|k| piece_range(len, pl, k).unwrap().1 as u64).sum();
         assert_eq!(total, len);
         assert_eq!(piece_range(len, pl, 10), Some((10 * 1024, 7)));
         assert_eq!(piece_range(len, pl, 11), None);

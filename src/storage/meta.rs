@@ -88,10 +88,7 @@ impl Meta {
     /// Writes a new metadata file at `path` via `path.tmp` + rename, then maps it.
     pub fn create(path: &Path, m: &NewMeta<'_>) -> Result<Meta> {
         if !layout::valid_piece_length(m.piece_length) {
-            return Err(StorageError::Invalid(format!(
-                "piece length {}",
-                m.piece_length
-            )));
+            return Err(StorageError::Invalid(format!("piece length {}", m.piece_length)));
         }
         let capacity = match m.content_length {
             Some(len) => layout::piece_count(len, m.piece_length),
@@ -126,36 +123,17 @@ impl Meta {
         let crc = header_crc(&h, url.len());
         put32(&mut h, OFF_HEADER_CRC, crc);
         put32(&mut h, OFF_STATE, ST_DIRTY);
-        put64(
-            &mut h,
-            OFF_CONTENT_LENGTH,
-            m.content_length.unwrap_or(UNKNOWN),
-        );
+        put64(&mut h, OFF_CONTENT_LENGTH, m.content_length.unwrap_or(UNKNOWN));
         put64(&mut h, OFF_LAST_ACCESS, m.created_ms);
 
         let tmp = path.with_extension("meta.tmp");
         let io = |e| StorageError::io(&tmp, e);
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io)?;
+        let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).map_err(io)?;
         f.write_all(&h).map_err(io)?;
         // The piece table stays a hole until pieces complete: no disk for unknown-length reservations.
         f.set_len(file_len(HEADER_SIZE, capacity)).map_err(io)?;
         std::fs::rename(&tmp, path).map_err(|e| StorageError::io(path, e))?;
-        Self::map(
-            f,
-            path,
-            m.id,
-            url.to_owned(),
-            m.piece_length,
-            capacity,
-            m.expected_sha256,
-            m.created_ms,
-        )
+        Self::map(f, path, m.id, url.to_owned(), m.piece_length, capacity, m.expected_sha256, m.created_ms)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -173,32 +151,18 @@ impl Meta {
         if map.len() as u64 != file_len(HEADER_SIZE, capacity) {
             return Err(bad(path, "file changed size while mapping"));
         }
-        Ok(Meta {
-            map,
-            path: path.to_owned(),
-            id,
-            url,
-            piece_length,
-            capacity,
-            expected_sha256,
-            created_ms,
-        })
+        Ok(Meta { map, path: path.to_owned(), id, url, piece_length, capacity, expected_sha256, created_ms })
     }
 
     /// Opens and validates an existing metadata file. Every inconsistency is an error, never a panic.
     pub fn open(path: &Path, id: TaskId) -> Result<Meta> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| StorageError::io(path, e))?;
+        let f = OpenOptions::new().read(true).write(true).open(path).map_err(|e| StorageError::io(path, e))?;
         let len = f.metadata().map_err(|e| StorageError::io(path, e))?.len();
         if len < HEADER_SIZE as u64 {
             return Err(bad(path, format!("truncated: {len} bytes")));
         }
         let mut h = vec![0u8; HEADER_SIZE];
-        std::os::unix::fs::FileExt::read_exact_at(&f, &mut h, 0)
-            .map_err(|e| StorageError::io(path, e))?;
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut h, 0).map_err(|e| StorageError::io(path, e))?;
         if h[..8] != MAGIC {
             return Err(bad(path, "bad magic"));
         }
@@ -225,10 +189,7 @@ impl Meta {
             return Err(bad(path, "piece table too large"));
         }
         if len != file_len(HEADER_SIZE, capacity) {
-            return Err(bad(
-                path,
-                format!("size {len} does not match a table of {capacity} pieces"),
-            ));
+            return Err(bad(path, format!("size {len} does not match a table of {capacity} pieces")));
         }
         let mut tid = [0u8; 32];
         tid.copy_from_slice(&h[OFF_TASK_ID..OFF_TASK_ID + 32]);
@@ -241,9 +202,8 @@ impl Meta {
             d.copy_from_slice(&h[OFF_EXPECTED..OFF_EXPECTED + 32]);
             d
         });
-        let url = std::str::from_utf8(&h[OFF_URL..OFF_URL + url_len])
-            .map_err(|_| bad(path, "url is not utf-8"))?
-            .to_owned();
+        let url =
+            std::str::from_utf8(&h[OFF_URL..OFF_URL + url_len]).map_err(|_| bad(path, "url is not utf-8"))?.to_owned();
         let created = get64(&h, OFF_CREATED);
         let meta = Self::map(f, path, id, url, piece_length, capacity, expected, created)?;
         meta.check_consistent(cf & CF_LENGTH_KNOWN != 0)?;
@@ -259,8 +219,7 @@ impl Meta {
         let count = match self.content_length() {
             Some(len) => {
                 let n = layout::piece_count(len, self.piece_length);
-                if n > self.capacity as u64 || (length_known_at_create && n != self.capacity as u64)
-                {
+                if n > self.capacity as u64 || (length_known_at_create && n != self.capacity as u64) {
                     return Err(bad(p, "content length does not match the piece table"));
                 }
                 n as u32
@@ -274,10 +233,7 @@ impl Meta {
                 return Err(bad(p, format!("piece {k}: invalid state word")));
             }
             if e & PIECE_DONE != 0 && k >= count {
-                return Err(bad(
-                    p,
-                    format!("piece {k} complete beyond the content length"),
-                ));
+                return Err(bad(p, format!("piece {k} complete beyond the content length")));
             }
         }
         if state & ST_COMPLETE != 0 {
@@ -332,8 +288,7 @@ impl Meta {
     }
 
     pub fn set_content_length(&self, len: u64) {
-        self.word64(OFF_CONTENT_LENGTH)
-            .store(len, Ordering::Release);
+        self.word64(OFF_CONTENT_LENGTH).store(len, Ordering::Release);
     }
 
     /// The crc32c of piece `k` when it is complete.
@@ -347,8 +302,7 @@ impl Meta {
 
     /// Marks piece `k` complete with its crc in one 8-byte store: a reader sees both or neither.
     pub fn mark_piece(&self, k: u32, crc: u32) {
-        self.entry(k)
-            .store(PIECE_DONE | crc as u64, Ordering::Release);
+        self.entry(k).store(PIECE_DONE | crc as u64, Ordering::Release);
     }
 
     pub fn clear_piece(&self, k: u32) {
@@ -361,12 +315,7 @@ impl Meta {
         }
         let mut d = [0u8; 32];
         for (i, chunk) in d.chunks_mut(8).enumerate() {
-            chunk.copy_from_slice(
-                &self
-                    .word64(OFF_ACTUAL + 8 * i)
-                    .load(Ordering::Acquire)
-                    .to_le_bytes(),
-            );
+            chunk.copy_from_slice(&self.word64(OFF_ACTUAL + 8 * i).load(Ordering::Acquire).to_le_bytes());
         }
         Some(d)
     }
@@ -376,8 +325,7 @@ impl Meta {
         for (i, chunk) in d.chunks(8).enumerate() {
             let mut w = [0u8; 8];
             w.copy_from_slice(chunk);
-            self.word64(OFF_ACTUAL + 8 * i)
-                .store(u64::from_le_bytes(w), Ordering::Release);
+            self.word64(OFF_ACTUAL + 8 * i).store(u64::from_le_bytes(w), Ordering::Release);
         }
         self.set_state_bits(ST_DIGEST);
     }
@@ -392,20 +340,13 @@ impl Meta {
 
     /// Synchronously writes the mapping back to disk (the header page alone when `header_only`).
     pub fn flush(&self, header_only: bool) -> Result<()> {
-        let r = if header_only {
-            self.map.flush_range(0, HEADER_SIZE)
-        } else {
-            self.map.flush()
-        };
+        let r = if header_only { self.map.flush_range(0, HEADER_SIZE) } else { self.map.flush() };
         r.map_err(|e| StorageError::io(&self.path, e))
     }
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> StorageError {
-    StorageError::BadMetadata {
-        path: path.to_owned(),
-        reason: reason.into(),
-    }
+    StorageError::BadMetadata { path: path.to_owned(), reason: reason.into() }
 }
 
 fn header_crc(h: &[u8], url_len: usize) -> u32 {
@@ -483,10 +424,7 @@ mod tests {
             ("empty", vec![]),
             ("truncated header", good[..100].to_vec()),
             ("truncated table", good[..good.len() - 1].to_vec()),
-            (
-                "garbage",
-                (0..good.len()).map(|i| (i * 31 % 251) as u8).collect(),
-            ),
+            ("garbage", (0..good.len()).map(|i| (i * 31 % 251) as u8).collect()),
             ("bad magic", {
                 let mut g = good.clone();
                 g[0] ^= 1;
@@ -531,10 +469,7 @@ mod tests {
             }
         }
         std::fs::write(&path, &good).unwrap();
-        assert!(matches!(
-            Meta::open(&path, TaskId([8; 32])),
-            Err(StorageError::BadMetadata { .. })
-        ));
+        assert!(matches!(Meta::open(&path, TaskId([8; 32])), Err(StorageError::BadMetadata { .. })));
         assert!(Meta::open(&path, id).is_ok());
     }
 

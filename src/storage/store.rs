@@ -82,24 +82,13 @@ pub struct LoadReport {
 impl Store {
     /// Opens (creating if needed) the data directory, picks the io engine and loads every task on disk.
     pub fn open(cfg: StoreConfig) -> Result<(Arc<Store>, LoadReport)> {
-        if !(0.0 < cfg.low_watermark
-            && cfg.low_watermark <= cfg.high_watermark
-            && cfg.high_watermark <= 1.0)
-        {
-            return Err(StorageError::Invalid(
-                "watermarks must satisfy 0 < low <= high <= 1".into(),
-            ));
+        if !(0.0 < cfg.low_watermark && cfg.low_watermark <= cfg.high_watermark && cfg.high_watermark <= 1.0) {
+            return Err(StorageError::Invalid("watermarks must satisfy 0 < low <= high <= 1".into()));
         }
         let engine = IoEngine::select(cfg.io_engine).map_err(StorageError::UringUnavailable)?;
         let tasks_dir = cfg.data_dir.join("tasks");
         fs::create_dir_all(&tasks_dir).map_err(|e| StorageError::io(&tasks_dir, e))?;
-        let store = Store {
-            cfg,
-            engine,
-            tasks_dir,
-            tasks: Mutex::new(HashMap::new()),
-            evictions: AtomicU64::new(0),
-        };
+        let store = Store { cfg, engine, tasks_dir, tasks: Mutex::new(HashMap::new()), evictions: AtomicU64::new(0) };
         let report = store.load()?;
         tracing::info!(
             engine = engine.name(),
@@ -129,8 +118,7 @@ impl Store {
 
     fn load(&self) -> Result<LoadReport> {
         let mut report = LoadReport::default();
-        let shards =
-            fs::read_dir(&self.tasks_dir).map_err(|e| StorageError::io(&self.tasks_dir, e))?;
+        let shards = fs::read_dir(&self.tasks_dir).map_err(|e| StorageError::io(&self.tasks_dir, e))?;
         for shard in shards.flatten() {
             let name = shard.file_name();
             let name = name.to_string_lossy();
@@ -187,22 +175,11 @@ impl Store {
         }
     }
 
-    fn load_task(
-        &self,
-        id: TaskId,
-        meta_path: &Path,
-        data_path: &Path,
-    ) -> Result<(Arc<Task>, bool)> {
+    fn load_task(&self, id: TaskId, meta_path: &Path, data_path: &Path) -> Result<(Arc<Task>, bool)> {
         let meta = Meta::open(meta_path, id)?;
-        let data = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(data_path)
-            .map_err(|e| StorageError::io(data_path, e))?;
-        let size = data
-            .metadata()
-            .map_err(|e| StorageError::io(data_path, e))?
-            .len();
+        let data =
+            OpenOptions::new().read(true).write(true).open(data_path).map_err(|e| StorageError::io(data_path, e))?;
+        let size = data.metadata().map_err(|e| StorageError::io(data_path, e))?.len();
         if meta.state() & ST_COMPLETE != 0 && Some(size) != meta.content_length() {
             return Err(StorageError::BadMetadata {
                 path: meta_path.to_owned(),
@@ -217,10 +194,7 @@ impl Store {
         }
         // Hashing of surviving pieces starts with the next write or wait, not here: a process that only
         // reads the store (or lists it) never competes with the one that will resume the download.
-        Ok((
-            Task::new(meta, data, data_path.to_owned(), self.engine),
-            unclean,
-        ))
+        Ok((Task::new(meta, data, data_path.to_owned(), self.engine), unclean))
     }
 
     /// The task with this ID, if the store has it (pins it against GC while the handle lives).
@@ -240,9 +214,7 @@ impl Store {
     pub fn get_or_create(&self, spec: &TaskSpec) -> Result<(Arc<Task>, bool)> {
         let mut tasks = lock(&self.tasks);
         if let Some(t) = tasks.get(&spec.id) {
-            if !t.removed.load(Ordering::Acquire)
-                && !matches!(t.state(), super::TaskState::Failed(_))
-            {
+            if !t.removed.load(Ordering::Acquire) && !matches!(t.state(), super::TaskState::Failed(_)) {
                 return Ok((t.clone(), false));
             }
             tasks.remove(&spec.id);
@@ -263,14 +235,8 @@ impl Store {
     fn create_files(&self, spec: &TaskSpec) -> Result<Arc<Task>> {
         let piece_length = match spec.piece_length {
             Some(p) if layout::valid_piece_length(p) => p,
-            Some(p) => {
-                return Err(StorageError::Invalid(format!(
-                    "piece length {p} is not a power of two in range"
-                )))
-            }
-            None => spec
-                .content_length
-                .map_or(layout::UNKNOWN_LENGTH_PIECE, layout::auto_piece_length),
+            Some(p) => return Err(StorageError::Invalid(format!("piece length {p} is not a power of two in range"))),
+            None => spec.content_length.map_or(layout::UNKNOWN_LENGTH_PIECE, layout::auto_piece_length),
         };
         let (dir, meta_path, data_path) = self.paths(&spec.id);
         fs::create_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))?;
@@ -321,11 +287,7 @@ impl Store {
 
     pub fn list(&self) -> Vec<TaskInfo> {
         let tasks: Vec<_> = lock(&self.tasks).values().cloned().collect();
-        let mut v: Vec<_> = tasks
-            .iter()
-            .filter(|t| !t.removed.load(Ordering::Acquire))
-            .map(|t| t.info())
-            .collect();
+        let mut v: Vec<_> = tasks.iter().filter(|t| !t.removed.load(Ordering::Acquire)).map(|t| t.info()).collect();
         v.sort_by_key(|i| i.id);
         v
     }

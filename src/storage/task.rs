@@ -68,10 +68,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 pub(super) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Task {
@@ -114,8 +111,7 @@ impl Task {
 
     /// Known once the content length is.
     pub fn piece_count(&self) -> Option<u32> {
-        self.content_length()
-            .map(|l| layout::piece_count(l, self.meta.piece_length) as u32)
+        self.content_length().map(|l| layout::piece_count(l, self.meta.piece_length) as u32)
     }
 
     /// Offset and length of piece `k`, when the content length is known and `k` is in range.
@@ -193,46 +189,35 @@ impl Task {
         match self.content_length() {
             Some(len) => match layout::piece_range(len, self.meta.piece_length, k) {
                 Some((_, l)) => Ok(l as usize),
-                None => Err(StorageError::PieceOutOfRange {
-                    piece: k,
-                    count: self.piece_count().unwrap_or(0),
-                }),
+                None => Err(StorageError::PieceOutOfRange { piece: k, count: self.piece_count().unwrap_or(0) }),
             },
             None if k < self.meta.capacity => Ok(self.meta.piece_length as usize),
-            None => Err(StorageError::TooLarge(
-                (k as u64 + 1) * self.meta.piece_length as u64,
-            )),
+            None => Err(StorageError::TooLarge((k as u64 + 1) * self.meta.piece_length as u64)),
         }
     }
 
     /// Writes piece `k` and publishes it. With `expected_crc` (a piece from a peer) the bytes are checked
     /// first and a mismatch writes nothing. Writing a piece that is already complete is a no-op.
-    pub async fn write_piece(
-        self: &Arc<Self>,
-        k: u32,
-        data: Bytes,
-        expected_crc: Option<u32>,
-    ) -> Result<()> {
+    pub async fn write_piece(self: &Arc<Self>, k: u32, data: Bytes, expected_crc: Option<u32>) -> Result<()> {
         self.check_failed()?;
         let want = self.expected_piece_len(k)?;
         if data.len() != want {
-            return Err(StorageError::PieceLength {
-                piece: k,
-                got: data.len(),
-                expected: want,
-            });
+            return Err(StorageError::PieceLength { piece: k, got: data.len(), expected: want });
         }
         if self.has_piece(k) {
             return Ok(());
         }
-        let crc = crc32c::crc32c(&data);
+        let hot = super::digest::claim_next(self, k);
+        let (crc, advanced) = match &hot {
+            Some(claim) => {
+                let (crc, ctx) = claim.crc_and_hash(&data);
+                (crc, Some(ctx))
+            }
+            None => (crc32c::crc32c(&data), None),
+        };
         if let Some(exp) = expected_crc {
             if exp != crc {
-                return Err(StorageError::CrcMismatch {
-                    piece: k,
-                    expected: exp,
-                    got: crc,
-                });
+                return Err(StorageError::CrcMismatch { piece: k, expected: exp, got: crc });
             }
         }
         struct Claim<'a>(&'a Mutex<HashSet<u32>>, u32);
@@ -246,15 +231,15 @@ impl Task {
         }
         let _claim = Claim(&self.writing, k);
         let offset = k as u64 * self.meta.piece_length as u64;
-        self.io
-            .write_all_at(&self.data, data, offset)
-            .await
-            .map_err(|e| StorageError::io(&self.data_path, e))?;
+        self.io.write_all_at(&self.data, data, offset).await.map_err(|e| StorageError::io(&self.data_path, e))?;
         // The task may have failed or been removed while the bytes were in flight; a piece of a dropped
         // task must not be published.
         self.check_failed()?;
         self.meta.mark_piece(k, crc);
         self.set_verified(k);
+        if let (Some(claim), Some(ctx)) = (hot, advanced) {
+            claim.commit(ctx);
+        }
         self.notify();
         super::digest::kick(self);
         Ok(())
@@ -264,11 +249,7 @@ impl Task {
     /// Pieces already written must all lie inside it.
     pub fn set_content_length(self: &Arc<Self>, len: u64) -> Result<()> {
         if let Some(cur) = self.content_length() {
-            return if cur == len {
-                Ok(())
-            } else {
-                Err(StorageError::LengthConflict(len))
-            };
+            return if cur == len { Ok(()) } else { Err(StorageError::LengthConflict(len)) };
         }
         let count = layout::piece_count(len, self.meta.piece_length);
         if count > self.meta.capacity as u64 {
@@ -277,16 +258,11 @@ impl Task {
         let count = count as u32;
         // A full piece written where the final, shorter piece belongs would be the wrong length.
         let last_short = len % self.meta.piece_length as u64 != 0;
-        let conflict = self
-            .completed_pieces()
-            .into_iter()
-            .any(|k| k >= count || (last_short && k == count - 1));
+        let conflict = self.completed_pieces().into_iter().any(|k| k >= count || (last_short && k == count - 1));
         if conflict {
             return Err(StorageError::LengthConflict(len));
         }
-        self.data
-            .set_len(len)
-            .map_err(|e| StorageError::io(&self.data_path, e))?;
+        self.data.set_len(len).map_err(|e| StorageError::io(&self.data_path, e))?;
         self.meta.set_content_length(len);
         self.notify();
         super::digest::kick(self);
@@ -309,19 +285,12 @@ impl Task {
         self.meta.set_state_bits(ST_DIRTY);
         super::digest::reset(self);
         self.notify();
-        StorageError::CrcMismatch {
-            piece: k,
-            expected,
-            got,
-        }
+        StorageError::CrcMismatch { piece: k, expected, got }
     }
 
     /// Reads a complete piece through the io engine, checking its crc32c.
     pub async fn read_piece(&self, k: u32) -> Result<Bytes> {
-        let crc = self
-            .meta
-            .piece_crc(k)
-            .ok_or(StorageError::PieceMissing(k))?;
+        let crc = self.meta.piece_crc(k).ok_or(StorageError::PieceMissing(k))?;
         let (off, len) = self.piece_range(k).ok_or(StorageError::PieceMissing(k))?;
         let v = self
             .io
@@ -348,35 +317,20 @@ impl Task {
             self.read_piece(k).await?;
         }
         self.touch();
-        Ok(ZeroCopy {
-            file: self.data.clone(),
-            offset: off,
-            len: len as u64,
-            _pin: self.clone(),
-        })
+        Ok(ZeroCopy { file: self.data.clone(), offset: off, len: len as u64, _pin: self.clone() })
     }
 
     /// A zero-copy handle for any byte range whose pieces are all complete (proxy Range responses).
     pub async fn zero_copy_range(self: &Arc<Self>, offset: u64, len: u64) -> Result<ZeroCopy> {
-        let total = self
-            .content_length()
-            .ok_or(StorageError::Invalid("content length unknown".into()))?;
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= total)
-            .ok_or(StorageError::Invalid("range".into()))?;
+        let total = self.content_length().ok_or(StorageError::Invalid("content length unknown".into()))?;
+        let end = offset.checked_add(len).filter(|&e| e <= total).ok_or(StorageError::Invalid("range".into()))?;
         if len > 0 {
             let pl = self.meta.piece_length as u64;
             for k in (offset / pl) as u32..=((end - 1) / pl) as u32 {
                 self.zero_copy_piece(k).await?;
             }
         }
-        Ok(ZeroCopy {
-            file: self.data.clone(),
-            offset,
-            len,
-            _pin: self.clone(),
-        })
+        Ok(ZeroCopy { file: self.data.clone(), offset, len, _pin: self.clone() })
     }
 
     /// Waits until piece `k` is complete, or the task fails.
@@ -466,9 +420,7 @@ impl Task {
         if self.meta.state() & ST_DIRTY == 0 {
             return Ok(());
         }
-        self.data
-            .sync_data()
-            .map_err(|e| StorageError::io(&self.data_path, e))?;
+        self.data.sync_data().map_err(|e| StorageError::io(&self.data_path, e))?;
         self.meta.flush(false)?;
         self.meta.clear_state_bits(ST_DIRTY);
         self.meta.flush(true)

@@ -67,12 +67,10 @@ pub fn probe() -> io::Result<()> {
         (opcode::Write::CODE, "write"),
         (opcode::Read::CODE, "read"),
         (opcode::Fsync::CODE, "fsync"),
+        (opcode::SyncFileRange::CODE, "sync_file_range"),
     ] {
         if !p.is_supported(code) {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("io_uring lacks {name}"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::Unsupported, format!("io_uring lacks {name}")));
         }
     }
     Ok(())
@@ -88,9 +86,7 @@ impl Ring {
     /// runtime; a ring whose runtime has gone is replaced.
     pub fn current() -> io::Result<Arc<Ring>> {
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(io::Error::other(
-                "io_uring engine used outside a tokio runtime",
-            ));
+            return Err(io::Error::other("io_uring engine used outside a tokio runtime"));
         }
         RING.with(|cell| {
             if let Some(r) = cell.borrow().upgrade() {
@@ -108,19 +104,13 @@ impl Ring {
             let efd = unsafe { OwnedFd::from_raw_fd(efd) };
             ring.submitter().register_eventfd(efd.as_raw_fd())?;
             let r = Arc::new(Ring {
-                inner: Mutex::new(Inner {
-                    ring,
-                    slots: Vec::new(),
-                    free: Vec::new(),
-                    unsubmitted: 0,
-                }),
+                inner: Mutex::new(Inner { ring, slots: Vec::new(), free: Vec::new(), unsubmitted: 0 }),
                 kick: Notify::new(),
                 alive: AtomicBool::new(true),
             });
             // SAFETY: `efd` is an OwnedFd: open, and the same descriptor for as long as the AsyncFd owns it.
-            let afd =
-                unsafe { AsyncFd::register_with_interest(efd, tokio::io::Interest::READABLE) }
-                    .map_err(|e| io::Error::other(e.to_string()))?;
+            let afd = unsafe { AsyncFd::register_with_interest(efd, tokio::io::Interest::READABLE) }
+                .map_err(|e| io::Error::other(e.to_string()))?;
             tokio::spawn(drive(r.clone(), afd));
             *cell.borrow_mut() = Arc::downgrade(&r);
             Ok(r)
@@ -131,13 +121,7 @@ impl Ring {
     /// kernel's completion arrives.
     fn push(self: &Arc<Self>, file: &Arc<File>, keep: Keep, entry: io_uring::squeue::Entry) -> Op {
         let mut g = lock(&self.inner);
-        let slot = Slot {
-            result: None,
-            waker: None,
-            keep,
-            _file: file.clone(),
-            abandoned: false,
-        };
+        let slot = Slot { result: None, waker: None, keep, _file: file.clone(), abandoned: false };
         let idx = match g.free.pop() {
             Some(i) => {
                 g.slots[i] = Some(slot);
@@ -170,18 +154,12 @@ impl Ring {
         }
         drop(g);
         self.kick.notify_one();
-        Op {
-            ring: self.clone(),
-            idx,
-            done: false,
-        }
+        Op { ring: self.clone(), idx, done: false }
     }
 
     pub fn write_at(self: &Arc<Self>, file: &Arc<File>, buf: Bytes, offset: u64) -> Op {
         let fd = types::Fd(file.as_raw_fd());
-        let entry = opcode::Write::new(fd, buf.as_ptr(), buf.len() as u32)
-            .offset(offset)
-            .build();
+        let entry = opcode::Write::new(fd, buf.as_ptr(), buf.len() as u32).offset(offset).build();
         self.push(file, Keep::Write(buf), entry)
     }
 
@@ -189,27 +167,26 @@ impl Ring {
         let fd = types::Fd(file.as_raw_fd());
         let mut buf = vec![0u8; len];
         // The Vec's heap buffer does not move when the Vec is moved into the slot.
-        let entry = opcode::Read::new(fd, buf.as_mut_ptr(), len as u32)
-            .offset(offset)
-            .build();
+        let entry = opcode::Read::new(fd, buf.as_mut_ptr(), len as u32).offset(offset).build();
         self.push(file, Keep::Read(buf), entry)
+    }
+
+    /// Starts writeback of a range without waiting for it (sync_file_range SYNC_FILE_RANGE_WRITE).
+    pub fn start_writeback(self: &Arc<Self>, file: &Arc<File>, offset: u64, len: u32) -> Op {
+        let fd = types::Fd(file.as_raw_fd());
+        let entry = opcode::SyncFileRange::new(fd, len).offset(offset).flags(libc::SYNC_FILE_RANGE_WRITE).build();
+        self.push(file, Keep::None, entry)
     }
 
     pub fn fdatasync(self: &Arc<Self>, file: &Arc<File>) -> Op {
         let fd = types::Fd(file.as_raw_fd());
-        let entry = opcode::Fsync::new(fd)
-            .flags(types::FsyncFlags::DATASYNC)
-            .build();
+        let entry = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build();
         self.push(file, Keep::None, entry)
     }
 }
 
 fn reap(g: &mut Inner) {
-    let done: Vec<(usize, i32)> = g
-        .ring
-        .completion()
-        .map(|c| (c.user_data() as usize, c.result()))
-        .collect();
+    let done: Vec<(usize, i32)> = g.ring.completion().map(|c| (c.user_data() as usize, c.result())).collect();
     for (idx, res) in done {
         let Some(Some(slot)) = g.slots.get_mut(idx) else {
             continue;
@@ -284,20 +261,14 @@ impl Future for Op {
         if !self.ring.alive.load(Ordering::Acquire) {
             self.done = true;
             let e = io::Error::other("io_uring driver stopped");
-            return Poll::Ready(Completed {
-                result: Err(e),
-                buf: None,
-            });
+            return Poll::Ready(Completed { result: Err(e), buf: None });
         }
         let ring = self.ring.clone();
         let mut g = lock(&ring.inner);
         let idx = self.idx;
         let Some(slot) = g.slots[idx].as_mut() else {
             self.done = true;
-            return Poll::Ready(Completed {
-                result: Err(io::Error::other("io_uring slot lost")),
-                buf: None,
-            });
+            return Poll::Ready(Completed { result: Err(io::Error::other("io_uring slot lost")), buf: None });
         };
         match slot.result {
             Some(res) => {
@@ -305,11 +276,7 @@ impl Future for Op {
                 g.slots[idx] = None;
                 g.free.push(idx);
                 self.done = true;
-                let result = if res < 0 {
-                    Err(io::Error::from_raw_os_error(-res))
-                } else {
-                    Ok(res as usize)
-                };
+                let result = if res < 0 { Err(io::Error::from_raw_os_error(-res)) } else { Ok(res as usize) };
                 let buf = match keep {
                     Keep::Read(v) => Some(v),
                     _ => None,

@@ -36,10 +36,7 @@ const MAX_SEND: usize = 1 << 20;
 
 impl std::fmt::Debug for ZeroCopy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ZeroCopy")
-            .field("offset", &self.offset)
-            .field("len", &self.len)
-            .finish()
+        f.debug_struct("ZeroCopy").field("offset", &self.offset).field("len", &self.len).finish()
     }
 }
 
@@ -66,16 +63,10 @@ impl ZeroCopy {
             match r {
                 Ok(0) => {
                     // The file is shorter than the range promised: never pad or end early silently.
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "task file shorter than range",
-                    ));
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "task file shorter than range"));
                 }
                 Ok(n) => sent += n as u64,
-                Err(e)
-                    if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS))
-                        && sent == 0 =>
-                {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) && sent == 0 => {
                     FALLBACKS.fetch_add(1, Ordering::Relaxed);
                     return self.copy_to_socket(sock).await;
                 }
@@ -96,15 +87,11 @@ impl ZeroCopy {
                 // Loops on WouldBlock until readiness is registered; bounded by the kernel's answers.
                 loop {
                     match self.0.try_write(buf) {
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            match self.0.poll_write_ready(cx) {
-                                std::task::Poll::Ready(Ok(())) => continue,
-                                std::task::Poll::Ready(Err(e)) => {
-                                    return std::task::Poll::Ready(Err(e))
-                                }
-                                std::task::Poll::Pending => return std::task::Poll::Pending,
-                            }
-                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => match self.0.poll_write_ready(cx) {
+                            std::task::Poll::Ready(Ok(())) => continue,
+                            std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                            std::task::Poll::Pending => return std::task::Poll::Pending,
+                        },
                         r => return std::task::Poll::Ready(r),
                     }
                 }

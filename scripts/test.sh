@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need on a fresh Debian machine (as root), then runs every test.
+# Usage: scripts/test.sh            (CI calls exactly this through .ci/run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-test-deps.sh
+
+# Release mode: the storage and crash tests move tens of MiB per case and the kill -9 test times writes.
+echo "== cargo test (all engines are exercised inside each storage test)"
+cargo test --release --all-targets --no-fail-fast
+
+# The daemon must also come up on the sync engine alone, as it does where seccomp blocks io_uring.
+echo "== cargo test, io engine forced to sync by the environment"
+SHOAL_IO_ENGINE=sync cargo test --release --test daemon --no-fail-fast
