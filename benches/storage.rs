@@ -1,7 +1,8 @@
 //! Storage engine benchmarks, each beside its raw baseline measured in the same run:
-//! - ingest: 1 GiB of 4 MiB pieces through the store (uring and sync engines; crc32c, piece marking,
-//!   sha256 and the final fdatasync included) vs raw writes of the same size (O_DIRECT, and buffered pwrite),
-//!   each ending with fdatasync so all of them pay for the disk.
+//! - ingest: 1 GiB of 4 MiB pieces through the store (crc32c, piece marking, sha256 and the final
+//!   fdatasync included) vs raw writes of the same size (O_DIRECT, and buffered pwrite), each ending with
+//!   fdatasync so all of them pay for the disk. `inorder4`: pieces in order, 4 in flight (an origin stream);
+//!   `random8`: random order, 8 in flight (pieces from several peers; sha256 then re-reads them).
 //! - send: every piece of a cached 1 GiB task to a loopback socket, sendfile vs read + write.
 //!
 //! The summary at the end prints each figure as a ratio to its baseline.
@@ -20,7 +21,6 @@ use shoal::storage::{IoEngineChoice, Store, StoreConfig, Task, TaskId, TaskSpec}
 
 const SIZE: u64 = 1 << 30;
 const PIECE: u32 = 4 << 20;
-const IN_FLIGHT: usize = 8;
 
 fn bench_dir() -> tempfile::TempDir {
     let base = std::env::var_os("SHOAL_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/tmp".into());
@@ -70,7 +70,7 @@ fn raw_buffered(path: &Path, data: &[Bytes]) {
     f.sync_data().unwrap();
 }
 
-async fn ingest(store: &Arc<Store>, n: u8, data: &[Bytes]) {
+async fn ingest(store: &Arc<Store>, n: u8, data: &[Bytes], in_flight: usize, shuffled: bool) {
     let spec = TaskSpec {
         id: TaskId([n; 32]),
         url: "http://bench.test/obj".into(),
@@ -80,14 +80,24 @@ async fn ingest(store: &Arc<Store>, n: u8, data: &[Bytes]) {
     };
     store.remove(&spec.id, "bench");
     let task = store.create(&spec).unwrap();
-    // IN_FLIGHT pieces at once, as several parents or a fast origin would deliver them.
+    let mut order: Vec<u32> = (0..data.len() as u32).collect();
+    if shuffled {
+        // A fixed permutation, so every run writes the same order.
+        let mut x = 0x9e37_79b9u64;
+        for i in (1..order.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            order.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+    }
     let mut next = 0usize;
     let mut running = Vec::new();
     loop {
-        while running.len() < IN_FLIGHT && next < data.len() {
+        while running.len() < in_flight && next < data.len() {
             let t = task.clone();
-            let d = data[next].clone();
-            let k = next as u32;
+            let k = order[next];
+            let d = data[k as usize].clone();
             running.push(tokio::task::spawn_local(async move { t.write_piece(k, d, None).await }));
             next += 1;
         }
@@ -99,6 +109,13 @@ async fn ingest(store: &Arc<Store>, n: u8, data: &[Bytes]) {
     task.wait_complete().await.unwrap();
 }
 
+const INGEST: &[(&str, IoEngineChoice, usize, bool)] = &[
+    ("store_uring_inorder4", IoEngineChoice::Uring, 4, false),
+    ("store_sync_inorder4", IoEngineChoice::Sync, 4, false),
+    ("store_uring_random8", IoEngineChoice::Uring, 8, true),
+    ("store_sync_random8", IoEngineChoice::Sync, 8, true),
+];
+
 fn bench_ingest(c: &mut Criterion) {
     let data = pieces();
     let dir = bench_dir();
@@ -109,13 +126,13 @@ fn bench_ingest(c: &mut Criterion) {
     g.bench_function("raw_odirect_fdatasync", |b| b.iter(|| raw_direct(&raw, &data)));
     g.bench_function("raw_pwrite_fdatasync", |b| b.iter(|| raw_buffered(&raw, &data)));
     let _ = std::fs::remove_file(&raw);
-    for (name, engine) in [("store_uring", IoEngineChoice::Uring), ("store_sync", IoEngineChoice::Sync)] {
+    for (name, engine, in_flight, shuffled) in INGEST {
         let mut cfg = StoreConfig::new(dir.path().join(name));
-        cfg.io_engine = engine;
+        cfg.io_engine = *engine;
         let store = Store::open(cfg).unwrap().0;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let local = tokio::task::LocalSet::new();
-        g.bench_function(name, |b| b.iter(|| local.block_on(&rt, ingest(&store, 1, &data))));
+        g.bench_function(*name, |b| b.iter(|| local.block_on(&rt, ingest(&store, 1, &data, *in_flight, *shuffled))));
         store.remove(&TaskId([1; 32]), "bench");
     }
     g.finish();
@@ -127,7 +144,7 @@ fn bench_send(c: &mut Criterion) {
     let store = Store::open(StoreConfig::new(dir.path())).unwrap().0;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, ingest(&store, 2, &data));
+    local.block_on(&rt, ingest(&store, 2, &data, 4, false));
     let task = store.get(&TaskId([2; 32])).unwrap();
     // Warm: the piece crc checks and the page cache, so both variants read from memory.
     local.block_on(&rt, async {
@@ -186,7 +203,8 @@ fn summary() {
     println!("\n| benchmark | GiB/s | ratio to baseline |\n|---|---|---|");
     let g = "ingest_1GiB";
     let base = rate(g, "raw_odirect_fdatasync");
-    for n in ["raw_odirect_fdatasync", "raw_pwrite_fdatasync", "store_uring", "store_sync"] {
+    let names = ["raw_odirect_fdatasync", "raw_pwrite_fdatasync"].into_iter().chain(INGEST.iter().map(|i| i.0));
+    for n in names {
         if let (Some(r), Some(b)) = (rate(g, n), base) {
             println!("| {g}/{n} | {r:.2} | {:.2}× raw O_DIRECT |", r / b);
         }

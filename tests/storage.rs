@@ -6,6 +6,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use bytes::Bytes;
 use common::*;
 use shoal::storage::{StorageError, Store, StoreConfig, TaskState};
@@ -404,5 +406,35 @@ fn disk_full_is_a_clear_error_and_the_store_keeps_working() {
         assert!(small.has_piece(0));
         drop(small);
         store.remove(&id(32), "test");
+    }
+}
+
+#[test]
+fn a_write_abandoned_after_hashing_does_not_poison_the_digest() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), engine);
+        let piece = 64 << 10;
+        let all = content(40, 6 * piece as usize);
+        let task = store.create(&spec(40, Some(all.len() as u64), piece, Some(sha256(&all)))).unwrap();
+        rt().block_on(async {
+            for k in 0..2 {
+                task.write_piece(k, piece_of(&all, piece, k), None).await.unwrap();
+            }
+            // Piece 2 is hashed in order on its first poll, then the caller gives up before it is stored
+            // (a client disconnect, a peer timeout).
+            let mut fut = Box::pin(task.write_piece(2, piece_of(&all, piece, 2), None));
+            let waker = std::task::Waker::noop();
+            let polled = fut.as_mut().poll(&mut std::task::Context::from_waker(waker));
+            assert!(polled.is_pending(), "{engine:?}: the write is in flight");
+            drop(fut);
+            // Pipelined in-order writers, as a streaming origin download issues them.
+            let futs: Vec<_> = (2..6).map(|k| task.write_piece(k, piece_of(&all, piece, k), None)).collect();
+            for f in futs {
+                f.await.unwrap();
+            }
+            let d = tokio::time::timeout(Duration::from_secs(10), task.wait_complete()).await.unwrap();
+            assert_eq!(d.unwrap(), sha256(&all), "{engine:?}");
+        });
     }
 }

@@ -44,63 +44,42 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Chunk size for interleaving crc32c and sha256 over a piece: small enough to stay in L2 between the two.
 const HOT_CHUNK: usize = 256 << 10;
 
-/// A writer's hold on the hasher while it hashes piece `k` (the next in order). Dropped without
-/// [`HotClaim::commit`] (the write failed or was cancelled), it gives the untouched context back.
-pub struct HotClaim<'a> {
-    task: &'a Task,
-    k: u32,
-    ctx: Option<Sha256>,
-}
-
-/// Claims the hasher if `k` is exactly the next piece to hash and no run is active.
-pub fn claim_next(task: &Task, k: u32) -> Option<HotClaim<'_>> {
+/// Computes piece `k`'s crc32c. When `k` is exactly the next piece in order and no hashing run is active,
+/// sha256 is fed in the same pass and the hasher advances past `k` at once, so a writer that pipelines
+/// in-order pieces keeps every one of them on the hot path. A crc that disagrees with `expected` leaves the
+/// digest untouched. Returns (crc, hashed); a caller that got `hashed` but then fails to store the piece
+/// must call [`reset`], because the digest already includes bytes that are not on disk.
+pub fn crc_and_hash(task: &Task, k: u32, data: &[u8], expected: Option<u32>) -> (u32, bool) {
+    let ctx = {
+        let mut h = lock(&task.hasher);
+        if h.running || h.finished || h.next != k || h.restart {
+            drop(h);
+            return (crc32c::crc32c(data), false);
+        }
+        h.running = true;
+        h.ctx.take().unwrap_or_default()
+    };
+    // Hashed outside the lock (a few ms per piece); `running` keeps every other pass away meanwhile.
+    let mut advanced = ctx.clone();
+    let mut crc = 0;
+    for ch in data.chunks(HOT_CHUNK) {
+        crc = crc32c::crc32c_append(crc, ch);
+        advanced.update(ch);
+    }
+    let ok = expected.is_none_or(|e| e == crc);
     let mut h = lock(&task.hasher);
-    if h.running || h.finished || h.next != k || h.restart {
-        return None;
+    h.running = false;
+    if std::mem::take(&mut h.restart) {
+        *h = HashState::default();
+        return (crc, false);
     }
-    h.running = true;
-    let ctx = h.ctx.take().unwrap_or_default();
-    Some(HotClaim { task, k, ctx: Some(ctx) })
-}
-
-impl HotClaim<'_> {
-    /// crc32c of `data`, feeding a copy of the context on the way; returns (crc, advanced context).
-    pub fn crc_and_hash(&self, data: &[u8]) -> (u32, Sha256) {
-        let mut ctx = self.ctx.clone().unwrap_or_default();
-        let mut crc = 0;
-        for ch in data.chunks(HOT_CHUNK) {
-            crc = crc32c::crc32c_append(crc, ch);
-            ctx.update(ch);
-        }
-        (crc, ctx)
+    if ok {
+        h.next = k + 1;
+        h.ctx = Some(advanced);
+    } else {
+        h.ctx = Some(ctx);
     }
-
-    /// The piece is stored and marked: its bytes are part of the digest from now on.
-    pub fn commit(mut self, advanced: Sha256) {
-        self.ctx = None;
-        let mut h = lock(&self.task.hasher);
-        h.running = false;
-        if std::mem::take(&mut h.restart) {
-            *h = HashState::default();
-        } else {
-            h.next = self.k + 1;
-            h.ctx = Some(advanced);
-        }
-    }
-}
-
-impl Drop for HotClaim<'_> {
-    fn drop(&mut self) {
-        if let Some(ctx) = self.ctx.take() {
-            let mut h = lock(&self.task.hasher);
-            h.running = false;
-            if std::mem::take(&mut h.restart) {
-                *h = HashState::default();
-            } else {
-                h.ctx = Some(ctx);
-            }
-        }
-    }
+    (crc, ok)
 }
 
 /// Starts a hashing run if the next piece in order is available and no run is active.
@@ -136,7 +115,14 @@ fn run(task: Arc<Task>, mut ctx: Sha256) {
                 ctx = Sha256::default();
             }
             let k = h.next;
-            if task.piece_count() == Some(k) {
+            if let Some(count) = task.piece_count().filter(|&c| c == k) {
+                // Pieces hashed on the hot path may still be on their way to the disk: complete only when
+                // every one is stored; the write that stores the last one kicks this again.
+                if (0..count).any(|i| !task.has_piece(i)) {
+                    h.ctx = Some(ctx);
+                    h.running = false;
+                    return;
+                }
                 h.finished = true;
                 h.running = false;
                 drop(h);

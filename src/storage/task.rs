@@ -207,19 +207,23 @@ impl Task {
         if self.has_piece(k) {
             return Ok(());
         }
-        let hot = super::digest::claim_next(self, k);
-        let (crc, advanced) = match &hot {
-            Some(claim) => {
-                let (crc, ctx) = claim.crc_and_hash(&data);
-                (crc, Some(ctx))
-            }
-            None => (crc32c::crc32c(&data), None),
-        };
+        let (crc, hashed) = super::digest::crc_and_hash(self, k, &data, expected_crc);
         if let Some(exp) = expected_crc {
             if exp != crc {
                 return Err(StorageError::CrcMismatch { piece: k, expected: exp, got: crc });
             }
         }
+        // Until the piece is marked, a digest that already includes it must be recomputed if we give up
+        // (error or cancellation).
+        struct Unhash<'a>(&'a Task, bool);
+        impl Drop for Unhash<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    super::digest::reset(self.0);
+                }
+            }
+        }
+        let mut unhash = Unhash(self, hashed);
         struct Claim<'a>(&'a Mutex<HashSet<u32>>, u32);
         impl Drop for Claim<'_> {
             fn drop(&mut self) {
@@ -231,15 +235,13 @@ impl Task {
         }
         let _claim = Claim(&self.writing, k);
         let offset = k as u64 * self.meta.piece_length as u64;
-        self.io.write_all_at(&self.data, data, offset).await.map_err(|e| StorageError::io(&self.data_path, e))?;
+        self.io.write_piece_at(&self.data, data, offset).await.map_err(|e| StorageError::io(&self.data_path, e))?;
         // The task may have failed or been removed while the bytes were in flight; a piece of a dropped
         // task must not be published.
         self.check_failed()?;
         self.meta.mark_piece(k, crc);
+        unhash.1 = false;
         self.set_verified(k);
-        if let (Some(claim), Some(ctx)) = (hot, advanced) {
-            claim.commit(ctx);
-        }
         self.notify();
         super::digest::kick(self);
         Ok(())
