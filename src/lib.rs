@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod daemon;
 pub mod runtime;
+pub mod scheduler;
 pub mod storage;
 
 /// Wall-clock milliseconds since the Unix epoch, the time base of task access times and GC.

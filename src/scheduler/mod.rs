@@ -1,0 +1,28 @@
+//! The scheduler: tells each peer which other peers (parents) hold pieces of a task, and elects the one peer
+//! (a seed peer when there are any) that fetches a task from the origin.
+//!
+//! Owns: the control protocol (proto/scheduler.proto, framed prost over one TCP connection per peer), the
+//! in-memory cluster view (hosts, tasks, who holds how many pieces, bad-parent reports), the parent-selection
+//! and back-to-source decisions, the standalone and embedded servers, and the client peers use to reach a
+//! scheduler (rendezvous hashing of task IDs over several schedulers, reconnects, re-announcement).
+//! Never: moves piece bytes, touches storage or the origin, or trusts anything read from a socket (every
+//! frame is size-limited and validated; bad input closes that one connection, nothing panics).
+//! Called by: main.rs (`shoal scheduler`), the daemon (embedded single-node scheduler), and the P2P engine
+//! (through [`SchedulerClient`]: request_task, progress reports, seed triggers).
+
+mod error;
+mod frame;
+mod hash;
+mod state;
+mod types;
+
+/// Generated prost types of proto/scheduler.proto (see build.rs).
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/shoal.scheduler.v1.rs"));
+}
+
+pub use error::{ClientError, FrameError, ServerError, StateError};
+pub use frame::{decode_envelope, encode_envelope, MAX_FRAME_LEN, PROTOCOL_VERSION};
+pub use hash::{rendezvous_pick, rendezvous_score};
+pub use state::{Action, State, StateConfig, TaskSummary};
+pub use types::{Decision, HostInfo, Parent, PeerLoad, SeedTrigger, TaskProgress, TaskRequest};

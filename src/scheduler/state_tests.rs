@@ -1,0 +1,261 @@
+use std::net::IpAddr;
+
+use super::*;
+
+const T: TaskId = TaskId([7; 32]);
+
+fn cfg() -> StateConfig {
+    StateConfig {
+        max_parents: 4,
+        retry_after: Duration::from_millis(100),
+        max_wait: Duration::from_secs(5),
+        stall_timeout: Duration::from_secs(10),
+        max_tasks_per_host: 3,
+    }
+}
+
+fn host(id: &str, cap: u64, seed: bool) -> HostInfo {
+    HostInfo {
+        host_id: id.into(),
+        hostname: id.into(),
+        ip: IpAddr::from([127, 0, 0, 1]),
+        upload_port: 4000,
+        upload_capacity_bytes_per_sec: cap,
+        is_seed: seed,
+    }
+}
+
+fn req(task: TaskId, url: &str) -> TaskRequest {
+    TaskRequest {
+        task_id: task,
+        url: url.into(),
+        headers: vec![("Authorization".into(), format!("Bearer for {url}"))],
+        content_length: Some(1 << 30),
+        piece_length: Some(4 << 20),
+    }
+}
+
+fn prog(task: TaskId, n: u32) -> TaskProgress {
+    TaskProgress {
+        task_id: task,
+        pieces_complete: n,
+        piece_count: Some(256),
+        content_length: Some(1 << 30),
+        piece_length: 4 << 20,
+        back_to_source: false,
+    }
+}
+
+/// A state with hosts h0..hn registered on connections 0..n.
+fn with_hosts(n: usize) -> State {
+    let mut s = State::new(cfg());
+    for i in 0..n {
+        s.register(i as ConnId, host(&format!("h{i}"), 1000, false));
+    }
+    s
+}
+
+fn ask(s: &mut State, h: &str, now: Instant) -> Decision {
+    s.request_task(h, &req(T, "http://o/x"), now).unwrap().0
+}
+
+fn ids(d: &Decision) -> Vec<String> {
+    match d {
+        Decision::Parents(ps) => ps.iter().map(|p| p.host_id.clone()).collect(),
+        other => panic!("expected parents, got {other:?}"),
+    }
+}
+
+#[test]
+fn parents_ranked_by_free_capacity_then_connections_then_pieces() {
+    let now = Instant::now();
+    let mut s = State::new(cfg());
+    for (id, cap) in [("a", 1000), ("b", 1000), ("c", 1000), ("d", 5000), ("e", 1000), ("f", 1000), ("g", 1000)] {
+        s.register(0, host(id, cap, false));
+    }
+    assert_eq!(ask(&mut s, "a", now), Decision::BackToSource);
+    s.progress("a", &prog(T, 10), now).unwrap();
+    s.progress("b", &prog(T, 20), now).unwrap();
+    s.progress("c", &prog(T, 5), now).unwrap();
+    s.progress("d", &prog(T, 1), now).unwrap();
+    s.progress("e", &prog(T, 0), now).unwrap(); // no piece yet: never a parent
+    s.finished("f", T, 1 << 30, 4 << 20, now).unwrap();
+    // d has the most capacity but uses most of it; b has more connections than a and c; a has more pieces than c.
+    s.report_load("d", PeerLoad { upload_bytes_per_sec: 4500, upload_connections: 1 }).unwrap();
+    s.report_load("b", PeerLoad { upload_bytes_per_sec: 0, upload_connections: 3 }).unwrap();
+    s.report_load("f", PeerLoad { upload_bytes_per_sec: 100, upload_connections: 0 }).unwrap();
+    let d = ask(&mut s, "g", now);
+    assert_eq!(ids(&d), ["a", "c", "b", "f"], "free desc, then fewer connections, then more pieces; at most 4");
+    let Decision::Parents(ps) = d else { unreachable!() };
+    assert_eq!(ps[3].pieces_complete, 256, "a finished parent has every piece");
+    assert!(ps[3].finished);
+    // The requester is never its own parent.
+    assert!(!ids(&ask(&mut s, "c", now)).contains(&"c".to_string()));
+}
+
+#[test]
+fn bad_parent_is_never_offered_to_that_child_again() {
+    let now = Instant::now();
+    let mut s = with_hosts(4);
+    assert_eq!(ask(&mut s, "h0", now), Decision::BackToSource);
+    s.progress("h0", &prog(T, 3), now).unwrap();
+    s.progress("h1", &prog(T, 2), now).unwrap();
+    assert_eq!(ids(&ask(&mut s, "h2", now)), ["h0", "h1"]);
+    s.report_bad_parent("h2", T, "h0").unwrap();
+    assert_eq!(ids(&ask(&mut s, "h2", now)), ["h1"]);
+    assert_eq!(ids(&ask(&mut s, "h3", now)), ["h0", "h1"], "only for the child that reported it");
+    s.report_bad_parent("h2", T, "h1").unwrap();
+    assert!(matches!(ask(&mut s, "h2", now), Decision::Wait { .. }), "h0 is fetching and healthy: wait");
+}
+
+#[test]
+fn one_back_to_source_peer_per_task_then_parents() {
+    let now = Instant::now();
+    let mut s = with_hosts(3);
+    assert_eq!(ask(&mut s, "h0", now), Decision::BackToSource);
+    assert_eq!(ask(&mut s, "h1", now), Decision::Wait { retry_after: Duration::from_millis(100) });
+    assert_eq!(ask(&mut s, "h2", now), Decision::Wait { retry_after: Duration::from_millis(100) });
+    assert_eq!(ask(&mut s, "h0", now), Decision::BackToSource, "the fetcher asking again keeps fetching");
+    assert_eq!(s.task_summary(&T).unwrap().source.as_deref(), Some("h0"));
+    s.progress("h0", &prog(T, 1), now + Duration::from_secs(1)).unwrap();
+    assert_eq!(ids(&ask(&mut s, "h1", now + Duration::from_secs(1))), ["h0"]);
+    // Another task is independent.
+    let other = TaskId([8; 32]);
+    assert_eq!(s.request_task("h1", &req(other, "http://o/y"), now).unwrap().0, Decision::BackToSource);
+}
+
+#[test]
+fn wait_is_bounded_then_back_to_source() {
+    let now = Instant::now();
+    let mut s = with_hosts(2);
+    assert_eq!(ask(&mut s, "h0", now), Decision::BackToSource);
+    assert!(matches!(ask(&mut s, "h1", now), Decision::Wait { .. }));
+    s.progress("h0", &prog(T, 0), now + Duration::from_secs(3)).unwrap();
+    assert!(matches!(ask(&mut s, "h1", now + Duration::from_secs(4)), Decision::Wait { .. }));
+    assert_eq!(ask(&mut s, "h1", now + Duration::from_secs(5)), Decision::BackToSource);
+    assert_eq!(s.task_summary(&T).unwrap().source.as_deref(), Some("h0"), "h0 is still the elected fetcher");
+}
+
+#[test]
+fn failover_when_the_fetcher_fails_disconnects_or_stalls() {
+    let t0 = Instant::now();
+    // TaskFailed
+    let mut s = with_hosts(3);
+    assert_eq!(ask(&mut s, "h0", t0), Decision::BackToSource);
+    assert!(matches!(ask(&mut s, "h1", t0), Decision::Wait { .. }));
+    s.failed("h0", T).unwrap();
+    assert_eq!(ask(&mut s, "h1", t0), Decision::BackToSource);
+    assert!(matches!(ask(&mut s, "h2", t0), Decision::Wait { .. }));
+
+    // Disconnect (and a stale connection of a re-registered host changes nothing).
+    let mut s = with_hosts(3);
+    assert_eq!(ask(&mut s, "h0", t0), Decision::BackToSource);
+    assert!(!s.disconnect(99, "h0"), "not h0's connection");
+    assert!(matches!(ask(&mut s, "h1", t0), Decision::Wait { .. }));
+    assert!(s.disconnect(0, "h0"));
+    assert_eq!(ask(&mut s, "h1", t0), Decision::BackToSource);
+    assert_eq!(s.host_count(), 2);
+
+    // Stall: no new piece for stall_timeout. The stalled peer stays a parent for what it has.
+    let mut s = with_hosts(3);
+    assert_eq!(ask(&mut s, "h0", t0), Decision::BackToSource);
+    s.progress("h0", &prog(T, 2), t0 + Duration::from_secs(1)).unwrap();
+    s.progress("h0", &prog(T, 2), t0 + Duration::from_secs(9)).unwrap(); // same count: not progress
+    assert_eq!(ids(&ask(&mut s, "h1", t0 + Duration::from_secs(10))), ["h0"]);
+    assert_eq!(ask(&mut s, "h2", t0 + Duration::from_secs(11)), Decision::BackToSource);
+    assert_eq!(s.task_summary(&T).unwrap().source.as_deref(), Some("h2"));
+}
+
+#[test]
+fn seed_chosen_by_rendezvous_hash_and_triggered_with_the_requesters_url_and_headers() {
+    let now = Instant::now();
+    let mut s = with_hosts(2);
+    let seeds = ["s0", "s1", "s2"];
+    for (i, id) in seeds.iter().enumerate() {
+        s.register(10 + i as ConnId, host(id, 1000, true));
+    }
+    let want = rendezvous_pick(&T.0, seeds.iter().copied()).unwrap();
+    let r = req(T, "https://o/x?sig=abc");
+    let (d, a) = s.request_task("h0", &r, now).unwrap();
+    assert_eq!(d, Decision::Wait { retry_after: Duration::from_millis(100) });
+    let Some(Action::TriggerSeed { seed_host, trigger }) = a else { panic!("no trigger") };
+    assert_eq!(seed_host, want);
+    assert_eq!((trigger.url.as_str(), &trigger.headers), (r.url.as_str(), &r.headers));
+    assert_eq!((trigger.content_length, trigger.piece_length), (r.content_length, r.piece_length));
+    // Nobody else goes to the origin, and the seed is triggered once.
+    let (d, a) = s.request_task("h1", &req(T, "https://o/x?sig=other"), now).unwrap();
+    assert!(matches!(d, Decision::Wait { .. }) && a.is_none());
+    // Once the seed reports a piece, the waiting peers get it as a parent.
+    let mut p = prog(T, 1);
+    p.back_to_source = true;
+    s.progress(want, &p, now + Duration::from_millis(300)).unwrap();
+    let d = ask(&mut s, "h0", now + Duration::from_millis(400));
+    assert_eq!(ids(&d), [want]);
+    let Decision::Parents(ps) = d else { unreachable!() };
+    assert!(ps[0].is_seed);
+}
+
+#[test]
+fn failed_seed_is_replaced_by_the_next_one() {
+    let now = Instant::now();
+    let mut s = with_hosts(1);
+    s.register(10, host("s0", 1000, true));
+    s.register(11, host("s1", 1000, true));
+    let first = match s.request_task("h0", &req(T, "u"), now).unwrap().1 {
+        Some(Action::TriggerSeed { seed_host, .. }) => seed_host,
+        None => panic!("no trigger"),
+    };
+    s.failed(&first, T).unwrap();
+    let second = match s.request_task("h0", &req(T, "u"), now).unwrap().1 {
+        Some(Action::TriggerSeed { seed_host, .. }) => seed_host,
+        None => panic!("no trigger"),
+    };
+    assert_ne!(first, second);
+    s.failed(&second, T).unwrap();
+    assert_eq!(ask(&mut s, "h0", now), Decision::BackToSource, "no seed left: the requester fetches");
+}
+
+#[test]
+fn a_seed_requesting_for_itself_fetches() {
+    let now = Instant::now();
+    let mut s = State::new(cfg());
+    s.register(1, host("s0", 1000, true));
+    assert_eq!(s.request_task("s0", &req(T, "u"), now).unwrap(), (Decision::BackToSource, None));
+}
+
+#[test]
+fn re_announced_fetcher_is_kept_after_a_scheduler_restart() {
+    let now = Instant::now();
+    let mut s = with_hosts(2);
+    let mut p = prog(T, 0);
+    p.back_to_source = true;
+    s.progress("h0", &p, now).unwrap();
+    assert!(matches!(ask(&mut s, "h1", now), Decision::Wait { .. }));
+}
+
+#[test]
+fn leave_and_disconnect_remove_the_host_from_every_task() {
+    let now = Instant::now();
+    let mut s = with_hosts(2);
+    let u = TaskId([9; 32]);
+    s.progress("h0", &prog(T, 1), now).unwrap();
+    s.progress("h0", &prog(u, 1), now).unwrap();
+    s.progress("h1", &prog(u, 1), now).unwrap();
+    s.leave_task("h1", u).unwrap();
+    assert_eq!(s.task_summary(&u).unwrap().peers, 1);
+    s.remove_host("h0");
+    assert!(s.task_ids().is_empty(), "tasks without peers are dropped");
+    assert_eq!(s.request_task("h0", &req(T, "u"), now), Err(StateError::NotRegistered));
+}
+
+#[test]
+fn tasks_per_host_are_bounded() {
+    let now = Instant::now();
+    let mut s = with_hosts(1);
+    for i in 0..3 {
+        s.progress("h0", &prog(TaskId([i; 32]), 1), now).unwrap();
+    }
+    let e = s.progress("h0", &prog(TaskId([3; 32]), 1), now).unwrap_err();
+    assert!(matches!(e, StateError::TooManyTasks { limit: 3, .. }));
+    s.progress("h0", &prog(TaskId([2; 32]), 2), now).unwrap();
+}
