@@ -36,7 +36,9 @@ fn main() -> ExitCode {
             let cfg = DaemonConfig { store, workers: a.workers, gc_interval: a.storage.gc_interval };
             daemon::run(cfg).map_err(Into::into)
         }
-        Command::Scheduler(_) => Err(anyhow::anyhow!("`shoal scheduler` is not implemented yet")),
+        Command::Scheduler(a) => {
+            shoal::scheduler::run_standalone(a.listen, shoal::scheduler::ServerConfig::default()).map_err(Into::into)
+        }
         Command::Get(_) => Err(anyhow::anyhow!("`shoal get` is not implemented yet")),
     };
     match r {

@@ -10,9 +10,12 @@
 //! Called by: main.rs (`shoal scheduler`), the daemon (embedded single-node scheduler), and the P2P engine
 //! (through [`SchedulerClient`]: request_task, progress reports, seed triggers).
 
+mod client;
+mod conn;
 mod error;
 mod frame;
 mod hash;
+mod server;
 mod state;
 mod types;
 
@@ -21,8 +24,10 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/shoal.scheduler.v1.rs"));
 }
 
+pub use client::{ClientConfig, SchedulerClient};
 pub use error::{ClientError, FrameError, ServerError, StateError};
 pub use frame::{decode_envelope, encode_envelope, MAX_FRAME_LEN, PROTOCOL_VERSION};
 pub use hash::{rendezvous_pick, rendezvous_score};
+pub use server::{run_standalone, Scheduler, SchedulerHandle, ServerConfig};
 pub use state::{Action, State, StateConfig, TaskSummary};
 pub use types::{Decision, HostInfo, Parent, PeerLoad, SeedTrigger, TaskProgress, TaskRequest};

@@ -1,0 +1,361 @@
+//! The scheduler as it runs: the real `shoal scheduler` binary (and the embedded one) with in-process
+//! clients. Everything talks over 127.0.0.1; every wait is bounded; every process is killed by a guard.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use shoal::scheduler::proto::{self, envelope::Msg};
+use shoal::scheduler::{
+    decode_envelope, encode_envelope, ClientConfig, ClientError, Decision, HostInfo, Parent, Scheduler,
+    SchedulerClient, TaskProgress, TaskRequest, MAX_FRAME_LEN,
+};
+use shoal::storage::TaskId;
+
+/// A `shoal scheduler` process, killed (SIGKILL) when dropped.
+struct Sched {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Sched {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Starts `shoal scheduler --listen 127.0.0.1:PORT` and waits (at most 20 s) until it says it listens.
+fn start(port: u16) -> Sched {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["scheduler", "--listen", &addr.to_string()])
+        .env("SHOAL_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let sched = Sched { child, addr };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains("scheduler listening") => {
+                // Keep draining so the child never blocks on a full pipe.
+                std::thread::spawn(move || while rx.recv().is_ok() {});
+                return sched;
+            }
+            Ok(l) => eprintln!("scheduler: {l}"),
+            Err(_) => break,
+        }
+    }
+    panic!("scheduler on port {port} never started");
+}
+
+fn host(id: &str, upload_port: u16, is_seed: bool) -> HostInfo {
+    HostInfo {
+        host_id: id.into(),
+        hostname: id.into(),
+        ip: "127.0.0.1".parse().unwrap(),
+        upload_port,
+        upload_capacity_bytes_per_sec: 1 << 30,
+        is_seed,
+    }
+}
+
+fn fast() -> ClientConfig {
+    ClientConfig {
+        request_timeout: Duration::from_millis(1500),
+        connect_timeout: Duration::from_millis(500),
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..ClientConfig::default()
+    }
+}
+
+fn client(addrs: &[SocketAddr], id: &str, upload_port: u16) -> SchedulerClient {
+    let addrs = addrs.iter().map(SocketAddr::to_string).collect();
+    SchedulerClient::with_config(addrs, host(id, upload_port, false), fast())
+}
+
+fn tid(n: u8) -> TaskId {
+    TaskId([n; 32])
+}
+
+fn req(t: TaskId) -> TaskRequest {
+    TaskRequest {
+        task_id: t,
+        url: format!("https://origin.test/obj/{t}?X-Amz-Signature=abc"),
+        headers: vec![("Authorization".into(), "Bearer s3cr3t".into()), ("Range".into(), "bytes=0-".into())],
+        content_length: Some(64 << 20),
+        piece_length: Some(4 << 20),
+    }
+}
+
+fn prog(t: TaskId, pieces: u32) -> TaskProgress {
+    TaskProgress {
+        task_id: t,
+        pieces_complete: pieces,
+        piece_count: Some(16),
+        content_length: Some(64 << 20),
+        piece_length: 4 << 20,
+        back_to_source: false,
+    }
+}
+
+/// Asks until the answer is a parent list (progress reports are one-way, so they land a moment later).
+async fn parents(c: &SchedulerClient, t: TaskId) -> Vec<Parent> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let d = c.request_task(&req(t)).await;
+        match d {
+            Ok(Decision::Parents(p)) if !p.is_empty() => return p,
+            Ok(Decision::Wait { .. }) | Err(ClientError::Unavailable { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => panic!("{} expected parents for {t:?}, got {other:?}", c.host().host_id),
+        }
+    }
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn binary_returns_parents_and_stops_on_sigterm() {
+    let mut s = start(free_port());
+    let a = client(&[s.addr], "a", 4001);
+    let b = client(&[s.addr], "b", 4002);
+    assert_eq!(a.request_task(&req(tid(1))).await.unwrap(), Decision::BackToSource);
+    assert!(matches!(b.request_task(&req(tid(1))).await.unwrap(), Decision::Wait { .. }), "one origin fetch");
+    a.task_progress(&prog(tid(1), 1)).await.unwrap();
+    let p = parents(&b, tid(1)).await;
+    assert_eq!(p.len(), 1);
+    assert_eq!((p[0].host_id.as_str(), p[0].addr()), ("a", "127.0.0.1:4001".parse().unwrap()));
+    assert_eq!(b.request_task(&req(tid(2))).await.unwrap(), Decision::BackToSource, "tasks are independent");
+
+    // SAFETY: kill(2) on a child we spawned, with a valid signal.
+    assert_eq!(unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "scheduler ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn restarted_scheduler_is_rebuilt_from_re_announcements() {
+    let port = free_port();
+    let s = start(port);
+    let addr = s.addr;
+    let a = client(&[addr], "a", 4001);
+    let b = client(&[addr], "b", 4002);
+    assert_eq!(a.request_task(&req(tid(1))).await.unwrap(), Decision::BackToSource);
+    a.task_progress(&prog(tid(1), 2)).await.unwrap();
+    b.task_finished(tid(3), 64 << 20, 4 << 20).await.unwrap();
+    assert_eq!(parents(&b, tid(1)).await[0].host_id, "a");
+
+    drop(s); // SIGKILL: all state is gone
+    let c = client(&[addr], "c", 4003);
+    let t0 = Instant::now();
+    let e = c.request_task(&req(tid(1))).await.unwrap_err();
+    assert!(matches!(e, ClientError::Unavailable { .. }), "{e:?}");
+    assert!(t0.elapsed() < Duration::from_millis(500), "a down scheduler must fail fast: {:?}", t0.elapsed());
+
+    let _s = start(port);
+    until("a and b to reconnect", || a.is_connected(addr) && b.is_connected(addr)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let d = client(&[addr], "d", 4004);
+    let p = parents(&d, tid(1)).await;
+    assert_eq!(p.iter().map(|p| p.host_id.as_str()).collect::<Vec<_>>(), ["a"], "a re-announced its 2 pieces");
+    let p = parents(&d, tid(3)).await;
+    assert!(p[0].finished && p[0].host_id == "b", "b re-announced its finished task: {p:?}");
+    let fresh = client(&[addr], "e", 4005);
+    assert!(
+        matches!(fresh.request_task(&req(tid(1))).await.unwrap(), Decision::Parents(_)),
+        "a is still the task's origin fetcher, so nobody else is sent to the origin"
+    );
+}
+
+#[tokio::test]
+async fn two_schedulers_split_tasks_by_rendezvous_hash() {
+    let (s1, s2) = (start(free_port()), start(free_port()));
+    let c1 = client(&[s1.addr, s2.addr], "c1", 4001);
+    let c2 = client(&[s2.addr, s1.addr], "c2", 4002);
+    let p1 = client(&[s1.addr], "probe1", 4003);
+    let p2 = client(&[s2.addr], "probe2", 4004);
+    let tasks: Vec<TaskId> = (0..16).map(tid).collect();
+    let mut owners = Vec::new();
+    for &t in &tasks {
+        let (o1, o2) = (c1.scheduler_for(&t).await.unwrap(), c2.scheduler_for(&t).await.unwrap());
+        assert_eq!(o1, o2, "every client sends a task to the same scheduler");
+        owners.push(o1);
+        assert_eq!(c1.request_task(&req(t)).await.unwrap(), Decision::BackToSource);
+        c1.task_progress(&prog(t, 1)).await.unwrap();
+    }
+    let on1 = owners.iter().filter(|&&o| o == s1.addr).count();
+    assert!(on1 > 0 && on1 < tasks.len(), "both schedulers own tasks ({on1} of {} on the first)", tasks.len());
+    for (&t, &owner) in tasks.iter().zip(&owners) {
+        assert_eq!(parents(&c2, t).await[0].host_id, "c1");
+        let (mine, other) = if owner == s1.addr { (&p1, &p2) } else { (&p2, &p1) };
+        assert_eq!(parents(mine, t).await[0].host_id, "c1", "the owner knows the task");
+        assert_eq!(other.request_task(&req(t)).await.unwrap(), Decision::BackToSource, "the other never saw it");
+    }
+}
+
+/// Writes one raw frame (length prefix included) and returns the stream.
+fn raw(addr: SocketAddr, frames: &[&[u8]]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for f in frames {
+        s.write_all(&(f.len() as u32).to_be_bytes()).unwrap();
+        s.write_all(f).unwrap();
+    }
+    s
+}
+
+fn read_msg(s: &mut TcpStream) -> Option<Msg> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).ok()?;
+    decode_envelope(&body).unwrap()
+}
+
+fn expect_error_then_close(mut s: TcpStream, what: &str) {
+    match read_msg(&mut s) {
+        Some(Msg::Error(e)) => assert!(e.fatal, "{what}: {e:?}"),
+        other => panic!("{what}: expected an error, got {other:?}"),
+    }
+    let mut b = [0u8; 1];
+    assert_eq!(s.read(&mut b).unwrap_or(0), 0, "{what}: the connection is closed");
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_frames_close_only_that_connection() {
+    let s = start(free_port());
+    let a = client(&[s.addr], "a", 4001);
+    assert_eq!(a.request_task(&req(tid(1))).await.unwrap(), Decision::BackToSource);
+    a.task_progress(&prog(tid(1), 1)).await.unwrap();
+    let b = client(&[s.addr], "b", 4002);
+    assert_eq!(parents(&b, tid(1)).await[0].host_id, "a");
+
+    // Oversized: refused from the length prefix alone.
+    let mut big = raw(s.addr, &[]);
+    big.write_all(&((MAX_FRAME_LEN as u32) + 1).to_be_bytes()).unwrap();
+    big.write_all(&[1; 64]).unwrap();
+    expect_error_then_close(big, "oversized");
+    expect_error_then_close(raw(s.addr, &[&[9, 0, 0]]), "unknown version");
+    expect_error_then_close(raw(s.addr, &[&[1, 0x0a, 0xff, 0xff, 0xff]]), "undecodable protobuf");
+    expect_error_then_close(raw(s.addr, &[&[]]), "empty frame");
+    let early = encode_envelope(Msg::RequestTask(req(tid(1)).to_proto(5)));
+    expect_error_then_close(raw(s.addr, &[&early]), "request before register");
+
+    // Invalid fields are refused without closing; the connection goes on.
+    let reg = encode_envelope(Msg::Register(host("raw", 4009, false).to_proto()));
+    let mut bad = req(tid(1)).to_proto(7);
+    bad.task_id.pop();
+    let bad = encode_envelope(Msg::RequestTask(bad));
+    let good = encode_envelope(Msg::RequestTask(req(tid(1)).to_proto(8)));
+    let mut r = raw(s.addr, &[&reg, &bad, &good]);
+    match read_msg(&mut r) {
+        Some(Msg::Error(e)) => assert!(!e.fatal && e.req_id == 7, "{e:?}"),
+        other => panic!("expected a refusal of request 7, got {other:?}"),
+    }
+    match read_msg(&mut r) {
+        Some(Msg::RequestTaskReply(rep)) => {
+            assert_eq!(rep.req_id, 8);
+            let Some(proto::request_task_reply::Decision::Parents(p)) = rep.decision else { panic!("{rep:?}") };
+            assert_eq!(p.parents[0].host_id, "a");
+        }
+        other => panic!("expected the reply to request 8, got {other:?}"),
+    }
+
+    // Everyone else is untouched.
+    assert!(a.is_connected(s.addr));
+    assert_eq!(parents(&b, tid(1)).await[0].host_id, "a");
+}
+
+#[tokio::test]
+async fn unreachable_or_silent_scheduler_fails_fast_with_typed_errors() {
+    let nobody = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let c = client(&[nobody], "a", 4001);
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let e = c.request_task(&req(tid(1))).await.unwrap_err();
+        assert!(matches!(e, ClientError::Unavailable { addr, .. } if addr == nobody), "{e:?}");
+        assert!(t0.elapsed() < Duration::from_millis(500), "{:?}", t0.elapsed());
+    }
+    let none = SchedulerClient::with_config(vec![], host("x", 1, false), fast());
+    assert!(matches!(none.request_task(&req(tid(1))).await, Err(ClientError::NoSchedulers)));
+    let bad = SchedulerClient::with_config(vec!["no-port-here".into()], host("x", 1, false), fast());
+    assert!(matches!(bad.request_task(&req(tid(1))).await, Err(ClientError::Resolve { .. })));
+
+    // Accepts, reads, never answers.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = l.local_addr().unwrap();
+    let sink = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        while tokio::io::AsyncReadExt::read(&mut s, &mut buf).await.is_ok_and(|n| n > 0) {}
+    });
+    let mut cfg = fast();
+    cfg.request_timeout = Duration::from_millis(300);
+    let c = SchedulerClient::with_config(vec![silent.to_string()], host("a", 1, false), cfg);
+    let e = c.request_task(&req(tid(1))).await.unwrap_err();
+    assert!(matches!(e, ClientError::Timeout { addr, .. } if addr == silent), "{e:?}");
+    sink.abort();
+}
+
+#[tokio::test]
+async fn embedded_scheduler_triggers_a_seed_with_the_requesters_url_and_headers() {
+    let (addr, h) = Scheduler::spawn_embedded().unwrap();
+    let seed = SchedulerClient::with_config(vec![addr.to_string()], host("seed", 4100, true), fast());
+    let mut triggers = seed.seed_triggers().expect("first call");
+    assert!(seed.seed_triggers().is_none());
+    until("the seed to register", || h.host_count() == 1).await;
+
+    let p = client(&[addr], "p", 4001);
+    let r = req(tid(1));
+    assert!(matches!(p.request_task(&r).await.unwrap(), Decision::Wait { .. }), "the seed fetches, p waits");
+    let t = tokio::time::timeout(Duration::from_secs(5), triggers.recv()).await.unwrap().unwrap();
+    assert_eq!((t.task_id, &t.url, &t.headers), (r.task_id, &r.url, &r.headers));
+    assert_eq!((t.content_length, t.piece_length), (r.content_length, r.piece_length));
+    assert_eq!(h.task_summary(&tid(1)).unwrap().source.as_deref(), Some("seed"));
+
+    seed.task_progress(&prog(tid(1), 1)).await.unwrap();
+    let ps = parents(&p, tid(1)).await;
+    assert!(ps[0].host_id == "seed" && ps[0].is_seed && ps[0].upload_port == 4100, "{ps:?}");
+
+    // The seed goes away: its pieces with it, and the next requester fetches from the origin itself.
+    seed.shutdown().await;
+    until("the seed to leave", || h.host_count() == 1).await;
+    assert_eq!(p.request_task(&r).await.unwrap(), Decision::BackToSource);
+    assert_eq!(h.task_summary(&tid(1)).unwrap().source.as_deref(), Some("p"));
+    h.shutdown().await;
+    until("p to notice", || !p.is_connected(addr)).await;
+}
