@@ -359,3 +359,33 @@ async fn embedded_scheduler_triggers_a_seed_with_the_requesters_url_and_headers(
     h.shutdown().await;
     until("p to notice", || !p.is_connected(addr)).await;
 }
+
+#[tokio::test]
+async fn tasks_move_to_their_new_owner_when_the_scheduler_set_changes() {
+    let (a1, h1) = Scheduler::spawn_embedded().unwrap();
+    let (a2, h2) = Scheduler::spawn_embedded().unwrap();
+    let c = client(&[a1], "c", 4001);
+    let tasks: Vec<TaskId> = (0..16).map(tid).collect();
+    for &t in &tasks {
+        assert_eq!(c.request_task(&req(t)).await.unwrap(), Decision::BackToSource);
+        c.task_progress(&prog(t, 3)).await.unwrap();
+    }
+    until("every task on the only scheduler", || h1.task_ids().len() == tasks.len()).await;
+
+    assert_eq!(c.set_schedulers(vec![a2.to_string(), a1.to_string()]).await.unwrap().len(), 2);
+    let mut on2 = Vec::new();
+    for &t in &tasks {
+        if c.scheduler_for(&t).await.unwrap() == a2 {
+            on2.push(t);
+        }
+    }
+    assert!(!on2.is_empty() && on2.len() < tasks.len(), "{} of {} move", on2.len(), tasks.len());
+    until("the moved tasks to reach their new owner", || h2.task_ids().len() == on2.len()).await;
+    until("and to leave the old one", || h1.task_ids().len() == tasks.len() - on2.len()).await;
+    for t in &on2 {
+        let s = h2.task_summary(t).unwrap();
+        assert_eq!(s.source.as_deref(), Some("c"), "moved with its origin-fetcher flag");
+    }
+    h1.shutdown().await;
+    h2.shutdown().await;
+}

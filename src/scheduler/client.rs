@@ -69,7 +69,6 @@ pub struct SchedulerClient {
 pub(super) struct Inner {
     pub(super) cfg: ClientConfig,
     pub(super) host: HostInfo,
-    entries: Vec<String>,
     next_req: AtomicU64,
     pub(super) triggers: mpsc::Sender<SeedTrigger>,
     trigger_rx: Mutex<Option<mpsc::Receiver<SeedTrigger>>>,
@@ -79,6 +78,8 @@ pub(super) struct Inner {
 /// What the client must remember to rebuild a scheduler's view after a reconnect.
 #[derive(Default)]
 pub(super) struct Book {
+    /// The configured scheduler entries (`host:port`, possibly DNS names).
+    entries: Vec<String>,
     resolved: Vec<SocketAddr>,
     resolved_at: Option<Instant>,
     conns: HashMap<SocketAddr, ConnHandle>,
@@ -129,11 +130,10 @@ impl SchedulerClient {
             inner: Arc::new(Inner {
                 cfg,
                 host,
-                entries: addrs,
                 next_req: AtomicU64::new(1),
                 triggers: tx,
                 trigger_rx: Mutex::new(Some(rx)),
-                m: Mutex::new(Book::default()),
+                m: Mutex::new(Book { entries: addrs, ..Book::default() }),
             }),
         }
     }
@@ -152,7 +152,7 @@ impl SchedulerClient {
             (Ok(r), _) => r,
             (Err(_), Some(addr)) => Err(ClientError::Timeout { addr, after: t }),
             (Err(_), None) => {
-                Err(ClientError::Resolve { addr: self.inner.entries.join(","), reason: "timed out".into() })
+                Err(ClientError::Resolve { addr: self.inner.book().entries.join(","), reason: "timed out".into() })
             }
         }
     }
@@ -250,15 +250,22 @@ impl SchedulerClient {
     }
 
     /// The seed triggers sent to this host, for a seed peer's engine (None after the first call). Also
-    /// connects to every scheduler, since any of them may elect this host.
+    /// connects to every scheduler (from within a tokio runtime), since any of them may elect this host.
+    /// On a trigger the engine fetches from the origin with the trigger's URL and headers and reports
+    /// progress as usual; the client marks those reports as the origin fetcher's.
     pub fn seed_triggers(&self) -> Option<mpsc::Receiver<SeedTrigger>> {
         let rx = self.inner.trigger_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
         let me = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = me.connect_all().await {
-                tracing::warn!(error = %e, "seed peer cannot reach its schedulers yet");
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(async move {
+                    if let Err(e) = me.connect_all().await {
+                        tracing::warn!(error = %e, "seed peer cannot reach its schedulers yet");
+                    }
+                });
             }
-        });
+            Err(_) => tracing::warn!("seed_triggers called outside a tokio runtime: call connect_all() too"),
+        }
         rx
     }
 
@@ -272,10 +279,18 @@ impl SchedulerClient {
 
     /// The scheduler a task belongs to (the same on every peer given the same scheduler set).
     pub async fn scheduler_for(&self, task_id: &TaskId) -> Result<SocketAddr, ClientError> {
-        let addrs = self.schedulers().await?;
-        let names: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
-        let pick = rendezvous_pick(&task_id.0, names.iter().map(String::as_str)).ok_or(ClientError::NoSchedulers)?;
-        names.iter().position(|n| n == pick).and_then(|i| addrs.get(i).copied()).ok_or(ClientError::NoSchedulers)
+        owner(&self.schedulers().await?, task_id).ok_or(ClientError::NoSchedulers)
+    }
+
+    /// Replaces the configured scheduler entries (a configuration reload) and resolves them at once; tasks
+    /// whose owner changes move to their new scheduler.
+    pub async fn set_schedulers(&self, addrs: Vec<String>) -> Result<Vec<SocketAddr>, ClientError> {
+        {
+            let mut b = self.inner.book();
+            b.entries = addrs;
+            b.resolved_at = None;
+        }
+        self.schedulers().await
     }
 
     /// Whether the connection to `addr` is up (and this host registered there).
@@ -308,12 +323,13 @@ impl SchedulerClient {
                 return Ok(b.resolved.clone());
             }
         }
-        if self.inner.entries.is_empty() {
+        let entries = self.inner.book().entries.clone();
+        if entries.is_empty() {
             return Err(ClientError::NoSchedulers);
         }
         let mut all = Vec::new();
         let mut last_err = None;
-        for e in &self.inner.entries {
+        for e in &entries {
             match tokio::net::lookup_host(e.as_str()).await {
                 Ok(it) => all.extend(it),
                 Err(err) => last_err = Some(ClientError::Resolve { addr: e.clone(), reason: err.to_string() }),
@@ -324,6 +340,8 @@ impl SchedulerClient {
         let mut b = self.inner.book();
         if all.is_empty() {
             if !b.resolved.is_empty() {
+                // Retried after resolve_every, not on every call while DNS is down.
+                b.resolved_at = Some(Instant::now());
                 return Ok(b.resolved.clone());
             }
             return Err(last_err.unwrap_or(ClientError::NoSchedulers));
@@ -331,9 +349,43 @@ impl SchedulerClient {
         b.resolved_at = Some(Instant::now());
         if b.resolved != all {
             tracing::info!(schedulers = ?all, "scheduler set resolved");
-            b.resolved.clone_from(&all);
+            let before = std::mem::replace(&mut b.resolved, all.clone());
+            drop(b);
+            if !before.is_empty() {
+                self.rebalance(&all);
+            }
+            if self.inner.host.is_seed {
+                for a in &all {
+                    let _ = self.conn(*a);
+                }
+            }
         }
         Ok(all)
+    }
+
+    /// The scheduler set changed: every announced task whose owner changed moves to its new owner (a leave
+    /// at the old one, its latest state at the new one), and connections to schedulers no longer in the set
+    /// are dropped, which also removes this host there.
+    fn rebalance(&self, addrs: &[SocketAddr]) {
+        let moves: Vec<(TaskId, SocketAddr, SocketAddr, Bytes)> = {
+            let b = self.inner.book();
+            b.announced
+                .iter()
+                .filter_map(|(t, (old, f))| {
+                    owner(addrs, t).filter(|new| new != old).map(|new| (*t, *old, new, f.clone()))
+                })
+                .collect()
+        };
+        for (task, old, new, frame) in moves {
+            let Ok(conn) = self.conn(new) else { return };
+            let mut b = self.inner.book();
+            if let Some(c) = b.conns.get(&old) {
+                c.push(encode_envelope(Msg::LeaveTask(proto::LeaveTask { task_id: task.0.to_vec() })));
+            }
+            b.announced.insert(task, (new, frame.clone()));
+            conn.push(frame);
+        }
+        self.inner.book().conns.retain(|a, _| addrs.contains(a));
     }
 
     /// The connection to `addr`, started if needed.
@@ -399,6 +451,13 @@ impl SchedulerClient {
         }
         Ok(())
     }
+}
+
+/// The scheduler that owns `task` among `addrs` (rendezvous hashing over the addresses' text form).
+fn owner(addrs: &[SocketAddr], task: &TaskId) -> Option<SocketAddr> {
+    let names: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+    let pick = rendezvous_pick(&task.0, names.iter().map(String::as_str))?;
+    names.iter().position(|n| n == pick).and_then(|i| addrs.get(i).copied())
 }
 
 fn progress_frame(task: TaskId, pieces: u32, back_to_source: bool) -> Bytes {
