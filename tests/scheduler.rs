@@ -389,3 +389,23 @@ async fn tasks_move_to_their_new_owner_when_the_scheduler_set_changes() {
     h1.shutdown().await;
     h2.shutdown().await;
 }
+
+/// The engine runs on thread-per-core runtimes and hands work between cores, so every client future must be
+/// Send (no lock held across an await).
+#[test]
+fn client_futures_are_send() {
+    fn send<T: Send>(_: T) {}
+    let c = SchedulerClient::new(vec!["127.0.0.1:1".into()], host("x", 1, false));
+    let r = req(tid(1));
+    send(c.request_task(&r));
+    send(c.task_progress(&prog(tid(1), 1)));
+    send(c.task_finished(tid(1), 1, 1));
+    send(c.task_failed(tid(1), "x"));
+    send(c.leave_task(tid(1)));
+    send(c.report_bad_parent(tid(1), "p", "x"));
+    send(c.report_load(shoal::scheduler::PeerLoad::default()));
+    send(c.connect_all());
+    send(c.set_schedulers(vec![]));
+    send(c.shutdown());
+    send(c.clone());
+}

@@ -13,8 +13,9 @@ use super::proto::{envelope::Msg, Envelope};
 pub const PROTOCOL_VERSION: u8 = 1;
 
 /// Largest frame either side accepts (the length prefix excluded). Real messages are a few KiB at most (a
-/// signed URL and its headers); the limit bounds what one connection can make the other side allocate.
-pub const MAX_FRAME_LEN: usize = 1 << 20;
+/// signed URL and its headers, themselves capped below this); the limit bounds what one connection can make
+/// the other side buffer, since a read buffer grows to the largest frame seen.
+pub const MAX_FRAME_LEN: usize = 256 << 10;
 
 /// The codec both sides use: u32 big-endian length prefix, frames above [`MAX_FRAME_LEN`] refused with an
 /// `InvalidData` error before any of their bytes are buffered.

@@ -13,8 +13,9 @@ use crate::storage::TaskId;
 pub const MAX_NAME_LEN: usize = 256;
 /// Longest URL accepted (signed URLs are long, but not this long).
 pub const MAX_URL_LEN: usize = 16 << 10;
-/// Most request headers carried for a task.
+/// Most request headers carried for a task, and their total size (names and values).
 pub const MAX_HEADERS: usize = 128;
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
 /// Most parents a client accepts from one reply.
 pub const MAX_PARENTS_ON_WIRE: usize = 64;
 
@@ -136,6 +137,9 @@ fn truncate(s: &str) -> &str {
 fn headers_from(h: Vec<proto::Header>) -> Result<Vec<(String, String)>, StateError> {
     if h.len() > MAX_HEADERS {
         return Err(invalid(format!("more than {MAX_HEADERS} headers")));
+    }
+    if h.iter().map(|h| h.name.len() + h.value.len()).sum::<usize>() > MAX_HEADER_BYTES {
+        return Err(invalid(format!("headers larger than {MAX_HEADER_BYTES} bytes")));
     }
     Ok(h.into_iter().map(|h| (h.name, h.value)).collect())
 }
@@ -338,6 +342,9 @@ mod tests {
         };
         assert!(TaskProgress::from_proto(p).is_err());
         assert!(Decision::from_proto(None).is_err());
+        let big = proto::Header { name: "x".into(), value: "v".repeat(MAX_HEADER_BYTES) };
+        let r = proto::RequestTask { task_id: vec![0; 32], headers: vec![big], ..Default::default() };
+        assert!(TaskRequest::from_proto(r).is_err());
         let w =
             Decision::from_proto(Some(proto::request_task_reply::Decision::Wait(proto::Wait { retry_after_ms: 0 })));
         assert_eq!(w, Ok(Decision::Wait { retry_after: Duration::from_millis(10) }));
