@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod engine;
 pub mod runtime;
 pub mod storage;
 
