@@ -6,6 +6,7 @@
 pub mod daemon;
 pub mod runtime;
 pub mod storage;
+pub mod transfer;
 pub mod cli;
 
 /// Wall-clock milliseconds since the Unix epoch, the time base of task access times and GC.
