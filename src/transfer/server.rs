@@ -85,6 +85,8 @@ pub struct ServerStats {
     pub bytes_served: u64,
     pub bad_frames: u64,
     pub refused_busy: u64,
+    /// Most requests any one connection had outstanding at once (shows pipelining at work).
+    pub peak_in_flight: usize,
 }
 
 /// A cheap handle; clones share one server.
@@ -105,6 +107,7 @@ struct Shared {
     bytes: AtomicU64,
     bad_frames: AtomicU64,
     busy: AtomicU64,
+    peak_in_flight: AtomicUsize,
     stop: watch::Sender<bool>,
 }
 
@@ -143,6 +146,7 @@ impl UploadServer {
                 bytes: AtomicU64::new(0),
                 bad_frames: AtomicU64::new(0),
                 busy: AtomicU64::new(0),
+                peak_in_flight: AtomicUsize::new(0),
                 stop: watch::channel(false).0,
             }),
         }
@@ -167,6 +171,7 @@ impl UploadServer {
             bytes_served: s.bytes.load(Ordering::Relaxed),
             bad_frames: s.bad_frames.load(Ordering::Relaxed),
             refused_busy: s.busy.load(Ordering::Relaxed),
+            peak_in_flight: s.peak_in_flight.load(Ordering::Relaxed),
         }
     }
 
@@ -468,7 +473,8 @@ impl Conn {
                 let Ok(tid) = frame::task_id_of(&r.task_id) else {
                     return Step::Fatal(Frame::error(ErrorCode::BadFrame, "task id"));
                 };
-                self.inflight.fetch_add(1, Ordering::Relaxed);
+                let now = self.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+                self.shared.peak_in_flight.fetch_max(now, Ordering::Relaxed);
                 let (shared, out) = (self.shared.clone(), self.out.clone());
                 self.tasks.spawn(async move {
                     let item = match shared.prepare(r.id, tid, r.piece).await {
