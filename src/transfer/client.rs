@@ -5,7 +5,7 @@
 //! payloads) and a writer task (sends request frames). Any failure on a connection fails every request
 //! waiting on it with the same typed error, and the pool opens a new connection on the next request.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -199,19 +199,15 @@ impl Conn {
     }
 }
 
+/// Where the connection to one parent lives; its async lock serialises connection attempts.
+type ConnSlot = Arc<tokio::sync::Mutex<Option<Arc<Conn>>>>;
+
 /// Connections to parents, one per parent, shared by every download of this node.
 pub struct Pool {
     cfg: ClientConfig,
-    slots: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<Arc<Conn>>>>>>,
+    slots: Mutex<HashMap<SocketAddr, ConnSlot>>,
     bad: Mutex<HashSet<(SocketAddr, TaskId)>>,
     connects: AtomicU64,
-}
-
-/// What [`Pool::download`] did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DownloadReport {
-    pub pieces: u32,
-    pub bytes: u64,
 }
 
 impl Pool {
@@ -310,38 +306,58 @@ impl Pool {
     /// fetch the piece elsewhere. On any error nothing is stored.
     pub async fn fetch_piece(&self, parent: SocketAddr, task: &Arc<Task>, k: u32) -> Result<(), TransferError> {
         let tid = task.id();
-        if self.is_bad(parent, tid) {
-            return Err(TransferError::ParentBad { parent, task: tid });
-        }
         let (_, len) = task.piece_range(k).ok_or(TransferError::NoSuchPiece { task: tid, piece: k })?;
         if task.has_piece(k) {
             return Ok(());
         }
-        let conn = self.conn(parent).await?;
-        let rx = conn.request(tid, k, len).await?;
-        let got = match tokio::time::timeout(self.cfg.request_timeout, rx).await {
-            Ok(Ok(Ok(r))) => r,
-            Ok(Ok(Err(Failure::Refused(code, message)))) => {
-                return Err(TransferError::Refused { parent, piece: k, code, message })
-            }
-            Ok(Ok(Err(why))) => return Err(why.to_error(parent, &self.cfg)),
-            Ok(Err(_)) => return Err(conn.error()),
-            Err(_) => {
-                // The answer may still be queued behind others, but a parent this slow is treated as gone:
-                // everything on the connection fails now instead of each request waiting its own timeout.
-                conn.fail(Failure::Timeout);
-                return Err(conn.error());
-            }
-        };
+        let got = self.receive(parent, tid, k, len).await?;
         // write_piece computes the crc once, checks it against the parent's, and writes nothing if they differ.
         match task.write_piece(k, got.data, Some(got.crc)).await {
             Ok(()) => Ok(()),
             Err(StorageError::CrcMismatch { piece, expected, got }) => {
-                lock(&self.bad).insert((parent, tid));
-                tracing::warn!(%parent, task = %tid, piece, "corrupt piece from parent; parent marked bad for the task");
-                Err(TransferError::CrcMismatch { parent, task: tid, piece, expected, got })
+                Err(self.corrupt(parent, tid, piece, expected, got))
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Fetches piece `k` (of `len` bytes) of task `tid` and checks its crc32c, without storing it: for a
+    /// caller that stores or streams the bytes itself. Errors as for [`Pool::fetch_piece`].
+    pub async fn fetch_bytes(&self, parent: SocketAddr, tid: TaskId, k: u32, len: u32) -> Result<Bytes, TransferError> {
+        let got = self.receive(parent, tid, k, len).await?;
+        let crc = crc32c::crc32c(&got.data);
+        if crc != got.crc {
+            return Err(self.corrupt(parent, tid, k, got.crc, crc));
+        }
+        Ok(got.data)
+    }
+
+    fn corrupt(&self, parent: SocketAddr, task: TaskId, piece: u32, expected: u32, got: u32) -> TransferError {
+        lock(&self.bad).insert((parent, task));
+        tracing::warn!(%parent, %task, piece, "corrupt piece from parent; parent marked bad for the task");
+        TransferError::CrcMismatch { parent, task, piece, expected, got }
+    }
+
+    /// One request and its unverified answer.
+    async fn receive(&self, parent: SocketAddr, tid: TaskId, k: u32, len: u32) -> Result<Received, TransferError> {
+        if self.is_bad(parent, tid) {
+            return Err(TransferError::ParentBad { parent, task: tid });
+        }
+        let conn = self.conn(parent).await?;
+        let rx = conn.request(tid, k, len).await?;
+        match tokio::time::timeout(self.cfg.request_timeout, rx).await {
+            Ok(Ok(Ok(r))) => Ok(r),
+            Ok(Ok(Err(Failure::Refused(code, message)))) => {
+                Err(TransferError::Refused { parent, piece: k, code, message })
+            }
+            Ok(Ok(Err(why))) => Err(why.to_error(parent, &self.cfg)),
+            Ok(Err(_)) => Err(conn.error()),
+            Err(_) => {
+                // The answer may still be queued behind others, but a parent this slow is treated as gone:
+                // everything on the connection fails now instead of each request waiting its own timeout.
+                conn.fail(Failure::Timeout);
+                Err(conn.error())
+            }
         }
     }
 
@@ -359,96 +375,6 @@ impl Pool {
         }
         conn.send(Frame::Subscribe(Subscribe { task_id: task.0.to_vec() }))?;
         Ok(Subscription { conn, task, rx })
-    }
-
-    /// Downloads every piece of `task` that `parent` has or gets, keeping `pieces_in_flight` requests
-    /// outstanding, until the local task holds every piece. Any failure is returned at once (the engine
-    /// decides where to go next); pieces already stored stay stored.
-    pub async fn download(
-        self: &Arc<Self>,
-        parent: SocketAddr,
-        task: &Arc<Task>,
-    ) -> Result<DownloadReport, TransferError> {
-        let mut sub = self.subscribe(parent, task.id()).await?;
-        let mut queue: VecDeque<u32> = VecDeque::new();
-        let mut queued: HashSet<u32> = HashSet::new();
-        let mut running = tokio::task::JoinSet::new();
-        let mut report = DownloadReport::default();
-        let width = self.cfg.pieces_in_flight.max(1) as usize;
-        let mut sub_open = true;
-        // Each turn handles one event or one finished piece; ends when the task is whole or on error, and a
-        // turn with nothing happening for request_timeout fails.
-        loop {
-            while running.len() < width {
-                let Some(k) = queue.pop_front() else { break };
-                if task.has_piece(k) {
-                    continue;
-                }
-                let (pool, task) = (self.clone(), task.clone());
-                running
-                    .spawn(async move { pool.fetch_piece(parent, &task, k).await.map(|()| (k, task.piece_range(k))) });
-            }
-            if running.is_empty() && is_whole(task) {
-                return Ok(report);
-            }
-            tokio::select! {
-                ev = sub.next(), if sub_open => match ev? {
-                    Some(SubEvent::Snapshot { content_length, piece_length, pieces, .. }) => {
-                        check_geometry(parent, task, content_length, piece_length)?;
-                        queue.extend(pieces.into_iter().filter(|&k| queued.insert(k)));
-                    }
-                    Some(SubEvent::Have(pieces)) => queue.extend(pieces.into_iter().filter(|&k| queued.insert(k))),
-                    Some(SubEvent::Ended { code, message }) => {
-                        sub_open = false;
-                        if running.is_empty() && queue.is_empty() && !is_whole(task) {
-                            return Err(TransferError::Refused { parent, piece: 0, code, message });
-                        }
-                    }
-                    None => sub_open = false,
-                },
-                done = running.join_next(), if !running.is_empty() => match done {
-                    Some(Ok(Ok((_, range)))) => {
-                        report.pieces += 1;
-                        report.bytes += range.map_or(0, |(_, l)| l as u64);
-                    }
-                    Some(Ok(Err(e))) => return Err(e),
-                    Some(Err(e)) => return Err(TransferError::ConnectionLost { parent, reason: format!("piece task: {e}") }),
-                    None => {}
-                },
-                _ = tokio::time::sleep(self.cfg.request_timeout) => {
-                    return Err(TransferError::Timeout { parent, secs: self.cfg.request_timeout.as_secs_f64() });
-                }
-            }
-            if !sub_open && running.is_empty() && queue.is_empty() && !is_whole(task) {
-                return Err(TransferError::ConnectionLost { parent, reason: "availability stream ended early".into() });
-            }
-        }
-    }
-}
-
-fn is_whole(task: &Task) -> bool {
-    task.piece_count().is_some_and(|n| (0..n).all(|k| task.has_piece(k)))
-}
-
-/// The local task must have the parent's geometry, or piece numbers would mean different bytes.
-fn check_geometry(
-    parent: SocketAddr,
-    task: &Arc<Task>,
-    len: Option<u64>,
-    piece_length: u32,
-) -> Result<(), TransferError> {
-    if piece_length != task.piece_length() {
-        return Err(TransferError::Protocol {
-            parent,
-            reason: format!("piece length {piece_length} != local {}", task.piece_length()),
-        });
-    }
-    match (len, task.content_length()) {
-        (Some(a), Some(b)) if a != b => {
-            Err(TransferError::Protocol { parent, reason: format!("content length {a} != local {b}") })
-        }
-        (Some(a), None) => task.set_content_length(a).map_err(TransferError::from),
-        _ => Ok(()),
     }
 }
 

@@ -1,8 +1,9 @@
-//! Owns: the peer data plane — the piece protocol (frame.rs, proto/transfer.proto), the upload server that sendfile()s pieces, the download client that verifies them.
-//! Never: decides which parent to use or when to go back to source, and never writes a piece whose crc32c failed or that arrived partially.
-//! Called by: the engine (Pool::fetch_piece / subscribe / download) and the daemon (UploadServer::start_on_cores, load()).
+//! Owns the peer data plane: the piece protocol (proto/transfer.proto, frame.rs), the sendfile upload server, the verifying download pool.
+//! Never decides which parent to use or when to go back to source, and never stores a partial piece or one whose crc32c failed.
+//! Called by the engine (Pool::fetch_piece, subscribe, download) and the daemon (UploadServer::start_on_cores, load, shutdown).
 
 mod client;
+mod download;
 mod error;
 pub mod frame;
 mod limit;
@@ -14,7 +15,8 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/shoal.transfer.v1.rs"));
 }
 
-pub use client::{ClientConfig, DownloadReport, Pool, SubEvent, Subscription};
+pub use client::{ClientConfig, Pool, SubEvent, Subscription};
+pub use download::DownloadReport;
 pub use error::{FrameError, ReadError, TransferError};
 pub use limit::{RateMeter, TokenBucket};
 pub use server::{ServerConfig, ServerStats, UploadLoad, UploadServer};
