@@ -52,9 +52,11 @@ impl Pool {
                 ev = sub.next(), if sub_open => match ev? {
                     Some(SubEvent::Snapshot { content_length, piece_length, pieces, .. }) => {
                         check_geometry(parent, task, content_length, piece_length)?;
-                        queue.extend(pieces.into_iter().filter(|&k| queued.insert(k)));
+                        queue.extend(pieces.into_iter().filter(|&k| wanted(task, k) && queued.insert(k)));
                     }
-                    Some(SubEvent::Have(pieces)) => queue.extend(pieces.into_iter().filter(|&k| queued.insert(k))),
+                    Some(SubEvent::Have(pieces)) => {
+                        queue.extend(pieces.into_iter().filter(|&k| wanted(task, k) && queued.insert(k)))
+                    }
                     Some(SubEvent::Ended { code, message }) => {
                         sub_open = false;
                         if running.is_empty() && queue.is_empty() && !is_whole(task) {
@@ -81,6 +83,11 @@ impl Pool {
             }
         }
     }
+}
+
+/// A piece the parent advertises that the local task can hold and lacks (a parent's bogus numbers are ignored).
+fn wanted(task: &Task, k: u32) -> bool {
+    task.piece_range(k).is_some() && !task.has_piece(k)
 }
 
 fn is_whole(task: &Task) -> bool {
