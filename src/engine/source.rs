@@ -115,7 +115,8 @@ impl OriginClient {
         let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let (content_length, range_proven) = match (parts.status, range) {
             (StatusCode::PARTIAL_CONTENT, Some((start, end))) => {
-                let (s, e, total) = parse_content_range(parts.headers.get(CONTENT_RANGE)).ok_or(EngineError::BadRange)?;
+                let (s, e, total) =
+                    parse_content_range(parts.headers.get(CONTENT_RANGE)).ok_or(EngineError::BadRange)?;
                 if s != start || end.is_some_and(|want| want != e) || declared.is_some_and(|d| d != e - s + 1) {
                     return Err(EngineError::BadRange);
                 }
