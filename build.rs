@@ -1,9 +1,12 @@
-//! Generates the scheduler protocol's Rust types from proto/scheduler.proto with protox (a pure-Rust
-//! protobuf compiler), so building needs no system protoc.
+//! Compiles proto/*.proto into Rust with protox (a pure-Rust protobuf compiler), so no system protoc is
+//! needed; prost-build turns the descriptor set into code in OUT_DIR.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=proto/scheduler.proto");
-    let fds = protox::compile(["scheduler.proto"], ["proto"])?;
+    let protos = ["proto/transfer.proto", "proto/scheduler.proto"];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["proto"])?;
     prost_build::Config::new().compile_fds(fds)?;
     Ok(())
 }

@@ -5,9 +5,11 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod engine;
 pub mod runtime;
 pub mod scheduler;
 pub mod storage;
+pub mod transfer;
 
 /// Wall-clock milliseconds since the Unix epoch, the time base of task access times and GC.
 pub fn storage_now_ms() -> u64 {

@@ -41,6 +41,12 @@ impl std::fmt::Debug for ZeroCopy {
 }
 
 impl ZeroCopy {
+    /// A sub-range, `offset` relative to this one (callers pacing a send chunk by chunk).
+    pub fn slice(&self, offset: u64, len: u64) -> Option<ZeroCopy> {
+        let end = offset.checked_add(len)?;
+        (end <= self.len).then(|| ZeroCopy { offset: self.offset + offset, len, ..self.clone() })
+    }
+
     /// Sends the whole range to `sock`; returns the bytes sent (always `len` on success).
     pub async fn send_to(&self, sock: &TcpStream) -> io::Result<u64> {
         let mut sent = 0u64;

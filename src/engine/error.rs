@@ -1,0 +1,28 @@
+//! Typed errors of the engine.
+
+use http::{HeaderMap, StatusCode};
+
+use crate::storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The origin answered with a non-success status: passed to the client as is, never cached.
+    #[error("origin answered {status}")]
+    OriginStatus { status: StatusCode, headers: Box<HeaderMap> },
+    #[error("origin unreachable: {0}")]
+    OriginConnect(String),
+    #[error("origin body failed after {received} bytes: {reason}")]
+    OriginBody { received: u64, reason: String },
+    #[error("origin body ended after {got} of {expected} bytes")]
+    Truncated { expected: u64, got: u64 },
+    #[error("origin sent more than the {expected} bytes it announced")]
+    TooLong { expected: u64 },
+    #[error("origin answered a range request with an inconsistent Content-Range")]
+    BadRange,
+    #[error("invalid url {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("invalid header {0:?}")]
+    InvalidHeader(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}

@@ -1,0 +1,241 @@
+//! Back to source: fetching a task's bytes from its origin over HTTP(S).
+//!
+//! One sequential GET by default: it works with origins that ignore Range or send no Content-Length
+//! (giftless does both). A Range request is only trusted when the answer is a 206 whose Content-Range
+//! matches what was asked; a 200 to a Range request means "Range unsupported", never "here is your range"
+//! (origins that ignore Range corrupted Dragonfly's multi-piece files).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, HOST, RANGE};
+use http::{HeaderMap, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::error::EngineError;
+use crate::storage::{Task, TaskState};
+
+type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Request headers that describe the client's connection, not the object: never forwarded to an origin.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "range",
+    "if-range",
+    "accept-encoding",
+];
+
+/// An HTTP(S) client for origins, shared by every task of a daemon.
+#[derive(Clone)]
+pub struct OriginClient {
+    client: Client<Https, Empty<Bytes>>,
+}
+
+/// What a GET to the origin answered with a success status.
+pub struct OriginResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// Length of the whole object when the origin said it (Content-Length of a 200, or the total of a 206).
+    pub content_length: Option<u64>,
+    /// A 206 whose Content-Range matches the request: the origin serves ranges correctly.
+    pub range_proven: bool,
+    body: Incoming,
+}
+
+impl OriginClient {
+    /// `connect_timeout` bounds TCP connect; TLS verifies against the system's roots (or `SSL_CERT_FILE`).
+    pub fn new(connect_timeout: Duration) -> Result<OriginClient, EngineError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_nodelay(true);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(provider)
+            .map_err(|e| EngineError::OriginConnect(format!("TLS roots: {e}")))?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
+        Ok(OriginClient { client })
+    }
+
+    /// GET `url` with the client's `headers` (hop-by-hop ones dropped) and an optional byte range.
+    /// A non-success status is an error carrying the status and headers, for the proxy to pass through.
+    pub async fn get(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<OriginResponse, EngineError> {
+        let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| EngineError::InvalidUrl {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
+            return Err(EngineError::InvalidUrl { url: url.to_owned(), reason: "need an absolute http(s) URL".into() });
+        }
+        let mut req = Request::get(uri).body(Empty::new()).map_err(|e| EngineError::InvalidHeader(e.to_string()))?;
+        for (name, value) in headers {
+            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| EngineError::InvalidHeader(name.clone()))?;
+            if HOP_BY_HOP.contains(&n.as_str()) {
+                continue;
+            }
+            let v = HeaderValue::from_str(value).map_err(|_| EngineError::InvalidHeader(name.clone()))?;
+            req.headers_mut().append(n, v);
+        }
+        req.headers_mut().remove(HOST);
+        if let Some((start, end)) = range {
+            let spec = match end {
+                Some(e) => format!("bytes={start}-{e}"),
+                None => format!("bytes={start}-"),
+            };
+            req.headers_mut().insert(RANGE, HeaderValue::from_str(&spec).map_err(|_| EngineError::BadRange)?);
+        }
+        let resp = self.client.request(req).await.map_err(|e| EngineError::OriginConnect(error_chain(&e)))?;
+        let (parts, body) = resp.into_parts();
+        if !parts.status.is_success() {
+            return Err(EngineError::OriginStatus { status: parts.status, headers: Box::new(parts.headers) });
+        }
+        let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let (content_length, range_proven) = match (parts.status, range) {
+            (StatusCode::PARTIAL_CONTENT, Some((start, end))) => {
+                let (s, e, total) =
+                    parse_content_range(parts.headers.get(CONTENT_RANGE)).ok_or(EngineError::BadRange)?;
+                if s != start || end.is_some_and(|want| want != e) || declared.is_some_and(|d| d != e - s + 1) {
+                    return Err(EngineError::BadRange);
+                }
+                (total, true)
+            }
+            (StatusCode::PARTIAL_CONTENT, None) => return Err(EngineError::BadRange),
+            _ => (declared, false),
+        };
+        Ok(OriginResponse { status: parts.status, headers: parts.headers, content_length, range_proven, body })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    // Bounded by the error chain's length.
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// `bytes S-E/T` → (S, E, Some(T)); `bytes S-E/*` → (S, E, None).
+fn parse_content_range(v: Option<&HeaderValue>) -> Option<(u64, u64, Option<u64>)> {
+    let v = v?.to_str().ok()?.strip_prefix("bytes ")?;
+    let (range, total) = v.split_once('/')?;
+    let (s, e) = range.split_once('-')?;
+    let (s, e): (u64, u64) = (s.trim().parse().ok()?, e.trim().parse().ok()?);
+    let total = if total.trim() == "*" { None } else { Some(total.trim().parse().ok()?) };
+    if e < s || total.is_some_and(|t| e >= t) {
+        return None;
+    }
+    Some((s, e, total.or(None)))
+}
+
+/// Streams a 200 body into `task` from piece 0, writing up to `in_flight` pieces at once (in order, so
+/// the storage engine hashes them while they are hot). Fixes the length at the end when the origin did
+/// not announce one. Any shortfall or excess is an error: never a silently short or long object.
+pub async fn stream_into(task: &Arc<Task>, resp: OriginResponse, in_flight: usize) -> Result<u64, EngineError> {
+    let pl = task.piece_length() as usize;
+    let expected = task.content_length();
+    let mut body = resp.body;
+    let mut buf = BytesMut::with_capacity(pl);
+    let mut total = 0u64;
+    let mut k = 0u32;
+    let mut writes: VecDeque<tokio::task::JoinHandle<crate::storage::Result<()>>> = VecDeque::new();
+    let spawn_write = |k: u32, piece: Bytes| {
+        let t = task.clone();
+        tokio::spawn(async move { t.write_piece(k, piece, None).await })
+    };
+    // Bounded by the body: every round consumes a frame or ends.
+    loop {
+        if let TaskState::Failed(r) = task.state() {
+            return Err(EngineError::Storage(crate::storage::StorageError::TaskFailed(r)));
+        }
+        let frame = match body.frame().await {
+            None => break,
+            Some(Ok(f)) => f,
+            Some(Err(e)) => return Err(EngineError::OriginBody { received: total, reason: error_chain(&e) }),
+        };
+        let Ok(mut data) = frame.into_data() else { continue };
+        total += data.len() as u64;
+        if let Some(exp) = expected.filter(|&e| total > e) {
+            return Err(EngineError::TooLong { expected: exp });
+        }
+        // Bounded by the frame's length: every round moves at least one byte into a piece.
+        while !data.is_empty() {
+            let take = (pl - buf.len()).min(data.len());
+            buf.extend_from_slice(&data.split_to(take));
+            if buf.len() == pl {
+                let piece = std::mem::replace(&mut buf, BytesMut::with_capacity(pl)).freeze();
+                writes.push_back(spawn_write(k, piece));
+                k += 1;
+                if writes.len() >= in_flight.max(1) {
+                    join(writes.pop_front()).await?;
+                }
+            }
+        }
+    }
+    if let Some(exp) = expected.filter(|&e| total != e) {
+        return Err(EngineError::Truncated { expected: exp, got: total });
+    }
+    if expected.is_none() {
+        // Full pieces may still be in flight; the length check in storage only needs them written later.
+        task.set_content_length(total)?;
+    }
+    if !buf.is_empty() {
+        writes.push_back(spawn_write(k, buf.freeze()));
+    }
+    while let Some(w) = writes.pop_front() {
+        join(Some(w)).await?;
+    }
+    Ok(total)
+}
+
+async fn join(h: Option<tokio::task::JoinHandle<crate::storage::Result<()>>>) -> Result<(), EngineError> {
+    match h {
+        Some(h) => match h.await {
+            Ok(r) => r.map_err(EngineError::from),
+            Err(e) => Err(EngineError::OriginBody { received: 0, reason: format!("piece write task: {e}") }),
+        },
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_parsing() {
+        let h = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert_eq!(parse_content_range(Some(&h("bytes 0-99/1000"))), Some((0, 99, Some(1000))));
+        assert_eq!(parse_content_range(Some(&h("bytes 5-9/*"))), Some((5, 9, None)));
+        assert_eq!(parse_content_range(Some(&h("bytes 9-5/100"))), None);
+        assert_eq!(parse_content_range(Some(&h("bytes 0-100/100"))), None);
+        assert_eq!(parse_content_range(Some(&h("items 0-1/2"))), None);
+        assert_eq!(parse_content_range(None), None);
+    }
+}
