@@ -189,6 +189,57 @@ async fn send(task: &Arc<Task>, zero_copy: bool) {
     assert_eq!(reader.join().unwrap(), SIZE);
 }
 
+/// The disk here is shared and its rate drifts by 2–3× between minutes, so sampling one variant after
+/// another (criterion's way) compares different disks. This runs every variant once per round, in a rotated
+/// order, and reports the median of the per-round ratios to the raw O_DIRECT write of the same round.
+fn interleaved_ingest(rounds: usize) {
+    let data = pieces();
+    let dir = bench_dir();
+    let raw = dir.path().join("raw");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let local = tokio::task::LocalSet::new();
+    let stores: Vec<_> = INGEST
+        .iter()
+        .map(|(name, engine, _, _)| {
+            let mut cfg = StoreConfig::new(dir.path().join(name));
+            cfg.io_engine = *engine;
+            Store::open(cfg).unwrap().0
+        })
+        .collect();
+    let n = 2 + INGEST.len();
+    let mut secs = vec![Vec::new(); n];
+    for round in 0..rounds {
+        for j in 0..n {
+            let v = (j + round) % n;
+            let t0 = std::time::Instant::now();
+            match v {
+                0 => raw_direct(&raw, &data),
+                1 => raw_buffered(&raw, &data),
+                _ => {
+                    let (_, _, in_flight, shuffled) = INGEST[v - 2];
+                    local.block_on(&rt, ingest(&stores[v - 2], 1, &data, in_flight, shuffled));
+                }
+            }
+            secs[v].push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let names: Vec<&str> =
+        ["raw_odirect_fdatasync", "raw_pwrite_fdatasync"].into_iter().chain(INGEST.iter().map(|i| i.0)).collect();
+    println!(
+        "\n| ingest 1 GiB, {rounds} interleaved rounds | median GiB/s | median ratio to raw O_DIRECT (same round) |"
+    );
+    println!("|---|---|---|");
+    for (v, name) in names.iter().enumerate() {
+        let ratios: Vec<f64> = (0..rounds).map(|r| secs[0][r] / secs[v][r]).collect();
+        let gibs = SIZE as f64 / (1u64 << 30) as f64 / median(secs[v].clone());
+        println!("| {name} | {gibs:.2} | {:.2}× |", median(ratios));
+    }
+}
+
 /// Mean seconds of one benchmark, from criterion's own output.
 fn mean_secs(group: &str, name: &str) -> Option<f64> {
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| "target".into());
@@ -224,4 +275,6 @@ fn main() {
     bench_send(&mut c);
     c.final_summary();
     summary();
+    let rounds = std::env::var("SHOAL_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(7);
+    interleaved_ingest(rounds);
 }

@@ -6,8 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::{IpAddr, SocketAddr};
+
+use crate::engine::{Engine, EngineConfig, FetchRequest};
 use crate::runtime::Cores;
+use crate::scheduler::{HostInfo, PeerLoad, Scheduler, SchedulerClient};
 use crate::storage::{Store, StoreConfig};
+use crate::transfer::{ClientConfig, Pool, ServerConfig, UploadServer};
 
 /// Everything the daemon needs, already resolved from flags (and, later, the config file).
 #[derive(Clone, Debug)]
@@ -15,6 +20,14 @@ pub struct DaemonConfig {
     pub store: StoreConfig,
     pub workers: usize,
     pub gc_interval: Duration,
+    pub proxy_addr: SocketAddr,
+    pub upload_addr: SocketAddr,
+    /// Empty: run an embedded scheduler (single-node mode).
+    pub schedulers: Vec<String>,
+    pub seed: bool,
+    pub advertise_ip: Option<IpAddr>,
+    pub upload_rate: Option<u64>,
+    pub engine: EngineConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +36,14 @@ pub enum DaemonError {
     Storage(#[from] crate::storage::StorageError),
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
+    #[error("scheduler: {0}")]
+    Scheduler(#[from] crate::scheduler::ServerError),
+    #[error("engine: {0}")]
+    Engine(#[from] crate::engine::EngineError),
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "shoal".into())
 }
 
 /// The data directory used when none is configured.
@@ -47,11 +68,100 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let mut signals = rt.block_on(async { Signals::install() })?;
     let (store, _report) = Store::open(cfg.store.clone())?;
     let cores = Cores::start(cfg.workers, "shoal-core")?;
+    // Everything that must live on a runtime is created on core 0's.
+    let _core0 = cores.handle(0).enter();
+
+    let upload_cfg = ServerConfig { upload_rate: cfg.upload_rate, ..ServerConfig::default() };
+    let upload = UploadServer::new(store.clone(), upload_cfg);
+    let (upload_addr, _accepts) = upload.start_on_cores(&cores, cfg.upload_addr)?;
+
+    let (scheduler_addrs, _embedded) = if cfg.schedulers.is_empty() {
+        let (addr, handle) = Scheduler::spawn_embedded()?;
+        (vec![addr.to_string()], Some(handle))
+    } else {
+        (cfg.schedulers.clone(), None)
+    };
+    let ip = cfg.advertise_ip.unwrap_or_else(|| {
+        let ip = upload_addr.ip();
+        if ip.is_unspecified() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            ip
+        }
+    });
+    let host = HostInfo {
+        host_id: format!("{}-{ip}-{}", hostname(), upload_addr.port()),
+        hostname: hostname(),
+        ip,
+        upload_port: upload_addr.port(),
+        upload_capacity_bytes_per_sec: cfg.upload_rate.unwrap_or(1_250_000_000),
+        is_seed: cfg.seed,
+    };
+    let sched = SchedulerClient::new(scheduler_addrs.clone(), host.clone());
+    let pool = Pool::new(ClientConfig { bind_ip: cfg.advertise_ip.or(Some(ip)), ..ClientConfig::default() });
+    let engine = Engine::new(store.clone(), pool, Some(sched.clone()), cfg.engine.clone())?;
+    let proxy_addr = crate::proxy::server::start(&cores, cfg.proxy_addr, engine.clone())?;
+
+    if cfg.seed {
+        if let Some(mut triggers) = sched.seed_triggers() {
+            let engine = engine.clone();
+            cores.spawn_on(0, async move {
+                // Runs until the scheduler client goes away.
+                while let Some(t) = triggers.recv().await {
+                    let engine = engine.clone();
+                    tokio::spawn(async move {
+                        let display = t
+                            .url
+                            .parse::<http::Uri>()
+                            .ok()
+                            .and_then(|u| {
+                                crate::proxy::rules::identify(&u, crate::proxy::rules::DEFAULT_FILTERED_PARAMS, true)
+                            })
+                            .map_or_else(|| t.url.clone(), |i| i.display_url);
+                        let req = FetchRequest {
+                            task_id: t.task_id,
+                            url: t.url,
+                            headers: t.headers,
+                            display_url: display,
+                            expected_sha256: None,
+                        };
+                        match engine.fetch(req).await {
+                            Ok(f) => {
+                                if let Err(e) = f.task.wait_complete().await {
+                                    tracing::warn!(task = %t.task_id, error = %e, "seed download failed");
+                                }
+                            }
+                            Err(e) => tracing::warn!(task = %t.task_id, error = %e, "seed download failed"),
+                        }
+                    });
+                }
+            });
+        }
+    }
+    let (up, s2) = (upload.clone(), sched.clone());
+    cores.spawn_on(0, async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        // Runs until the core stops at shutdown.
+        loop {
+            tick.tick().await;
+            let l = up.load();
+            let _ = s2
+                .report_load(PeerLoad {
+                    upload_bytes_per_sec: l.bytes_per_sec,
+                    upload_connections: l.connections as u32,
+                })
+                .await;
+        }
+    });
     tracing::info!(
         data_dir = %store.data_dir().display(),
         io_engine = store.engine().name(),
         cores = cores.len(),
-        "daemon started (proxy, upload server and scheduler arrive with their issues)"
+        proxy = %proxy_addr,
+        upload = %upload_addr,
+        schedulers = ?scheduler_addrs,
+        seed = cfg.seed,
+        "daemon started"
     );
     let gc_store = store.clone();
     let interval = cfg.gc_interval;
@@ -65,8 +175,10 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             let _ = tokio::task::spawn_blocking(move || s.gc(crate::storage_now_ms())).await;
         }
     });
+    drop(_core0);
     rt.block_on(signals.wait());
     tracing::info!("shutting down");
+    upload.shutdown();
     cores.shutdown();
     close(&store);
     Ok(())

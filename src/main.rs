@@ -21,6 +21,21 @@ fn init_logging(json: bool) {
     }
 }
 
+fn get(a: shoal::cli::GetArgs) -> anyhow::Result<()> {
+    let o = shoal::cli::get::GetOptions {
+        url: a.url,
+        output: a.output,
+        daemon: a.daemon,
+        digest: a.digest,
+        headers: a.headers,
+        timeout: a.timeout,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let r = rt.block_on(shoal::cli::get::run(&o))?;
+    tracing::info!(bytes = r.bytes, source = %r.source, task = %r.task_id, "downloaded {}", o.output.display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
@@ -33,13 +48,24 @@ fn main() -> ExitCode {
             if a.config.is_some() {
                 tracing::warn!("--config is not read yet (the YAML config arrives with the operability issue)");
             }
-            let cfg = DaemonConfig { store, workers: a.workers, gc_interval: a.storage.gc_interval };
+            let cfg = DaemonConfig {
+                store,
+                workers: a.workers,
+                gc_interval: a.storage.gc_interval,
+                proxy_addr: a.proxy_addr,
+                upload_addr: a.upload_addr,
+                schedulers: a.scheduler.clone(),
+                seed: a.seed,
+                advertise_ip: a.advertise_ip,
+                upload_rate: a.upload_rate,
+                engine: Default::default(),
+            };
             daemon::run(cfg).map_err(Into::into)
         }
         Command::Scheduler(a) => {
             shoal::scheduler::run_standalone(a.listen, shoal::scheduler::ServerConfig::default()).map_err(Into::into)
         }
-        Command::Get(_) => Err(anyhow::anyhow!("`shoal get` is not implemented yet")),
+        Command::Get(a) => get(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

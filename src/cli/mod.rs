@@ -11,6 +11,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::storage::IoEngineChoice;
 
+pub mod get;
+
 #[derive(Parser, Debug)]
 #[command(name = "shoal", version, about = "P2P distribution of large files behind an HTTP proxy")]
 pub struct Cli {
@@ -54,6 +56,13 @@ pub struct DaemonArgs {
     /// Run as a seed peer (fetches from the origin when the scheduler asks).
     #[arg(long)]
     pub seed: bool,
+    /// The IP peers use to reach this node's upload server (default: the upload address's IP, or
+    /// 127.0.0.1 when it listens on all addresses).
+    #[arg(long, env = "SHOAL_ADVERTISE_IP")]
+    pub advertise_ip: Option<std::net::IpAddr>,
+    /// Upload rate limit to peers, e.g. 100MB (bytes per second; none by default).
+    #[arg(long, value_parser = parse_size)]
+    pub upload_rate: Option<u64>,
     #[command(flatten)]
     pub storage: StorageArgs,
     /// Worker threads, one runtime each (0 = one per CPU).
@@ -88,9 +97,21 @@ pub struct SchedulerArgs {
 pub struct GetArgs {
     /// The URL to download.
     pub url: String,
-    /// Where to write the content.
+    /// Where to write the content (it appears only once complete and verified).
     #[arg(short = 'O', long = "output")]
     pub output: PathBuf,
+    /// The daemon's proxy address.
+    #[arg(long, default_value = "127.0.0.1:65001", env = "SHOAL_DAEMON")]
+    pub daemon: String,
+    /// Expected content digest, sha256:<64 hex>; the download fails on a mismatch.
+    #[arg(long)]
+    pub digest: Option<String>,
+    /// Extra request header for the origin, 'Name: value' (repeatable).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// Give up after this long.
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    pub timeout: Duration,
 }
 
 /// Parses sizes such as `512`, `64KiB`, `10GB`, `1.5TiB` (SI and binary units; bare numbers are bytes).

@@ -25,4 +25,6 @@ pub enum EngineError {
     InvalidHeader(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("the task disappeared while it was being fetched")]
+    Vanished,
 }

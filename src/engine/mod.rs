@@ -1,12 +1,163 @@
 //! The engine: gets a task's bytes into local storage from the best place — local store, peers, or the
 //! origin — and publishes every piece the moment it lands.
 //!
-//! Owns: back-to-source HTTP (source.rs). Never: speaks to clients (that is the proxy) or decides the
-//! on-disk format (storage). Called by: the proxy and `shoal get`; calls storage (and, later, transfer and
-//! the scheduler client).
+//! Owns: the per-task conductor (conductor.rs), multi-parent piece download (pieces.rs) and back-to-source
+//! HTTP (source.rs). Never: speaks to HTTP clients (that is the proxy) or decides the on-disk format
+//! (storage). Called by: the proxy, `shoal get` and a seed peer's trigger loop; calls storage, transfer and
+//! the scheduler client.
 
+mod conductor;
 mod error;
+mod pieces;
 pub mod source;
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+pub use conductor::{Fetch, Source};
 pub use error::EngineError;
 pub use source::{stream_into, OriginClient, OriginResponse};
+
+use crate::scheduler::SchedulerClient;
+use crate::storage::{Store, TaskId};
+use crate::transfer::Pool;
+
+/// Tunables of the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Pieces requested from one parent at once.
+    pub pieces_per_parent: usize,
+    /// Parents used at once for one task.
+    pub max_parents: usize,
+    /// Pieces written at once while streaming from the origin.
+    pub origin_in_flight: usize,
+    /// How long a peer waits for a seed (or another back-to-source peer) to get its first pieces before
+    /// going to the origin itself.
+    pub parent_wait: Duration,
+    /// Bound on every scheduler call; past it the peer goes to the origin.
+    pub scheduler_timeout: Duration,
+    /// Rounds of "parents failed, ask again" before going to the origin.
+    pub max_peer_rounds: usize,
+    /// How often piece progress is reported to the scheduler during a download.
+    pub progress_interval: Duration,
+    pub origin_connect_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            pieces_per_parent: 4,
+            max_parents: 4,
+            origin_in_flight: 4,
+            parent_wait: Duration::from_secs(10),
+            scheduler_timeout: Duration::from_secs(3),
+            max_peer_rounds: 3,
+            progress_interval: Duration::from_millis(50),
+            origin_connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a caller wants downloaded.
+#[derive(Clone, Debug)]
+pub struct FetchRequest {
+    pub task_id: TaskId,
+    /// The URL exactly as the client asked (signed parameters included): what the origin needs.
+    pub url: String,
+    /// The client's request headers (Authorization etc.), forwarded to the origin.
+    pub headers: Vec<(String, String)>,
+    /// The URL without volatile parameters, recorded in the task's metadata.
+    pub display_url: String,
+    pub expected_sha256: Option<[u8; 32]>,
+}
+
+pub struct Engine {
+    store: Arc<Store>,
+    origin: OriginClient,
+    pool: Arc<Pool>,
+    scheduler: Option<SchedulerClient>,
+    cfg: EngineConfig,
+    active: Mutex<HashMap<TaskId, watch::Receiver<conductor::Published>>>,
+    /// Parent upload address → host id, learnt from the scheduler's answers (for bad-parent reports).
+    hosts: Mutex<HashMap<SocketAddr, String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<Store>,
+        pool: Arc<Pool>,
+        scheduler: Option<SchedulerClient>,
+        cfg: EngineConfig,
+    ) -> Result<Arc<Engine>, EngineError> {
+        let origin = OriginClient::new(cfg.origin_connect_timeout)?;
+        Ok(Arc::new(Engine {
+            store,
+            origin,
+            pool,
+            scheduler,
+            cfg,
+            active: Mutex::new(HashMap::new()),
+            hosts: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn scheduler(&self) -> Option<&SchedulerClient> {
+        self.scheduler.as_ref()
+    }
+
+    /// The task for `req`: complete locally, or being downloaded (joined if already running here).
+    /// Returns once the task exists locally; its pieces keep arriving afterwards.
+    pub async fn fetch(self: &Arc<Self>, req: FetchRequest) -> Result<Fetch, Arc<EngineError>> {
+        if let Some(t) = self.store.get(&req.task_id) {
+            if t.is_complete() {
+                t.touch();
+                return Ok(Fetch { task: t, source: Source::Local, origin_headers: None });
+            }
+        }
+        let mut rx = {
+            let mut active = lock(&self.active);
+            match active.get(&req.task_id) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    active.insert(req.task_id, rx.clone());
+                    tokio::spawn(conductor::conduct(self.clone(), req.clone(), tx));
+                    rx
+                }
+            }
+        };
+        let published = rx.wait_for(|p| p.is_some()).await.map_err(|_| Arc::new(EngineError::Vanished))?;
+        match published.as_ref() {
+            Some(Ok(f)) => Ok(f.clone()),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(Arc::new(EngineError::Vanished)),
+        }
+    }
+
+    fn finish_active(&self, id: &TaskId) {
+        lock(&self.active).remove(id);
+    }
+
+    pub(crate) fn remember_parents(&self, parents: &[crate::scheduler::Parent]) {
+        let mut h = lock(&self.hosts);
+        for p in parents {
+            h.insert(p.addr(), p.host_id.clone());
+        }
+    }
+
+    fn host_id_of(&self, addr: SocketAddr) -> String {
+        lock(&self.hosts).get(&addr).cloned().unwrap_or_else(|| addr.to_string())
+    }
+}

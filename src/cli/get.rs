@@ -1,0 +1,140 @@
+//! `shoal get URL -O FILE`: download one URL through a Shoal daemon's proxy into a file.
+//!
+//! The file appears only when every byte arrived (and matched --digest): bytes go to `FILE.shoal-part`,
+//! are synced, then renamed; any failure removes the part file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    #[error("invalid URL {0:?}: need an absolute http(s) URL")]
+    Url(String),
+    #[error("invalid --digest (want sha256:<64 hex>)")]
+    Digest,
+    #[error("invalid header {0:?} (want 'Name: value')")]
+    Header(String),
+    #[error("cannot reach the daemon at {addr}: {reason}")]
+    Daemon { addr: String, reason: String },
+    #[error("server answered {status}: {message}")]
+    Status { status: StatusCode, message: String },
+    #[error("download failed after {got} bytes: {reason}")]
+    Body { got: u64, reason: String },
+    #[error("content digest mismatch: got sha256:{0}")]
+    Mismatch(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("writing {path}: {source}")]
+    File { path: PathBuf, source: std::io::Error },
+}
+
+pub struct GetOptions {
+    pub url: String,
+    pub output: PathBuf,
+    pub daemon: String,
+    pub digest: Option<String>,
+    pub headers: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// What a finished download reports.
+pub struct GetReport {
+    pub bytes: u64,
+    pub source: String,
+    pub task_id: String,
+}
+
+fn part_path(out: &Path) -> PathBuf {
+    let mut p = out.as_os_str().to_owned();
+    p.push(".shoal-part");
+    PathBuf::from(p)
+}
+
+pub async fn run(o: &GetOptions) -> Result<GetReport, GetError> {
+    let part = part_path(&o.output);
+    let r = tokio::time::timeout(o.timeout, fetch(o, &part)).await.unwrap_or(Err(GetError::Timeout(o.timeout)));
+    if r.is_err() {
+        let _ = tokio::fs::remove_file(&part).await;
+    }
+    r
+}
+
+async fn fetch(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
+    let uri: Uri = o.url.parse().map_err(|_| GetError::Url(o.url.clone()))?;
+    if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
+        return Err(GetError::Url(o.url.clone()));
+    }
+    let digest = match &o.digest {
+        None => None,
+        Some(d) => {
+            let hex = d.strip_prefix("sha256:").ok_or(GetError::Digest)?;
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(hex, &mut out).map_err(|_| GetError::Digest)?;
+            Some(out)
+        }
+    };
+    let mut req =
+        Request::get(uri.clone()).body(Empty::<bytes::Bytes>::new()).map_err(|_| GetError::Url(o.url.clone()))?;
+    if let Some(host) = uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()) {
+        req.headers_mut().insert(http::header::HOST, host);
+    }
+    for h in &o.headers {
+        let (n, v) = h.split_once(':').ok_or_else(|| GetError::Header(h.clone()))?;
+        let n = http::HeaderName::from_bytes(n.trim().as_bytes()).map_err(|_| GetError::Header(h.clone()))?;
+        let v = http::HeaderValue::from_str(v.trim()).map_err(|_| GetError::Header(h.clone()))?;
+        req.headers_mut().append(n, v);
+    }
+    if let Some(d) = &o.digest {
+        let v = http::HeaderValue::from_str(d).map_err(|_| GetError::Digest)?;
+        req.headers_mut().insert("x-shoal-digest", v);
+    }
+    let daemon_err = |reason: String| GetError::Daemon { addr: o.daemon.clone(), reason };
+    let sock = tokio::net::TcpStream::connect(&o.daemon).await.map_err(|e| daemon_err(e.to_string()))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(sock)).await.map_err(|e| daemon_err(e.to_string()))?;
+    let conn = tokio::spawn(conn);
+    let resp = sender.send_request(req).await.map_err(|e| daemon_err(e.to_string()))?;
+    let (parts, mut body) = resp.into_parts();
+    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    if parts.status != StatusCode::OK {
+        let msg = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let message = String::from_utf8_lossy(&msg).lines().next().unwrap_or("").to_owned();
+        return Err(GetError::Status { status: parts.status, message });
+    }
+    let expected_len: Option<u64> = header("content-length").parse().ok();
+    let file_err = |source| GetError::File { path: part.to_owned(), source };
+    let mut f = tokio::fs::File::create(part).await.map_err(file_err)?;
+    let mut hasher = digest.map(|_| Sha256::new());
+    let mut got = 0u64;
+    // Bounded by the body.
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| GetError::Body { got, reason: e.to_string() })?;
+        if let Ok(data) = frame.into_data() {
+            if let Some(h) = hasher.as_mut() {
+                h.update(&data);
+            }
+            f.write_all(&data).await.map_err(file_err)?;
+            got += data.len() as u64;
+        }
+    }
+    if let Some(exp) = expected_len.filter(|&e| e != got) {
+        return Err(GetError::Body { got, reason: format!("expected {exp} bytes") });
+    }
+    if let (Some(h), Some(d)) = (hasher, digest) {
+        let actual: [u8; 32] = h.finalize().into();
+        if actual != d {
+            return Err(GetError::Mismatch(hex::encode(actual)));
+        }
+    }
+    f.sync_all().await.map_err(file_err)?;
+    drop(f);
+    tokio::fs::rename(part, &o.output).await.map_err(|source| GetError::File { path: o.output.clone(), source })?;
+    conn.abort();
+    Ok(GetReport { bytes: got, source: header("x-shoal-source"), task_id: header("x-shoal-task-id") })
+}

@@ -1,0 +1,261 @@
+//! One task's download on this node: local hit, peers, or origin, decided with the scheduler.
+//!
+//! The first request for a task starts a conductor; concurrent requests for the same task join it (one node
+//! never runs two downloads of one task). The conductor publishes a [`Fetch`] as soon as the task exists
+//! locally (headers known), then keeps filling it; callers stream pieces with `Task::wait_piece`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+use tokio::sync::watch;
+
+use super::error::EngineError;
+use super::{pieces, Engine, FetchRequest};
+use crate::scheduler::{Decision, TaskProgress, TaskRequest};
+use crate::storage::{Task, TaskSpec};
+
+/// Where this node got (or is getting) the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Local,
+    Peer,
+    Origin,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Local => "local",
+            Source::Peer => "peer",
+            Source::Origin => "origin",
+        }
+    }
+}
+
+/// A task being (or already) delivered on this node.
+#[derive(Clone)]
+pub struct Fetch {
+    pub task: Arc<Task>,
+    pub source: Source,
+    /// The origin's response headers when this node fetched from the origin.
+    pub origin_headers: Option<Arc<HeaderMap>>,
+}
+
+pub(super) type Published = Option<Result<Fetch, Arc<EngineError>>>;
+
+/// Runs the download of `req`, publishing the Fetch (or the reason there is none) on `tx` once known.
+pub(super) async fn conduct(engine: Arc<Engine>, req: FetchRequest, tx: watch::Sender<Published>) {
+    let r = run(&engine, &req, &tx).await;
+    if let Err(e) = r {
+        let e = Arc::new(e);
+        tracing::warn!(task = %req.task_id, error = %e, "download failed");
+        if let Some(s) = &engine.scheduler {
+            let _ = s.task_failed(req.task_id, &e.to_string()).await;
+        }
+        if let Some(t) = engine.store.get(&req.task_id) {
+            if !t.is_complete() {
+                // Nothing half-fetched is kept: waiters get the failure, the next request starts afresh.
+                t.discard(e.to_string());
+            }
+        }
+        tx.send_modify(|p| {
+            if p.is_none() {
+                *p = Some(Err(e));
+            }
+        });
+    }
+    engine.finish_active(&req.task_id);
+}
+
+async fn run(engine: &Arc<Engine>, req: &FetchRequest, tx: &watch::Sender<Published>) -> Result<(), EngineError> {
+    let started = Instant::now();
+    let mut waited = Duration::ZERO;
+    let mut rounds = 0;
+    // Bounded: each round either finishes, goes to the origin, or waits within `parent_wait`, and peer
+    // rounds are capped.
+    loop {
+        rounds += 1;
+        let decision = match &engine.scheduler {
+            None => Decision::BackToSource,
+            Some(s) => {
+                let sr = TaskRequest {
+                    task_id: req.task_id,
+                    url: req.url.clone(),
+                    headers: req.headers.clone(),
+                    content_length: None,
+                    piece_length: None,
+                };
+                match tokio::time::timeout(engine.cfg.scheduler_timeout, s.request_task(&sr)).await {
+                    Ok(Ok(d)) => d,
+                    Ok(Err(e)) => {
+                        tracing::warn!(task = %req.task_id, error = %e, "scheduler unreachable; going to the origin");
+                        Decision::BackToSource
+                    }
+                    Err(_) => {
+                        tracing::warn!(task = %req.task_id, "scheduler did not answer in time; going to the origin");
+                        Decision::BackToSource
+                    }
+                }
+            }
+        };
+        match decision {
+            Decision::Parents(ps) if rounds <= engine.cfg.max_peer_rounds => {
+                engine.remember_parents(&ps);
+                let addrs: Vec<_> = ps.iter().take(engine.cfg.max_parents).map(|p| p.addr()).collect();
+                if from_peers(engine, req, &addrs, tx).await? {
+                    return finish(engine, req, Source::Peer, started).await;
+                }
+            }
+            Decision::Wait { retry_after } if waited < engine.cfg.parent_wait => {
+                let d = retry_after.clamp(Duration::from_millis(20), Duration::from_secs(1));
+                tokio::time::sleep(d).await;
+                waited += d;
+            }
+            _ => {
+                from_origin(engine, req, tx).await?;
+                return finish(engine, req, Source::Origin, started).await;
+            }
+        }
+    }
+}
+
+async fn finish(engine: &Arc<Engine>, req: &FetchRequest, source: Source, started: Instant) -> Result<(), EngineError> {
+    let task = engine.store.get(&req.task_id).ok_or(EngineError::Vanished)?;
+    task.wait_complete().await?;
+    if let Some(s) = &engine.scheduler {
+        let _ = s.task_progress(&progress(&task, source == Source::Origin)).await;
+        let _ = s.task_finished(task.id(), task.content_length().unwrap_or(0), task.piece_length()).await;
+    }
+    tracing::info!(
+        task = %req.task_id,
+        size = task.content_length().unwrap_or(0),
+        source = source.as_str(),
+        ms = started.elapsed().as_millis() as u64,
+        "task complete"
+    );
+    Ok(())
+}
+
+fn progress(task: &Task, b2s: bool) -> TaskProgress {
+    TaskProgress {
+        task_id: task.id(),
+        pieces_complete: task.completed_pieces().len() as u32,
+        piece_count: task.piece_count(),
+        content_length: task.content_length(),
+        piece_length: task.piece_length(),
+        back_to_source: b2s,
+    }
+}
+
+/// Tells the scheduler about our pieces while the download runs, so others can use us as a parent.
+fn spawn_progress_reporter(engine: &Arc<Engine>, task: &Arc<Task>, b2s: bool) {
+    let Some(s) = engine.scheduler.clone() else { return };
+    let task = task.clone();
+    let every = engine.cfg.progress_interval;
+    tokio::spawn(async move {
+        let mut rx = task.subscribe();
+        let mut last = u32::MAX;
+        // Ends when the task completes or fails (its channel then closes or stops changing state).
+        loop {
+            let p = progress(&task, b2s);
+            if p.pieces_complete != last {
+                last = p.pieces_complete;
+                let _ = s.task_progress(&p).await;
+            }
+            if !matches!(task.state(), crate::storage::TaskState::InProgress) {
+                return;
+            }
+            tokio::time::sleep(every).await;
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Returns Ok(true) when the task is whole, Ok(false) when the parents could not finish it.
+async fn from_peers(
+    engine: &Arc<Engine>,
+    req: &FetchRequest,
+    parents: &[std::net::SocketAddr],
+    tx: &watch::Sender<Published>,
+) -> Result<bool, EngineError> {
+    let task = match engine.store.get(&req.task_id) {
+        Some(t) => t,
+        None => {
+            // The geometry (length, piece length) must be the parents'; the first one that answers tells.
+            let Some((len, pl)) = geometry(engine, req, parents).await else { return Ok(false) };
+            let spec = TaskSpec {
+                id: req.task_id,
+                url: req.display_url.clone(),
+                content_length: len,
+                piece_length: Some(pl),
+                expected_sha256: req.expected_sha256,
+            };
+            engine.store.get_or_create(&spec)?.0
+        }
+    };
+    publish(tx, &task, Source::Peer, None);
+    spawn_progress_reporter(engine, &task, false);
+    let r = pieces::download(&engine.pool, &task, parents, engine.cfg.pieces_per_parent).await;
+    tracing::debug!(task = %req.task_id, bytes = r.bytes, parents = parents.len(), complete = r.complete, "peer round");
+    for f in &r.failures {
+        tracing::warn!(task = %req.task_id, parent = %f.parent, reason = %f.reason, "parent dropped");
+        if let Some(s) = &engine.scheduler {
+            let host = engine.host_id_of(f.parent);
+            let _ = s.report_bad_parent(req.task_id, &host, &f.reason).await;
+        }
+    }
+    Ok(r.complete)
+}
+
+async fn geometry(
+    engine: &Arc<Engine>,
+    req: &FetchRequest,
+    parents: &[std::net::SocketAddr],
+) -> Option<(Option<u64>, u32)> {
+    for &p in parents {
+        let Ok(mut sub) = engine.pool.subscribe(p, req.task_id).await else { continue };
+        let ev = tokio::time::timeout(engine.cfg.scheduler_timeout, sub.next()).await;
+        if let Ok(Ok(Some(crate::transfer::SubEvent::Snapshot { content_length, piece_length, .. }))) = ev {
+            return Some((content_length, piece_length));
+        }
+    }
+    None
+}
+
+fn publish(tx: &watch::Sender<Published>, task: &Arc<Task>, source: Source, headers: Option<HeaderMap>) {
+    let f = Fetch { task: task.clone(), source, origin_headers: headers.map(Arc::new) };
+    tx.send_modify(|p| {
+        if p.is_none() {
+            *p = Some(Ok(f));
+        }
+    });
+}
+
+async fn from_origin(
+    engine: &Arc<Engine>,
+    req: &FetchRequest,
+    tx: &watch::Sender<Published>,
+) -> Result<(), EngineError> {
+    let resp = engine.origin.get(&req.url, &req.headers, None).await?;
+    let spec = TaskSpec {
+        id: req.task_id,
+        url: req.display_url.clone(),
+        content_length: resp.content_length,
+        piece_length: None,
+        expected_sha256: req.expected_sha256,
+    };
+    let (task, _) = engine.store.get_or_create(&spec)?;
+    if task.content_length().is_some() && task.content_length() != resp.content_length && resp.content_length.is_some()
+    {
+        // A leftover from an earlier, different object: start clean.
+        engine.store.remove(&req.task_id, "origin length changed");
+        return Err(EngineError::Vanished);
+    }
+    publish(tx, &task, Source::Origin, Some(resp.headers.clone()));
+    spawn_progress_reporter(engine, &task, true);
+    super::source::stream_into(&task, resp, engine.cfg.origin_in_flight).await?;
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! Downloading one task's pieces from several parents at once.
+//!
+//! Each parent gets a subscription (what it has, and each piece as it lands there) and a worker that
+//! repeatedly claims the lowest missing piece that parent has and nobody is fetching, so a client
+//! streaming the task gets pieces in order while every parent stays busy. A piece that fails goes back to
+//! the pool for another parent; a parent that fails (dead, stalled, wrong crc) is dropped for this task
+//! and reported, and the download fails only when no parent is left with pieces still missing.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::storage::Task;
+use crate::transfer::{Pool, SubEvent, TransferError};
+
+/// Why a parent was dropped, for the scheduler's bad-parent report.
+#[derive(Debug, Clone)]
+pub struct ParentFailure {
+    pub parent: SocketAddr,
+    pub reason: String,
+}
+
+struct Shared {
+    /// Pieces nobody is fetching and the task does not have.
+    free: BTreeSet<u32>,
+    /// What each parent has said it holds.
+    have: Vec<HashSet<u32>>,
+    failures: Vec<ParentFailure>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Outcome of a multi-parent download.
+pub struct PeerDownload {
+    pub complete: bool,
+    pub bytes: u64,
+    pub failures: Vec<ParentFailure>,
+}
+
+/// Fetches every missing piece of `task` from `parents` (whose geometry the task already has). Returns
+/// when the task holds every piece, or when every parent has failed.
+pub async fn download(pool: &Arc<Pool>, task: &Arc<Task>, parents: &[SocketAddr], per_parent: usize) -> PeerDownload {
+    let missing: BTreeSet<u32> = match task.piece_count() {
+        Some(n) => (0..n).filter(|&k| !task.has_piece(k)).collect(),
+        None => BTreeSet::new(),
+    };
+    let shared =
+        Arc::new(Mutex::new(Shared { free: missing, have: vec![HashSet::new(); parents.len()], failures: Vec::new() }));
+    let wake = Arc::new(Notify::new());
+    let mut set = tokio::task::JoinSet::new();
+    for (i, &p) in parents.iter().enumerate() {
+        let (pool, task, shared, wake) = (pool.clone(), task.clone(), shared.clone(), wake.clone());
+        set.spawn(async move {
+            let r = parent_loop(&pool, &task, p, i, &shared, &wake, per_parent.max(1)).await;
+            let mut s = lock(&shared);
+            let bytes = match r {
+                Ok(b) => b,
+                Err(e) => {
+                    s.failures.push(ParentFailure { parent: p, reason: e.to_string() });
+                    0
+                }
+            };
+            drop(s);
+            wake.notify_waiters();
+            bytes
+        });
+    }
+    let mut bytes = 0;
+    // Ends when every parent loop has returned: each returns when the task is whole or the parent failed.
+    while let Some(r) = set.join_next().await {
+        bytes += r.unwrap_or(0);
+        if is_whole(task) {
+            set.abort_all();
+        }
+    }
+    let failures = std::mem::take(&mut lock(&shared).failures);
+    PeerDownload { complete: is_whole(task), bytes, failures }
+}
+
+fn is_whole(task: &Task) -> bool {
+    task.piece_count().is_some_and(|n| (0..n).all(|k| task.has_piece(k)))
+}
+
+/// One parent: follow its subscription and fetch what it has, `width` pieces at a time.
+async fn parent_loop(
+    pool: &Arc<Pool>,
+    task: &Arc<Task>,
+    parent: SocketAddr,
+    me: usize,
+    shared: &Arc<Mutex<Shared>>,
+    wake: &Arc<Notify>,
+    width: usize,
+) -> Result<u64, TransferError> {
+    let mut sub = pool.subscribe(parent, task.id()).await?;
+    let mut running = tokio::task::JoinSet::new();
+    let mut sub_open = true;
+    let mut bytes = 0u64;
+    // Each turn handles one subscription event, one finished piece, or a wake-up; bounded by the pieces.
+    loop {
+        // Registered before looking for work, so a piece freed by another parent meanwhile wakes us.
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        while running.len() < width {
+            let Some(k) = claim(shared, me, task) else { break };
+            let (pool, task) = (pool.clone(), task.clone());
+            running.spawn(async move { (k, pool.fetch_piece(parent, &task, k).await) });
+        }
+        if is_whole(task) {
+            return Ok(bytes);
+        }
+        if running.is_empty() && !sub_open {
+            // The parent will announce nothing more and has nothing we can use.
+            return Ok(bytes);
+        }
+        tokio::select! {
+            ev = sub.next(), if sub_open => match ev? {
+                Some(SubEvent::Snapshot { content_length, pieces, .. }) => {
+                    if let (Some(len), None) = (content_length, task.content_length()) {
+                        task.set_content_length(len).map_err(|e| TransferError::Storage(e))?;
+                        let mut s = lock(shared);
+                        let n = task.piece_count().unwrap_or(0);
+                        s.free = (0..n).filter(|&k| !task.has_piece(k)).collect();
+                        drop(s);
+                        wake.notify_waiters();
+                    }
+                    lock(shared).have[me].extend(pieces);
+                }
+                Some(SubEvent::Have(pieces)) => lock(shared).have[me].extend(pieces),
+                Some(SubEvent::Ended { .. }) | None => sub_open = false,
+            },
+            done = running.join_next(), if !running.is_empty() => {
+                if let Some(Ok((k, r))) = done {
+                    match r {
+                        Ok(()) => bytes += task.piece_range(k).map_or(0, |(_, l)| l as u64),
+                        Err(e) => {
+                            lock(shared).free.insert(k);
+                            wake.notify_waiters();
+                            if e.is_connection_error() || matches!(e, TransferError::CrcMismatch { .. } | TransferError::ParentBad { .. }) {
+                                return Err(e);
+                            }
+                            // The parent refused this piece (not there yet, busy): drop it from what it has.
+                            lock(shared).have[me].remove(&k);
+                        }
+                    }
+                }
+            }
+            _ = notified => {}
+        }
+    }
+}
+
+/// The lowest piece this parent has that is free, marked as taken.
+fn claim(shared: &Mutex<Shared>, me: usize, task: &Task) -> Option<u32> {
+    let mut s = lock(shared);
+    let k = s.free.iter().copied().find(|k| s.have[me].contains(k) && !task.has_piece(*k))?;
+    s.free.remove(&k);
+    Some(k)
+}

@@ -1,0 +1,198 @@
+//! An origin HTTP server for tests: serves registered objects, counts the bytes it sends, and comes in the
+//! four flavours that matter to back-to-source — with or without Range support, with Content-Length or
+//! chunked — plus error paths (`/status/404`, `/status/500`) and a body that breaks off mid-way.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flavour {
+    pub ranges: bool,
+    pub content_length: bool,
+}
+
+pub const FLAVOURS: [Flavour; 4] = [
+    Flavour { ranges: true, content_length: true },
+    Flavour { ranges: false, content_length: true },
+    Flavour { ranges: true, content_length: false },
+    Flavour { ranges: false, content_length: false },
+];
+
+#[derive(Default)]
+struct State {
+    objects: Mutex<HashMap<String, Bytes>>,
+    bytes_sent: AtomicU64,
+    requests: AtomicU64,
+    /// Paths whose body is cut after this many bytes (then the connection is dropped).
+    truncate: Mutex<HashMap<String, usize>>,
+}
+
+/// A running origin; dropped, it stops.
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub flavour: Flavour,
+    state: Arc<State>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(status: StatusCode, b: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(b).map_err(|never: Infallible| match never {}).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+async fn handle(
+    st: Arc<State>,
+    fl: Flavour,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    st.requests.fetch_add(1, Ordering::Relaxed);
+    let path = req.uri().path().to_owned();
+    if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = full(status, Bytes::from(format!("origin says {code}\n")));
+        r.headers_mut().insert("x-origin-error", "yes".parse().unwrap());
+        return Ok(r);
+    }
+    let Some(obj) = st.objects.lock().unwrap().get(&path).cloned() else {
+        return Ok(full(StatusCode::NOT_FOUND, Bytes::from_static(b"no such object\n")));
+    };
+    let total = obj.len() as u64;
+    let mut status = StatusCode::OK;
+    let mut body = obj.clone();
+    let mut content_range = None;
+    if fl.ranges {
+        if let Some((s, e)) =
+            req.headers().get("range").and_then(|v| v.to_str().ok()).and_then(|v| parse_range(v, total))
+        {
+            status = StatusCode::PARTIAL_CONTENT;
+            body = obj.slice(s as usize..=e as usize);
+            content_range = Some(format!("bytes {s}-{e}/{total}"));
+        }
+    }
+    let cut = st.truncate.lock().unwrap().get(&path).copied();
+    let len = body.len();
+    let st2 = st.clone();
+    // Sent in 256 KiB frames, counted as they leave.
+    let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = (0..len.div_ceil(256 << 10))
+        .map(|i| body.slice(i * (256 << 10)..((i + 1) * (256 << 10)).min(len)))
+        .scan(0usize, move |sent, c| {
+            if cut.is_some_and(|cut| *sent >= cut) {
+                return Some(Err(std::io::Error::other("origin breaks off")));
+            }
+            *sent += c.len();
+            st2.bytes_sent.fetch_add(c.len() as u64, Ordering::Relaxed);
+            Some(Ok(Frame::data(c)))
+        })
+        .collect();
+    // Before breaking off, pause so what was sent is flushed (a real origin dies mid-body, not before it).
+    let stream = futures_util::StreamExt::then(futures_util::stream::iter(chunks), |item| async move {
+        if item.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        item
+    });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert("content-type", "application/octet-stream".parse().unwrap());
+    h.insert("etag", "\"test-etag\"".parse().unwrap());
+    if fl.content_length {
+        h.insert("content-length", len.to_string().parse().unwrap());
+    }
+    if fl.ranges {
+        h.insert("accept-ranges", "bytes".parse().unwrap());
+    }
+    if let Some(cr) = content_range {
+        h.insert("content-range", cr.parse().unwrap());
+    }
+    Ok(r)
+}
+
+fn parse_range(v: &str, total: u64) -> Option<(u64, u64)> {
+    let (s, e) = v.strip_prefix("bytes=")?.split_once('-')?;
+    let s: u64 = s.parse().ok()?;
+    let e: u64 = if e.is_empty() { total.checked_sub(1)? } else { e.parse::<u64>().ok()?.min(total.checked_sub(1)?) };
+    (s <= e).then_some((s, e))
+}
+
+impl Origin {
+    /// Starts an origin on `ip` (a 127.0.0.0/8 address) on its own thread and runtime.
+    pub fn start(ip: &str, flavour: Flavour) -> Origin {
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State::default());
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let st = state.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(listener).unwrap();
+                // Runs until the stop signal.
+                loop {
+                    tokio::select! {
+                        _ = &mut rx => break,
+                        acc = l.accept() => {
+                            let Ok((sock, _)) = acc else { continue };
+                            let st = st.clone();
+                            tokio::spawn(async move {
+                                let svc = service_fn(move |req| handle(st.clone(), flavour, req));
+                                let _ = hyper::server::conn::http1::Builder::new()
+                                    .serve_connection(TokioIo::new(sock), svc)
+                                    .await;
+                            });
+                        }
+                    }
+                }
+            });
+        });
+        Origin { addr, flavour, state, stop: Some(tx), thread: Some(thread) }
+    }
+
+    pub fn put(&self, path: &str, data: Bytes) {
+        self.state.objects.lock().unwrap().insert(path.to_owned(), data);
+    }
+
+    /// Makes `path` break off after `after` bytes.
+    pub fn truncate(&self, path: &str, after: usize) {
+        self.state.truncate.lock().unwrap().insert(path.to_owned(), after);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn bytes_sent(&self) -> u64 {
+        self.state.bytes_sent.load(Ordering::Relaxed)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
