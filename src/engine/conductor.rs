@@ -108,7 +108,8 @@ async fn run(engine: &Arc<Engine>, req: &FetchRequest, tx: &watch::Sender<Publis
                 }
             }
             Decision::Wait { retry_after } if waited < engine.cfg.parent_wait => {
-                let d = retry_after.clamp(Duration::from_millis(20), Duration::from_secs(1));
+                // Polled often: the first pieces of a seed's download should reach peers within a few tens of ms.
+                let d = retry_after.clamp(Duration::from_millis(10), Duration::from_millis(100));
                 tokio::time::sleep(d).await;
                 waited += d;
             }

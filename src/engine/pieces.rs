@@ -121,7 +121,7 @@ async fn parent_loop(
             ev = sub.next(), if sub_open => match ev? {
                 Some(SubEvent::Snapshot { content_length, pieces, .. }) => {
                     if let (Some(len), None) = (content_length, task.content_length()) {
-                        task.set_content_length(len).map_err(|e| TransferError::Storage(e))?;
+                        task.set_content_length(len).map_err(TransferError::Storage)?;
                         let mut s = lock(shared);
                         let n = task.piece_count().unwrap_or(0);
                         s.free = (0..n).filter(|&k| !task.has_piece(k)).collect();

@@ -57,6 +57,13 @@ pub struct OriginResponse {
     body: Incoming,
 }
 
+impl OriginResponse {
+    /// The body, for callers that consume it themselves.
+    pub fn into_body(self) -> Incoming {
+        self.body
+    }
+}
+
 impl OriginClient {
     /// `connect_timeout` bounds TCP connect; TLS verifies against the system's roots (or `SSL_CERT_FILE`).
     pub fn new(connect_timeout: Duration) -> Result<OriginClient, EngineError> {

@@ -70,6 +70,7 @@ pub fn start(cores: &Cores, addr: SocketAddr, engine: Arc<Engine>) -> std::io::R
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(engine.clone(), req));
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(Duration::from_secs(30))
                         .serve_connection(TokioIo::new(sock), svc)
                         .await;

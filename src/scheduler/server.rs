@@ -311,6 +311,7 @@ impl Conn {
                 let req_id = r.req_id;
                 let req = TaskRequest::from_proto(r)?;
                 let (decision, action) = sh.state.request_task(&host, &req, now)?;
+                tracing::debug!(task = %req.task_id, %host, decision = decision_name(&decision), "task request");
                 if let Some(Action::TriggerSeed { seed_host, trigger }) = action {
                     let sent = sh
                         .outbound
@@ -420,4 +421,12 @@ fn truncated(s: &str) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+fn decision_name(d: &crate::scheduler::Decision) -> &'static str {
+    match d {
+        crate::scheduler::Decision::Parents(_) => "parents",
+        crate::scheduler::Decision::BackToSource => "back-to-source",
+        crate::scheduler::Decision::Wait { .. } => "wait",
+    }
 }

@@ -36,6 +36,8 @@ struct State {
     requests: AtomicU64,
     /// Paths whose body is cut after this many bytes (then the connection is dropped).
     truncate: Mutex<HashMap<String, usize>>,
+    /// Pause before each 256 KiB frame, in microseconds: a slow origin.
+    frame_delay_us: AtomicU64,
 }
 
 /// A running origin; dropped, it stops.
@@ -62,7 +64,7 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     st.requests.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path().to_owned();
-    if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
+    if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.split('/').next()?.parse::<u16>().ok()) {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut r = full(status, Bytes::from(format!("origin says {code}\n")));
         r.headers_mut().insert("x-origin-error", "yes".parse().unwrap());
@@ -100,9 +102,12 @@ async fn handle(
         })
         .collect();
     // Before breaking off, pause so what was sent is flushed (a real origin dies mid-body, not before it).
-    let stream = futures_util::StreamExt::then(futures_util::stream::iter(chunks), |item| async move {
+    let delay = std::time::Duration::from_micros(st.frame_delay_us.load(Ordering::Relaxed));
+    let stream = futures_util::StreamExt::then(futures_util::stream::iter(chunks), move |item| async move {
         if item.is_err() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        } else if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
         item
     });
@@ -171,6 +176,11 @@ impl Origin {
     /// Makes `path` break off after `after` bytes.
     pub fn truncate(&self, path: &str, after: usize) {
         self.state.truncate.lock().unwrap().insert(path.to_owned(), after);
+    }
+
+    /// Slows every body down: a pause before each 256 KiB frame.
+    pub fn set_frame_delay(&self, d: std::time::Duration) {
+        self.state.frame_delay_us.store(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,138 @@
+//! Real `shoal` processes for multi-process tests: schedulers and daemons on 127.0.0.x addresses, and
+//! `shoal get` runs. Every process is killed when its handle drops.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn shoal() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shoal"))
+}
+
+/// A free TCP port on `ip` (bound and released; the process binds it right after).
+pub fn free_addr(ip: &str) -> SocketAddr {
+    let l = std::net::TcpListener::bind((ip, 0)).unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A running process whose stderr lines are kept for assertions and for failure reports.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped()).env("SHOAL_LOG", "info,shoal=debug");
+        let mut child = cmd.spawn().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let err = child.stderr.take().unwrap();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        Proc { name: name.to_owned(), child, log }
+    }
+
+    /// Waits (bounded) until a log line contains `needle`.
+    pub fn wait_for(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.dump();
+        panic!("{}: never logged {needle:?}", self.name);
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn dump(&self) {
+        for l in self.log.lock().unwrap().iter() {
+            eprintln!("[{}] {l}", self.name);
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump();
+        }
+        self.kill();
+    }
+}
+
+pub struct Scheduler {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+pub fn scheduler(ip: &str) -> Scheduler {
+    let addr = free_addr(ip);
+    let mut cmd = shoal();
+    cmd.args(["scheduler", "--listen", &addr.to_string()]);
+    let proc = Proc::spawn(&format!("scheduler@{addr}"), cmd);
+    proc.wait_for("scheduler listening", Duration::from_secs(20));
+    Scheduler { proc, addr }
+}
+
+pub struct Daemon {
+    pub proc: Proc,
+    pub proxy: SocketAddr,
+    pub upload: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+pub fn daemon(ip: &str, schedulers: &[SocketAddr], seed: bool, data_dir: &Path) -> Daemon {
+    let proxy = free_addr(ip);
+    let upload = free_addr(ip);
+    let mut cmd = shoal();
+    cmd.args(["daemon", "--workers", "1", "--proxy-addr", &proxy.to_string(), "--upload-addr", &upload.to_string()])
+        .arg("--data-dir")
+        .arg(data_dir);
+    if !schedulers.is_empty() {
+        let list: Vec<String> = schedulers.iter().map(|a| a.to_string()).collect();
+        cmd.args(["--scheduler", &list.join(",")]);
+    }
+    if seed {
+        cmd.arg("--seed");
+    }
+    let name = format!("{}@{ip}", if seed { "seed" } else { "peer" });
+    let proc = Proc::spawn(&name, cmd);
+    proc.wait_for("daemon started", Duration::from_secs(20));
+    Daemon { proc, proxy, upload, data_dir: data_dir.to_owned() }
+}
+
+/// Runs `shoal get` through a daemon; returns (success, stderr).
+pub fn get(d: &Daemon, url: &str, out: &Path, digest: Option<&str>) -> (bool, String) {
+    let mut cmd = shoal();
+    cmd.args(["get", url, "--daemon", &d.proxy.to_string(), "--timeout", "120s", "-O"]).arg(out);
+    if let Some(dg) = digest {
+        cmd.args(["--digest", dg]);
+    }
+    let o = cmd.output().unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// Files under a daemon's task directory (what it has cached).
+pub fn cached_files(data_dir: &Path) -> usize {
+    let Ok(shards) = std::fs::read_dir(data_dir.join("tasks")) else { return 0 };
+    shards.flatten().filter_map(|s| std::fs::read_dir(s.path()).ok()).map(|d| d.count()).sum()
+}

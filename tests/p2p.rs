@@ -1,0 +1,221 @@
+//! Issue 4 end to end with real processes on 127.0.0.x: a scheduler, a seed and peers, each a `shoal`
+//! process, fetching from a real HTTP origin (in four flavours) with `shoal get` through each daemon.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::cluster::{self, cached_files, get, Daemon};
+use common::origin::{Flavour, Origin, FLAVOURS};
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+/// An object whose URL path ends in its sha256 (a Git LFS oid), as LFS storage URLs do.
+fn object(seed: u64, len: usize) -> (Bytes, String) {
+    let b = Bytes::from(content(seed, len));
+    let oid = hex::encode(sha256(&b));
+    (b, oid)
+}
+
+fn file_sha(p: &std::path::Path) -> String {
+    hex::encode(sha256(&std::fs::read(p).unwrap()))
+}
+
+/// All `peers` run `shoal get` at once; returns each one's wall time.
+fn get_all(peers: &[Daemon], url: &str, oid: &str, out: &std::path::Path) -> Vec<Duration> {
+    let digest = format!("sha256:{oid}");
+    std::thread::scope(|s| {
+        let hs: Vec<_> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let (url, digest) = (url.to_owned(), digest.clone());
+                let path = out.join(format!("copy{i}"));
+                s.spawn(move || {
+                    let t0 = Instant::now();
+                    let (ok, err) = get(d, &url, &path, Some(&digest));
+                    assert!(ok, "peer {i}: shoal get failed: {err}");
+                    assert_eq!(file_sha(&path), digest[7..], "peer {i}: wrong bytes");
+                    t0.elapsed()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn stats(mut v: Vec<Duration>) -> String {
+    v.sort();
+    format!(
+        "min {:.2}s median {:.2}s max {:.2}s",
+        v[0].as_secs_f64(),
+        v[v.len() / 2].as_secs_f64(),
+        v[v.len() - 1].as_secs_f64()
+    )
+}
+
+/// Each peer downloads the object straight from the origin, all at once (the baseline).
+fn direct_all(n: usize, url: &str) -> Vec<Duration> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    rt.block_on(async {
+                        let t0 = Instant::now();
+                        let c = shoal::engine::OriginClient::new(Duration::from_secs(5)).unwrap();
+                        let r = c.get(url, &[], None).await.unwrap();
+                        let _ = r.content_length;
+                        let mut body = r.into_body();
+                        use http_body_util::BodyExt;
+                        while let Some(f) = body.frame().await {
+                            f.unwrap();
+                        }
+                        t0.elapsed()
+                    })
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn seed_and_six_peers_fetch_one_object_with_one_origin_download_in_every_flavour() {
+    let size = 128 * MIB;
+    let (obj, oid) = object(60, size);
+    for (fi, fl) in FLAVOURS.iter().enumerate() {
+        let origin = Origin::start("127.0.0.2", *fl);
+        let path = format!("/lfs/objects/{oid}");
+        origin.put(&path, obj.clone());
+        let tmp = tempfile::tempdir().unwrap();
+        let sched = cluster::scheduler("127.0.0.3");
+        let seed = cluster::daemon("127.0.0.4", &[sched.addr], true, &tmp.path().join("seed"));
+        let peers: Vec<Daemon> = (0..6)
+            .map(|i| {
+                cluster::daemon(&format!("127.0.0.{}", 10 + i), &[sched.addr], false, &tmp.path().join(format!("p{i}")))
+            })
+            .collect();
+        let times = get_all(&peers, &origin.url(&path), &oid, tmp.path());
+        let ratio = origin.bytes_sent() as f64 / size as f64;
+        eprintln!("{fl:?}: origin bytes / size = {ratio:.3}; P2P per-peer {}", stats(times.clone()));
+        assert!(ratio <= 1.05, "{fl:?}: origin served {ratio:.3}× the object");
+        if fi == 0 {
+            // The same peers straight from the origin, in the same run: the baseline for the figures.
+            let before = origin.bytes_sent();
+            let direct = direct_all(6, &origin.url(&path));
+            assert_eq!(origin.bytes_sent() - before, 6 * size as u64);
+            eprintln!("{fl:?}: direct per-peer {}", stats(direct));
+        }
+        drop(seed);
+    }
+}
+
+#[test]
+fn origin_errors_pass_through_and_nothing_is_cached() {
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let tmp = tempfile::tempdir().unwrap();
+    let peer = cluster::daemon("127.0.0.20", &[], false, &tmp.path().join("p"));
+    let oid = "ab".repeat(32);
+    for code in [404, 500] {
+        // The origin's status for an oid-like path: /status/<code>/<oid> is served as that status.
+        let url = origin.url(&format!("/status/{code}/{oid}"));
+        for attempt in 0..2 {
+            let before = origin.requests();
+            let (ok, err) = get(&peer, &url, &tmp.path().join("out"), None);
+            assert!(!ok, "{code}: must fail");
+            assert!(err.contains(&code.to_string()), "{code}: the origin's status reaches the client: {err}");
+            assert_eq!(origin.requests(), before + 1, "{code} attempt {attempt}: not cached, asked again");
+        }
+        assert!(!tmp.path().join("out").exists(), "no partial file");
+        assert_eq!(cached_files(&peer.data_dir), 0, "{code}: nothing cached");
+    }
+}
+
+#[test]
+fn scheduler_down_peers_fall_back_to_the_origin() {
+    let (obj, oid) = object(61, 8 * MIB);
+    let origin = Origin::start("127.0.0.2", FLAVOURS[1]);
+    let path = format!("/lfs/objects/{oid}");
+    origin.put(&path, obj.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sched = cluster::scheduler("127.0.0.3");
+    let peers: Vec<Daemon> = (0..2)
+        .map(|i| {
+            cluster::daemon(&format!("127.0.0.{}", 30 + i), &[sched.addr], false, &tmp.path().join(format!("p{i}")))
+        })
+        .collect();
+    sched.proc.kill();
+    let times = get_all(&peers, &origin.url(&path), &oid, tmp.path());
+    assert_eq!(times.len(), 2);
+    assert!(origin.bytes_sent() >= obj.len() as u64);
+}
+
+#[test]
+fn a_parent_killed_mid_download_does_not_stop_the_others() {
+    let size = 64 * MIB;
+    let (obj, oid) = object(62, size);
+    let origin = Origin::start("127.0.0.2", Flavour { ranges: false, content_length: true });
+    // ~2.5 s for the whole object: slow enough to kill the seed while pieces are flowing.
+    origin.set_frame_delay(Duration::from_millis(10));
+    let path = format!("/lfs/objects/{oid}");
+    origin.put(&path, obj.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let sched = cluster::scheduler("127.0.0.3");
+    let mut seed = cluster::daemon("127.0.0.4", &[sched.addr], true, &tmp.path().join("seed"));
+    let peers: Arc<Vec<Daemon>> = Arc::new(
+        (0..3)
+            .map(|i| {
+                cluster::daemon(&format!("127.0.0.{}", 40 + i), &[sched.addr], false, &tmp.path().join(format!("p{i}")))
+            })
+            .collect(),
+    );
+    let (url, dir) = (origin.url(&path), tmp.path().to_owned());
+    let p2 = peers.clone();
+    let o2 = oid.clone();
+    let runner = std::thread::spawn(move || get_all(&p2, &url, &o2, &dir));
+    // The origin needs ~2.5 s: at 1 s the seed is mid-download and peers are taking pieces from it.
+    std::thread::sleep(Duration::from_millis(1000));
+    seed.proc.kill();
+    let times = runner.join().expect("every peer finishes with the right bytes");
+    eprintln!("after the seed died: {}", stats(times));
+}
+
+#[test]
+fn two_schedulers_split_tasks_by_hash_and_both_serve() {
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let tmp = tempfile::tempdir().unwrap();
+    let a = cluster::scheduler("127.0.0.3");
+    let b = cluster::scheduler("127.0.0.5");
+    let both = [a.addr, b.addr];
+    let peers: Vec<Daemon> = (0..2)
+        .map(|i| cluster::daemon(&format!("127.0.0.{}", 50 + i), &both, false, &tmp.path().join(format!("p{i}"))))
+        .collect();
+    let mut oids = Vec::new();
+    for n in 0..8u64 {
+        let (obj, oid) = object(70 + n, MIB);
+        origin.put(&format!("/lfs/objects/{oid}"), obj);
+        oids.push(oid);
+    }
+    for oid in &oids {
+        get_all(&peers, &origin.url(&format!("/lfs/objects/{oid}")), oid, tmp.path());
+    }
+    let tasks_of = |p: &cluster::Proc| -> std::collections::HashSet<String> {
+        p.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("task request"))
+            .filter_map(|l| l.split("task=").nth(1)?.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+    let (ta, tb) = (tasks_of(&a.proc), tasks_of(&b.proc));
+    assert!(ta.is_disjoint(&tb), "each task lives on exactly one scheduler");
+    assert_eq!(ta.len() + tb.len(), oids.len(), "every task was scheduled");
+    assert!(!ta.is_empty() && !tb.is_empty(), "both schedulers took tasks: {} and {}", ta.len(), tb.len());
+    // Both peers asked the same scheduler for each task, so the second peer got the first as a parent.
+    assert!(origin.bytes_sent() < 2 * oids.len() as u64 * MIB as u64, "peers shared pieces");
+}
