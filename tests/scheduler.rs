@@ -409,3 +409,24 @@ fn client_futures_are_send() {
     send(c.shutdown());
     send(c.clone());
 }
+
+/// How a daemon runs it: the embedded scheduler on one core's runtime, clients on others.
+#[test]
+fn embedded_scheduler_on_one_core_serves_clients_on_another() {
+    let cores = shoal::runtime::Cores::start(2, "sched-test").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (addr, handle) = rt.block_on(cores.spawn_on(0, async { Scheduler::spawn_embedded() })).unwrap().unwrap();
+    let got = rt.block_on(cores.spawn_on(1, async move {
+        let a = client(&[addr], "a", 4001);
+        let b = client(&[addr], "b", 4002);
+        assert_eq!(a.request_task(&req(tid(1))).await.unwrap(), Decision::BackToSource);
+        a.task_progress(&prog(tid(1), 1)).await.unwrap();
+        let p = parents(&b, tid(1)).await;
+        a.shutdown().await;
+        b.shutdown().await;
+        p
+    }));
+    assert_eq!(got.unwrap()[0].host_id, "a");
+    drop(handle);
+    cores.shutdown();
+}
