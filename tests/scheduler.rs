@@ -154,6 +154,22 @@ async fn binary_returns_parents_and_stops_on_sigterm() {
     assert_eq!((p[0].host_id.as_str(), p[0].addr()), ("a", "127.0.0.1:4001".parse().unwrap()));
     assert_eq!(b.request_task(&req(tid(2))).await.unwrap(), Decision::BackToSource, "tasks are independent");
 
+    // Ranking uses reported load; a parent reported bad is never offered to that child again.
+    let c = client(&[s.addr], "c", 4003);
+    c.task_progress(&prog(tid(1), 1)).await.unwrap();
+    a.report_load(shoal::scheduler::PeerLoad { upload_bytes_per_sec: 1 << 29, upload_connections: 9 }).await.unwrap();
+    let d = client(&[s.addr], "d", 4004);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while parents(&d, tid(1)).await.iter().map(|p| p.host_id.as_str()).collect::<Vec<_>>() != ["c", "a"] {
+        assert!(Instant::now() < deadline, "the busier parent never ranked second");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    d.report_bad_parent(tid(1), "c", "crc mismatch").await.unwrap();
+    while parents(&d, tid(1)).await.iter().any(|p| p.host_id == "c") {
+        assert!(Instant::now() < deadline, "the bad parent was offered again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     // SAFETY: kill(2) on a child we spawned, with a valid signal.
     assert_eq!(unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) }, 0);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -408,4 +424,25 @@ fn client_futures_are_send() {
     send(c.set_schedulers(vec![]));
     send(c.shutdown());
     send(c.clone());
+}
+
+/// How a daemon runs it: the embedded scheduler on one core's runtime, clients on others.
+#[test]
+fn embedded_scheduler_on_one_core_serves_clients_on_another() {
+    let cores = shoal::runtime::Cores::start(2, "sched-test").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (addr, handle) = rt.block_on(cores.spawn_on(0, async { Scheduler::spawn_embedded() })).unwrap().unwrap();
+    let got = rt.block_on(cores.spawn_on(1, async move {
+        let a = client(&[addr], "a", 4001);
+        let b = client(&[addr], "b", 4002);
+        assert_eq!(a.request_task(&req(tid(1))).await.unwrap(), Decision::BackToSource);
+        a.task_progress(&prog(tid(1), 1)).await.unwrap();
+        let p = parents(&b, tid(1)).await;
+        a.shutdown().await;
+        b.shutdown().await;
+        p
+    }));
+    assert_eq!(got.unwrap()[0].host_id, "a");
+    drop(handle);
+    cores.shutdown();
 }

@@ -9,6 +9,13 @@
 //! frame is size-limited and validated; bad input closes that one connection, nothing panics).
 //! Called by: main.rs (`shoal scheduler`), the daemon (embedded single-node scheduler), and the P2P engine
 //! (through [`SchedulerClient`]: request_task, progress reports, seed triggers).
+//!
+//! The engine's loop for one task: `request_task` → `Parents` (download from them; `report_bad_parent`
+//! for one that fails), `Wait` (ask again after `retry_after`), `BackToSource` or any error (fetch from the
+//! origin). Meanwhile `task_progress` as pieces arrive, then `task_finished`, or `task_failed`;
+//! `leave_task` when GC evicts it. A seed peer also drains `seed_triggers()` and fetches each trigger's URL
+//! with its headers. With no `--scheduler`, the daemon runs [`Scheduler::spawn_embedded`] and points its
+//! client at the returned address.
 
 mod client;
 mod conn;

@@ -259,3 +259,108 @@ fn tasks_per_host_are_bounded() {
     assert!(matches!(e, StateError::TooManyTasks { limit: 3, .. }));
     s.progress("h0", &prog(TaskId([2; 32]), 2), now).unwrap();
 }
+
+mod random_ops {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Register(u8),
+        Request(u8, u8),
+        Progress(u8, u8, u32, bool),
+        Finished(u8, u8),
+        Failed(u8, u8),
+        Bad(u8, u8, u8),
+        Leave(u8, u8),
+        Disconnect(u8),
+        Tick(u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..5u8).prop_map(Op::Register),
+            (0..5u8, 0..3u8).prop_map(|(h, t)| Op::Request(h, t)),
+            (0..5u8, 0..3u8, 0..20u32, any::<bool>()).prop_map(|(h, t, n, b)| Op::Progress(h, t, n, b)),
+            (0..5u8, 0..3u8).prop_map(|(h, t)| Op::Finished(h, t)),
+            (0..5u8, 0..3u8).prop_map(|(h, t)| Op::Failed(h, t)),
+            (0..5u8, 0..3u8, 0..5u8).prop_map(|(h, t, p)| Op::Bad(h, t, p)),
+            (0..5u8, 0..3u8).prop_map(|(h, t)| Op::Leave(h, t)),
+            (0..5u8).prop_map(Op::Disconnect),
+            (0..20_000u16).prop_map(Op::Tick),
+        ]
+    }
+
+    fn check(s: &State) {
+        for (id, t) in &s.tasks {
+            assert!(!t.peers.is_empty(), "a task without peers is dropped");
+            for p in t.peers.keys() {
+                assert!(
+                    s.hosts.get(p).is_some_and(|h| h.tasks.contains(id)),
+                    "peer {p} of {id:?} is a host holding it"
+                );
+            }
+            if let Some(src) = &t.source {
+                assert!(t.peers.contains_key(src), "the source is a peer");
+            }
+        }
+        for (h, host) in &s.hosts {
+            for id in &host.tasks {
+                assert!(s.tasks.get(id).is_some_and(|t| t.peers.contains_key(h)), "{h} holds {id:?}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_sequence_keeps_the_state_consistent(ops in proptest::collection::vec(op(), 1..80)) {
+            let mut s = State::new(cfg());
+            let mut now = Instant::now();
+            let name = |h: u8| format!("h{h}");
+            let task = |t: u8| TaskId([t; 32]);
+            for op in ops {
+                match op {
+                    Op::Register(h) => {
+                        s.register(u64::from(h), host(&name(h), 1000 * u64::from(h), h == 4));
+                    }
+                    Op::Request(h, t) => {
+                        if let Ok((d, a)) = s.request_task(&name(h), &req(task(t), "u"), now) {
+                            if let Decision::Parents(ps) = &d {
+                                assert!(!ps.is_empty() && ps.len() <= 4);
+                                assert!(ps.iter().all(|p| p.host_id != name(h)), "never its own parent");
+                                let ex = s.tasks[&task(t)].excluded.get(&name(h)).cloned().unwrap_or_default();
+                                assert!(ps.iter().all(|p| !ex.contains(&p.host_id)), "never an excluded parent");
+                            }
+                            if let Some(Action::TriggerSeed { seed_host, .. }) = a {
+                                assert_eq!(s.tasks[&task(t)].source.as_deref(), Some(seed_host.as_str()));
+                            }
+                        }
+                    }
+                    Op::Progress(h, t, n, b) => {
+                        let mut p = prog(task(t), n.min(256));
+                        p.back_to_source = b;
+                        let _ = s.progress(&name(h), &p, now);
+                    }
+                    Op::Finished(h, t) => {
+                        let _ = s.finished(&name(h), task(t), 1 << 30, 4 << 20, now);
+                    }
+                    Op::Failed(h, t) => {
+                        let _ = s.failed(&name(h), task(t));
+                    }
+                    Op::Bad(h, t, p) => {
+                        let _ = s.report_bad_parent(&name(h), task(t), &name(p));
+                    }
+                    Op::Leave(h, t) => {
+                        let _ = s.leave_task(&name(h), task(t));
+                    }
+                    Op::Disconnect(h) => {
+                        s.disconnect(u64::from(h), &name(h));
+                    }
+                    Op::Tick(ms) => now += Duration::from_millis(u64::from(ms)),
+                }
+                check(&s);
+            }
+        }
+    }
+}
