@@ -29,6 +29,7 @@ fn start_daemon(dir: &std::path::Path) -> (Reap, mpsc::Receiver<String>) {
         .args(["daemon", "--data-dir"])
         .arg(dir)
         .args(["--gc-interval", "1s", "--workers", "2"])
+        .args(["--proxy-addr", "127.0.0.1:0", "--upload-addr", "127.0.0.1:0"])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -85,7 +86,7 @@ fn daemon_reports_its_engine_and_stops_cleanly_on_sigterm() {
 }
 
 #[test]
-fn uring_demanded_where_it_works_and_bad_flags_fail_clearly() {
+fn bad_flags_and_unreachable_daemons_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let out = shoal().args(["daemon", "--io-engine", "bogus", "--data-dir"]).arg(dir.path()).output().unwrap();
     assert!(!out.status.success());
@@ -93,9 +94,15 @@ fn uring_demanded_where_it_works_and_bad_flags_fail_clearly() {
     let out = shoal().args(["daemon", "--quota", "lots", "--data-dir"]).arg(dir.path()).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid size"), "{out:?}");
-    for cmd in [&["get", "http://x.test/a", "-O", "/dev/null"][..], &["scheduler"][..]] {
-        let out = shoal().args(cmd).output().unwrap();
-        assert!(!out.status.success(), "{cmd:?} must not pretend to work");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"), "{out:?}");
-    }
+    // No daemon listening: a one-line reason and a non-zero exit, and no file left behind.
+    let out_file = dir.path().join("out");
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let out =
+        shoal().args(["get", "http://x.test/a", "--daemon", &free.to_string(), "-O"]).arg(&out_file).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon"), "{out:?}");
+    assert!(!out_file.exists());
+    let out = shoal().args(["get", "http://x.test/a", "--digest", "md5:00", "-O"]).arg(&out_file).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --digest"), "{out:?}");
 }

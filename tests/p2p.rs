@@ -219,3 +219,29 @@ fn two_schedulers_split_tasks_by_hash_and_both_serve() {
     // Both peers asked the same scheduler for each task, so the second peer got the first as a parent.
     assert!(origin.bytes_sent() < 2 * oids.len() as u64 * MIB as u64, "peers shared pieces");
 }
+
+#[test]
+fn single_node_daemon_with_embedded_scheduler_serves_the_second_get_locally() {
+    let (obj, oid) = object(63, 9 * MIB + 7);
+    let origin = Origin::start("127.0.0.2", FLAVOURS[3]);
+    let path = format!("/lfs/objects/{oid}?jwt=first");
+    origin.put(&format!("/lfs/objects/{oid}"), obj.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let node = cluster::daemon("127.0.0.60", &[], false, &tmp.path().join("n"));
+    let out = tmp.path().join("a");
+    let (ok, err) = get(&node, &origin.url(&path), &out, None);
+    assert!(ok, "{err}");
+    assert!(err.contains("source=origin"), "{err}");
+    assert_eq!(file_sha(&out), oid);
+    let sent = origin.bytes_sent();
+    // Another signed URL for the same object: the same task, a local hit, no origin traffic.
+    let (ok, err) = get(&node, &origin.url(&format!("/lfs/objects/{oid}?jwt=second")), &tmp.path().join("b"), None);
+    assert!(ok, "{err}");
+    assert!(err.contains("source=local"), "{err}");
+    assert_eq!(file_sha(&tmp.path().join("b")), oid);
+    assert_eq!(origin.bytes_sent(), sent);
+    // A wrong expected digest fails and leaves no file.
+    let bad = format!("sha256:{}", "00".repeat(32));
+    let (ok, err) = get(&node, &origin.url(&path), &tmp.path().join("c"), Some(&bad));
+    assert!(!ok && !tmp.path().join("c").exists(), "{err}");
+}

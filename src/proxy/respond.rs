@@ -44,8 +44,14 @@ pub fn task_body(task: Arc<Task>) -> StreamBody<impl futures_util::Stream<Item =
 async fn next_piece(task: &Arc<Task>, k: u32) -> Result<Option<Bytes>, StorageError> {
     match task.wait_piece(k).await {
         Ok(()) => {}
-        // Past the end of a task whose length became known while streaming: the body is complete.
-        Err(StorageError::PieceOutOfRange { .. }) => return Ok(None),
+        // Past the end of a task whose length became known while streaming: the body is complete, and
+        // ends cleanly only if the content is proven right.
+        Err(StorageError::PieceOutOfRange { .. }) => {
+            if task.expected_sha256().is_some() {
+                task.wait_complete().await?;
+            }
+            return Ok(None);
+        }
         Err(e) => return Err(e),
     }
     let last = task.piece_count().is_some_and(|n| k + 1 == n);

@@ -290,10 +290,20 @@ impl Task {
         StorageError::CrcMismatch { piece: k, expected, got }
     }
 
+    /// Where a stored piece's bytes are; before the length is known every stored piece is a full one.
+    fn stored_range(&self, k: u32) -> Option<(u64, u32)> {
+        match self.content_length() {
+            Some(_) => self.piece_range(k),
+            None => {
+                (k < self.meta.capacity).then(|| (k as u64 * self.meta.piece_length as u64, self.meta.piece_length))
+            }
+        }
+    }
+
     /// Reads a complete piece through the io engine, checking its crc32c.
     pub async fn read_piece(&self, k: u32) -> Result<Bytes> {
         let crc = self.meta.piece_crc(k).ok_or(StorageError::PieceMissing(k))?;
-        let (off, len) = self.piece_range(k).ok_or(StorageError::PieceMissing(k))?;
+        let (off, len) = self.stored_range(k).ok_or(StorageError::PieceMissing(k))?;
         let v = self
             .io
             .read_exact_at(&self.data, len as usize, off)
@@ -311,7 +321,7 @@ impl Task {
     /// The file, offset and length of piece `k` for sendfile/splice. The first request for a piece in this
     /// process reads it once to check its crc (from then on the page cache usually serves sendfile).
     pub async fn zero_copy_piece(self: &Arc<Self>, k: u32) -> Result<ZeroCopy> {
-        let (off, len) = self.piece_range(k).ok_or(StorageError::PieceMissing(k))?;
+        let (off, len) = self.stored_range(k).ok_or(StorageError::PieceMissing(k))?;
         if !self.has_piece(k) {
             return Err(StorageError::PieceMissing(k));
         }
