@@ -1,7 +1,7 @@
 //! Shoal: a P2P distribution engine for large files behind an HTTP forward proxy.
 //!
 //! Floors, top to bottom; a module uses only what stands below it, so data flows one way:
-//! `cli` → `daemon` → (proxy → engine → transfer / scheduler, later issues) → `storage`, `runtime`.
+//! `cli` → `daemon` → `proxy` → `engine` → `transfer` / `scheduler` (client) → `storage`, `runtime`.
 
 pub mod cli;
 pub mod daemon;
