@@ -1,11 +1,14 @@
 //! The peer data plane between real stores over loopback: a parent's upload server and a child's pool on
 //! different 127.0.0.x addresses, plus parent test doubles that die, stall or corrupt pieces.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use common::content;
 use shoal::storage::{Store, StoreConfig, Task, TaskId, TaskSpec};
 use shoal::transfer::frame::{Frame, FrameReader};
 use shoal::transfer::proto::{ErrorCode, Hello, PieceHeader};
@@ -31,20 +34,6 @@ fn spec(id: TaskId, len: u64, piece: u32) -> TaskSpec {
         piece_length: Some(piece),
         expected_sha256: None,
     }
-}
-
-/// Cheap deterministic bytes (xorshift), so large tasks cost little to make in debug builds.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 async fn fill(task: &Arc<Task>, data: &[u8], order: impl IntoIterator<Item = u32>) {
@@ -81,7 +70,7 @@ async fn moves_256_mib_over_one_pipelined_connection() {
     let (pd, cd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (parent, child) = (store(&pd), store(&cd));
     let len = 256u64 << 20;
-    let data = pattern(7, len as usize);
+    let data = content(7, len as usize);
     let (ptask, _) = parent.get_or_create(&spec(tid(1), len, 4 << 20)).unwrap();
     fill(&ptask, &data, 0..64).await;
     let (server, addr) = start_server(parent.clone(), "127.0.0.2", ServerConfig::default()).await;
@@ -107,7 +96,7 @@ async fn child_subscribed_while_parent_fills_receives_every_piece() {
     let (parent, child) = (store(&pd), store(&cd));
     let (n, pl) = (48u32, 64u32 << 10);
     let len = n as u64 * pl as u64 - 1000;
-    let data = pattern(11, len as usize);
+    let data = content(11, len as usize);
     let (ptask, _) = parent.get_or_create(&spec(tid(2), len, pl)).unwrap();
     fill(&ptask, &data, [5, 0]).await;
     let (server, addr) = start_server(parent.clone(), "127.0.0.2", ServerConfig::default()).await;
@@ -212,7 +201,7 @@ async fn parent_dying_or_stalling_mid_piece_is_a_typed_error_and_nothing_is_stor
     let cd = tempfile::tempdir().unwrap();
     let child = store(&cd);
     let pl = 1u32 << 20;
-    let data = Arc::new(pattern(3, 4 * pl as usize));
+    let data = Arc::new(content(3, 4 * pl as usize));
     let (ctask, _) = child.get_or_create(&spec(tid(3), data.len() as u64, pl)).unwrap();
     let stall = Duration::from_millis(400);
     let pool = Pool::new(ClientConfig { stall_timeout: stall, ..client_cfg("127.0.0.3") });
@@ -241,7 +230,7 @@ async fn corrupt_piece_is_detected_and_refetched_from_a_good_parent() {
     let (pd, cd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (parent, child) = (store(&pd), store(&cd));
     let pl = 256u32 << 10;
-    let data = Arc::new(pattern(5, 6 * pl as usize + 123));
+    let data = Arc::new(content(5, 6 * pl as usize + 123));
     let len = data.len() as u64;
     let (ptask, _) = parent.get_or_create(&spec(tid(4), len, pl)).unwrap();
     fill(&ptask, &data, 0..7).await;
@@ -271,7 +260,7 @@ async fn refusals_keep_the_connection_and_missing_pieces_are_served_once_complet
     let (pd, cd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (parent, child) = (store(&pd), store(&cd));
     let pl = 64u32 << 10;
-    let data = pattern(9, 4 * pl as usize);
+    let data = content(9, 4 * pl as usize);
     let (ptask, _) = parent.get_or_create(&spec(tid(5), data.len() as u64, pl)).unwrap();
     fill(&ptask, &data, [0]).await;
     let cfg = ServerConfig { piece_wait_timeout: Duration::from_millis(300), ..ServerConfig::default() };
@@ -306,7 +295,7 @@ async fn upload_rate_limit_paces_and_load_is_reported() {
     let (pd, cd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (parent, child) = (store(&pd), store(&cd));
     let pl = 1u32 << 20;
-    let data = pattern(13, 8 * pl as usize);
+    let data = content(13, 8 * pl as usize);
     let (ptask, _) = parent.get_or_create(&spec(tid(7), data.len() as u64, pl)).unwrap();
     fill(&ptask, &data, 0..8).await;
     let cfg = ServerConfig {
@@ -338,7 +327,7 @@ fn thread_per_core_server_serves_and_shuts_down() {
     rt.block_on(async {
         let (parent, child) = (store(&pd), store(&cd));
         let pl = 64u32 << 10;
-        let data = pattern(17, 10 * pl as usize);
+        let data = content(17, 10 * pl as usize);
         let (ptask, _) = parent.get_or_create(&spec(tid(8), data.len() as u64, pl)).unwrap();
         fill(&ptask, &data, 0..10).await;
         let server = UploadServer::new(parent.clone(), ServerConfig::default());
@@ -361,7 +350,7 @@ async fn idle_connections_close_and_the_pool_reconnects() {
     let (pd, cd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (parent, child) = (store(&pd), store(&cd));
     let pl = 64u32 << 10;
-    let data = pattern(19, 2 * pl as usize);
+    let data = content(19, 2 * pl as usize);
     let (ptask, _) = parent.get_or_create(&spec(tid(9), data.len() as u64, pl)).unwrap();
     fill(&ptask, &data, 0..2).await;
     let (server, addr) = start_server(parent.clone(), "127.0.0.2", ServerConfig::default()).await;
@@ -398,7 +387,7 @@ fn random_and_oversized_frames_never_crash_the_server() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (parent, child) = (store(&pd), store(&cd));
     let pl = 64u32 << 10;
-    let data = pattern(23, 3 * pl as usize);
+    let data = content(23, 3 * pl as usize);
     let (server, addr) = rt.block_on(async {
         let (ptask, _) = parent.get_or_create(&spec(tid(10), data.len() as u64, pl)).unwrap();
         fill(&ptask, &data, 0..3).await;
