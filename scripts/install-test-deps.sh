@@ -1,16 +1,30 @@
 #!/usr/bin/env bash
-# Installs the tools the test suite uses, on a fresh Debian machine, as root. Idempotent and quiet when
+# Installs the tools the test suite uses, on a fresh Debian machine, as root. Idempotent and quick when
 # everything is already there.
+#   - curl, git, git-lfs, mount (Debian packages)
+#   - giftless, a real Git LFS server, in a venv under /opt/shoal-test-tools (its wheel declares no
+#     dependencies, so they are listed here; PyJWT 2.10+ answers 401 to every transfer)
+#   - an /etc/hosts name for the test LFS origin: git-lfs never proxies loopback literals or localhost
 set -euo pipefail
 
+TOOLS=/opt/shoal-test-tools
 need=()
 command -v mount >/dev/null || need+=(mount)
 command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
+command -v git >/dev/null || need+=(git)
+command -v git-lfs >/dev/null || need+=(git-lfs)
+command -v python3 >/dev/null || need+=(python3)
+python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+
+as_root() {
   if [ "$(id -u)" != 0 ]; then
-    echo "install-test-deps: need root to install: ${need[*]}" >&2
+    echo "install-test-deps: need root for: $*" >&2
     exit 1
   fi
+}
+
+if [ ${#need[@]} -gt 0 ]; then
+  as_root "apt-get install ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
@@ -19,4 +33,19 @@ fi
 if ! command -v cargo >/dev/null; then
   echo "install-test-deps: cargo not found (the Rust toolchain comes with the machine)" >&2
   exit 1
+fi
+
+venv=$TOOLS/giftless-venv
+if [ ! -x "$venv/bin/gunicorn" ] || ! "$venv/bin/python" -c 'import giftless' 2>/dev/null; then
+  mkdir -p "$TOOLS"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check \
+    "giftless==0.6.2" "flask~=2.3" flask-marshmallow "marshmallow<4" webargs figcan pyyaml "PyJWT<2.10" \
+    python-dateutil cryptography flask-classful werkzeug cachetools typing-extensions python-dotenv \
+    importlib-metadata gunicorn
+fi
+
+if ! grep -qE '^127\.0\.0\.2[[:space:]]+lfs-origin\.test' /etc/hosts; then
+  as_root "adding lfs-origin.test to /etc/hosts"
+  echo "127.0.0.2 lfs-origin.test" >> /etc/hosts
 fi

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod lfs;
 pub mod origin;
 
 use std::path::Path;

@@ -1,0 +1,159 @@
+//! A real Git LFS server (giftless under gunicorn, installed by scripts/install-test-deps.sh) and a git
+//! repository whose LFS objects live on it, for end-to-end tests with the real git + git-lfs clients.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::cluster::{free_addr, Proc};
+
+pub const TOOLS: &str = "/opt/shoal-test-tools";
+/// git-lfs never proxies loopback literals or `localhost`: the origin needs a name (set-up adds it to
+/// /etc/hosts, pointing at 127.0.0.2).
+pub const LFS_HOST: &str = "lfs-origin.test";
+
+pub struct Giftless {
+    pub proc: Proc,
+    pub port: u16,
+    pub access_log: PathBuf,
+}
+
+impl Giftless {
+    /// Starts giftless on 127.0.0.2 with local storage under `dir`.
+    pub fn start(dir: &Path) -> Giftless {
+        let gunicorn = Path::new(TOOLS).join("giftless-venv/bin/gunicorn");
+        assert!(gunicorn.exists(), "{} missing: run scripts/install-test-deps.sh", gunicorn.display());
+        let resolves = std::net::ToSocketAddrs::to_socket_addrs(&(LFS_HOST, 80)).map(|mut a| a.next().is_some());
+        assert!(matches!(resolves, Ok(true)), "{LFS_HOST} does not resolve: run scripts/install-test-deps.sh");
+        let port = free_addr("127.0.0.2").port();
+        let storage = dir.join("lfs-storage");
+        std::fs::create_dir_all(&storage).unwrap();
+        let config = dir.join("giftless.yaml");
+        // Action JWTs must outlive the advertised expires_in (900 s), or downloads get 401s.
+        std::fs::write(
+            &config,
+            format!(
+                "AUTH_PROVIDERS:\n  - giftless.auth.allow_anon:read_write\n\
+                 TRANSFER_ADAPTERS:\n  basic:\n    factory: giftless.transfer.basic_streaming:factory\n    options:\n      \
+                 storage_class: giftless.storage.local_storage:LocalStorage\n      storage_options:\n        path: {}\n      \
+                 action_lifetime: 900\n\
+                 PRE_AUTHORIZED_ACTION_PROVIDER:\n  factory: giftless.auth.jwt:factory\n  options:\n    algorithm: HS256\n    \
+                 private_key: shoal-test-key\n    default_lifetime: 900\n",
+                storage.display()
+            ),
+        )
+        .unwrap();
+        let access_log = dir.join("giftless-access.log");
+        let mut cmd = Command::new(gunicorn);
+        cmd.args(["--no-control-socket", "-w", "2", "-b", &format!("127.0.0.2:{port}")])
+            .arg("--access-logfile")
+            .arg(&access_log)
+            .arg("giftless.wsgi_entrypoint:app")
+            .env("GIFTLESS_CONFIG_FILE", &config)
+            .current_dir(dir);
+        let proc = Proc::spawn("giftless", cmd);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.2", port)).is_err() {
+            assert!(Instant::now() < deadline, "giftless did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Giftless { proc, port, access_log }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{LFS_HOST}:{}/shoal/test", self.port)
+    }
+
+    /// Object downloads the server has answered (GETs of object storage URLs).
+    pub fn object_gets(&self) -> usize {
+        let log = std::fs::read_to_string(&self.access_log).unwrap_or_default();
+        log.lines().filter(|l| l.contains("\"GET ") && l.contains("/objects/storage/")).count()
+    }
+}
+
+/// git with a private global config (git-lfs installed into it) and no system config.
+pub fn git(home: &Path) -> Command {
+    let mut c = Command::new("git");
+    c.env("HOME", home)
+        .env("GIT_CONFIG_GLOBAL", home.join(".gitconfig"))
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY")
+        .stdin(Stdio::null());
+    c
+}
+
+pub fn run(mut c: Command, what: &str) -> String {
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A fresh HOME with git identity and `git lfs install` done.
+pub fn git_home(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(".gitconfig"), "[user]\n\tname = Shoal Test\n\temail = test@shoal.invalid\n").unwrap();
+    run(
+        {
+            let mut c = git(dir);
+            c.args(["lfs", "install", "--skip-repo"]);
+            c
+        },
+        "git lfs install",
+    );
+    dir.to_owned()
+}
+
+/// Creates a bare repository at `bare` whose LFS objects (`files`: name → bytes) live on `server`.
+pub fn publish(home: &Path, work: &Path, bare: &Path, server: &Giftless, files: &[(&str, Vec<u8>)]) {
+    run(
+        {
+            let mut c = git(home);
+            c.arg("init").arg("-q").arg("-b").arg("main").arg(work);
+            c
+        },
+        "git init",
+    );
+    let g = |args: &[&str]| {
+        let mut c = git(home);
+        c.current_dir(work).args(args);
+        c
+    };
+    run(g(&["lfs", "track", "*.bin"]), "git lfs track");
+    std::fs::write(work.join(".lfsconfig"), format!("[lfs]\n\turl = {}\n", server.url())).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(work.join(name), bytes).unwrap();
+    }
+    run(g(&["add", "-A"]), "git add");
+    run(g(&["commit", "-q", "-m", "LFS objects"]), "git commit");
+    run(
+        {
+            let mut c = git(home);
+            c.args(["init", "-q", "--bare", "-b", "main"]).arg(bare);
+            c
+        },
+        "git init --bare",
+    );
+    run(g(&["remote", "add", "origin", &bare.to_string_lossy()]), "git remote add");
+    // Straight to the LFS server: no proxy while publishing.
+    run(g(&["push", "-q", "origin", "main"]), "git push");
+}
+
+/// Clones `bare` into `dest` with every LFS request going through the proxy at `proxy`, configured as
+/// the seed article does.
+pub fn clone_through(home: &Path, proxy: std::net::SocketAddr, bare: &Path, dest: &Path) -> String {
+    let mut c = git(home);
+    c.args(["-c", &format!("http.proxy=http://{proxy}"), "-c", "lfs.transfer.enablehrefrewrite=true", "clone", "-q"])
+        .arg(format!("file://{}", bare.display()))
+        .arg(dest);
+    run(c, "git clone through the proxy")
+}
