@@ -9,6 +9,8 @@ use std::time::Duration;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::engine::{Engine, EngineConfig, FetchRequest};
+use crate::metrics::server::Probe;
+use crate::metrics::Gauges;
 use crate::runtime::Cores;
 use crate::scheduler::{HostInfo, PeerLoad, Scheduler, SchedulerClient};
 use crate::storage::{Store, StoreConfig};
@@ -22,6 +24,7 @@ pub struct DaemonConfig {
     pub gc_interval: Duration,
     pub proxy_addr: SocketAddr,
     pub upload_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     /// Empty: run an embedded scheduler (single-node mode).
     pub schedulers: Vec<String>,
     pub seed: bool,
@@ -138,6 +141,13 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             });
         }
     }
+    let probe = Arc::new(DaemonProbe {
+        store: store.clone(),
+        upload: upload.clone(),
+        sched: sched.clone(),
+        embedded: cfg.schedulers.is_empty(),
+    });
+    let metrics_addr = crate::metrics::server::start(cfg.metrics_addr, probe)?;
     let (up, s2) = (upload.clone(), sched.clone());
     cores.spawn_on(0, async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -159,6 +169,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         cores = cores.len(),
         proxy = %proxy_addr,
         upload = %upload_addr,
+        metrics = %metrics_addr,
         schedulers = ?scheduler_addrs,
         seed = cfg.seed,
         "daemon started"
@@ -190,6 +201,37 @@ fn close(store: &Arc<Store>) {
         Err(e) => {
             tracing::warn!(error = %e, "storage close incomplete; the next start re-checks the affected tasks")
         }
+    }
+}
+
+/// What /metrics and /readyz read from the running daemon.
+struct DaemonProbe {
+    store: Arc<Store>,
+    upload: UploadServer,
+    sched: SchedulerClient,
+    embedded: bool,
+}
+
+impl Probe for DaemonProbe {
+    fn gauges(&self) -> Gauges {
+        Gauges {
+            storage_bytes: self.store.usage_bytes(),
+            evictions: self.store.evictions(),
+            io_engine: self.store.engine().name(),
+            uploaded_bytes: self.upload.stats().bytes_served,
+            upload_connections: self.upload.load().connections as u64,
+            tasks_cached: self.store.list().len() as u64,
+        }
+    }
+
+    fn ready(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            // Storage is loaded before the endpoint exists; what can still be missing is the scheduler.
+            if self.embedded {
+                return Ok(());
+            }
+            self.sched.connect_all().await.map_err(|e| format!("scheduler unreachable: {e}"))
+        })
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod daemon;
 pub mod engine;
+pub mod metrics;
 pub mod proxy;
 pub mod runtime;
 pub mod scheduler;

@@ -54,6 +54,7 @@ fn main() -> ExitCode {
                 gc_interval: a.storage.gc_interval,
                 proxy_addr: a.proxy_addr,
                 upload_addr: a.upload_addr,
+                metrics_addr: a.metrics_addr,
                 schedulers: a.scheduler.clone(),
                 seed: a.seed,
                 advertise_ip: a.advertise_ip,

@@ -29,7 +29,7 @@ fn start_daemon(dir: &std::path::Path) -> (Reap, mpsc::Receiver<String>) {
         .args(["daemon", "--data-dir"])
         .arg(dir)
         .args(["--gc-interval", "1s", "--workers", "2"])
-        .args(["--proxy-addr", "127.0.0.1:0", "--upload-addr", "127.0.0.1:0"])
+        .args(["--proxy-addr", "127.0.0.1:0", "--upload-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::error::EngineError;
 use super::{pieces, Engine, FetchRequest};
+use crate::metrics::{self, Metrics};
 use crate::scheduler::{Decision, TaskProgress, TaskRequest};
 use crate::storage::{Task, TaskSpec};
 
@@ -46,7 +47,10 @@ pub(super) type Published = Option<Result<Fetch, Arc<EngineError>>>;
 
 /// Runs the download of `req`, publishing the Fetch (or the reason there is none) on `tx` once known.
 pub(super) async fn conduct(engine: Arc<Engine>, req: FetchRequest, tx: watch::Sender<Published>) {
+    let m = metrics::global();
+    Metrics::add(&m.tasks_started, 1);
     let r = run(&engine, &req, &tx).await;
+    Metrics::add(if r.is_ok() { &m.tasks_completed } else { &m.tasks_failed }, 1);
     if let Err(e) = r {
         let e = Arc::new(e);
         tracing::warn!(task = %req.task_id, error = %e, "download failed");
@@ -240,6 +244,7 @@ async fn from_origin(
     req: &FetchRequest,
     tx: &watch::Sender<Published>,
 ) -> Result<(), EngineError> {
+    Metrics::add(&metrics::global().back_to_source, 1);
     let resp = engine.origin.get(&req.url, &req.headers, None).await?;
     let spec = TaskSpec {
         id: req.task_id,

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::metrics::{self, Metrics};
 use crate::storage::Task;
 use crate::transfer::{Pool, SubEvent, TransferError};
 
@@ -108,7 +109,10 @@ async fn parent_loop(
         while running.len() < width {
             let Some(k) = claim(shared, me, task) else { break };
             let (pool, task) = (pool.clone(), task.clone());
-            running.spawn(async move { (k, pool.fetch_piece(parent, &task, k).await) });
+            running.spawn(async move {
+                let t0 = std::time::Instant::now();
+                (k, pool.fetch_piece(parent, &task, k).await, t0.elapsed())
+            });
         }
         if is_whole(task) {
             return Ok(bytes);
@@ -134,9 +138,15 @@ async fn parent_loop(
                 Some(SubEvent::Ended { .. }) | None => sub_open = false,
             },
             done = running.join_next(), if !running.is_empty() => {
-                if let Some(Ok((k, r))) = done {
+                if let Some(Ok((k, r, took))) = done {
                     match r {
-                        Ok(()) => bytes += task.piece_range(k).map_or(0, |(_, l)| l as u64),
+                        Ok(()) => {
+                            let n = task.piece_range(k).map_or(0, |(_, l)| l as u64);
+                            bytes += n;
+                            let m = metrics::global();
+                            Metrics::add(&m.bytes_from_peers, n);
+                            m.piece_downloaded(took);
+                        }
                         Err(e) => {
                             lock(shared).free.insert(k);
                             wake.notify_waiters();

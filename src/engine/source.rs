@@ -19,6 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::error::EngineError;
+use crate::metrics::{self, Metrics};
 use crate::storage::{Task, TaskState};
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -188,6 +189,7 @@ pub async fn stream_into(task: &Arc<Task>, resp: OriginResponse, in_flight: usiz
         };
         let Ok(mut data) = frame.into_data() else { continue };
         total += data.len() as u64;
+        Metrics::add(&metrics::global().bytes_from_origin, data.len() as u64);
         if let Some(exp) = expected.filter(|&e| total > e) {
             return Err(EngineError::TooLong { expected: exp });
         }

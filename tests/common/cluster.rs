@@ -97,14 +97,17 @@ pub struct Daemon {
     pub proc: Proc,
     pub proxy: SocketAddr,
     pub upload: SocketAddr,
+    pub metrics: SocketAddr,
     pub data_dir: PathBuf,
 }
 
 pub fn daemon(ip: &str, schedulers: &[SocketAddr], seed: bool, data_dir: &Path) -> Daemon {
     let proxy = free_addr(ip);
     let upload = free_addr(ip);
+    let metrics = free_addr(ip);
     let mut cmd = shoal();
     cmd.args(["daemon", "--workers", "1", "--proxy-addr", &proxy.to_string(), "--upload-addr", &upload.to_string()])
+        .args(["--metrics-addr", &metrics.to_string()])
         .arg("--data-dir")
         .arg(data_dir);
     if !schedulers.is_empty() {
@@ -117,7 +120,7 @@ pub fn daemon(ip: &str, schedulers: &[SocketAddr], seed: bool, data_dir: &Path) 
     let name = format!("{}@{ip}", if seed { "seed" } else { "peer" });
     let proc = Proc::spawn(&name, cmd);
     proc.wait_for("daemon started", Duration::from_secs(20));
-    Daemon { proc, proxy, upload, data_dir: data_dir.to_owned() }
+    Daemon { proc, proxy, upload, metrics, data_dir: data_dir.to_owned() }
 }
 
 /// Runs `shoal get` through a daemon; returns (success, stderr).
@@ -135,4 +138,22 @@ pub fn get(d: &Daemon, url: &str, out: &Path, digest: Option<&str>) -> (bool, St
 pub fn cached_files(data_dir: &Path) -> usize {
     let Ok(shards) = std::fs::read_dir(data_dir.join("tasks")) else { return 0 };
     shards.flatten().filter_map(|s| std::fs::read_dir(s.path()).ok()).map(|d| d.count()).sum()
+}
+
+/// A plain HTTP/1.0 GET (for the metrics endpoint): (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of an unlabelled metric in a Prometheus text exposition.
+pub fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }

@@ -1,0 +1,76 @@
+//! The metrics endpoint: `/metrics` (Prometheus text), `/healthz` (the process answers), `/readyz`
+//! (storage loaded and the scheduler reachable, or embedded).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use super::Gauges;
+
+/// What the endpoint asks the daemon at scrape time.
+pub trait Probe: Send + Sync + 'static {
+    fn gauges(&self) -> Gauges;
+    fn ready(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
+
+fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    r
+}
+
+async fn handle(
+    probe: Arc<dyn Probe>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET {
+        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into()));
+    }
+    Ok(match req.uri().path() {
+        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", super::global().render(&probe.gauges())),
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => match tokio::time::timeout(Duration::from_secs(2), probe.ready()).await {
+            Ok(Ok(())) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+            Ok(Err(why)) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {why}\n")),
+            Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: check timed out\n".into()),
+        },
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    })
+}
+
+/// Binds `addr` and serves on the current runtime (call it inside one); returns the bound address.
+pub fn start(addr: SocketAddr, probe: Arc<dyn Probe>) -> std::io::Result<SocketAddr> {
+    let std_l = std::net::TcpListener::bind(addr)?;
+    std_l.set_nonblocking(true)?;
+    let l = tokio::net::TcpListener::from_std(std_l)?;
+    let bound = l.local_addr()?;
+    tokio::spawn(async move {
+        // Runs until the runtime stops.
+        loop {
+            let Ok((sock, _)) = l.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let probe = probe.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| handle(probe.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(sock), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(bound)
+}
