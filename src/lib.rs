@@ -4,6 +4,7 @@
 //! `cli` → `daemon` → `proxy` → `engine` → `transfer` / `scheduler` (client) → `storage`, `runtime`.
 
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod metrics;

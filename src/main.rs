@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use shoal::cli::{Cli, Command};
+use shoal::cli::{Cli, Command, ConfigCommand};
+use shoal::config::Config;
 use shoal::daemon::{self, DaemonConfig};
 use shoal::storage::StoreConfig;
 
@@ -19,6 +20,43 @@ fn init_logging(json: bool) {
     } else {
         b.init();
     }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    })
+}
+
+fn daemon_cmd(a: &shoal::cli::DaemonArgs) -> anyhow::Result<()> {
+    let c = a.merge(load_config(a.config.as_deref())?);
+    let mut store = StoreConfig::new(c.data_dir.clone().unwrap_or_else(daemon::default_data_dir));
+    store.io_engine = c.storage.io_engine;
+    store.quota_bytes = c.storage.quota;
+    store.high_watermark = c.storage.high_watermark;
+    store.low_watermark = c.storage.low_watermark;
+    store.ttl = (!c.storage.ttl.is_zero()).then_some(c.storage.ttl);
+    let cfg = DaemonConfig {
+        store,
+        workers: c.workers,
+        gc_interval: c.storage.gc_interval,
+        proxy_addr: c.proxy.addr,
+        upload_addr: c.upload.addr,
+        metrics_addr: c.metrics.addr,
+        schedulers: c.scheduler.addrs.clone(),
+        seed: c.seed,
+        advertise_ip: c.advertise_ip,
+        upload_rate: c.upload.rate,
+        engine: c.engine_config(),
+    };
+    daemon::run(cfg).map_err(Into::into)
+}
+
+fn scheduler_cmd(a: &shoal::cli::SchedulerArgs) -> anyhow::Result<()> {
+    let c = load_config(a.config.as_deref())?;
+    let listen = a.listen.unwrap_or(c.scheduler.listen);
+    shoal::scheduler::run_standalone(listen, shoal::scheduler::ServerConfig::default()).map_err(Into::into)
 }
 
 fn get(a: shoal::cli::GetArgs) -> anyhow::Result<()> {
@@ -40,31 +78,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
     let r: anyhow::Result<()> = match cli.command {
-        Command::Daemon(a) => {
-            let mut store = StoreConfig::new(a.data_dir.clone().unwrap_or_else(daemon::default_data_dir));
-            store.io_engine = a.storage.io_engine;
-            store.quota_bytes = a.storage.quota;
-            store.ttl = (!a.storage.ttl.is_zero()).then_some(a.storage.ttl);
-            if a.config.is_some() {
-                tracing::warn!("--config is not read yet (the YAML config arrives with the operability issue)");
-            }
-            let cfg = DaemonConfig {
-                store,
-                workers: a.workers,
-                gc_interval: a.storage.gc_interval,
-                proxy_addr: a.proxy_addr,
-                upload_addr: a.upload_addr,
-                metrics_addr: a.metrics_addr,
-                schedulers: a.scheduler.clone(),
-                seed: a.seed,
-                advertise_ip: a.advertise_ip,
-                upload_rate: a.upload_rate,
-                engine: Default::default(),
-            };
-            daemon::run(cfg).map_err(Into::into)
+        Command::Daemon(a) => daemon_cmd(&a),
+        Command::Scheduler(a) => scheduler_cmd(&a),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", shoal::config::DEFAULT_YAML);
+            Ok(())
         }
-        Command::Scheduler(a) => {
-            shoal::scheduler::run_standalone(a.listen, shoal::scheduler::ServerConfig::default()).map_err(Into::into)
+        Command::Config(ConfigCommand::Check { file }) => {
+            Config::load(&file).map(|_| println!("{}: ok", file.display())).map_err(Into::into)
         }
         Command::Get(a) => get(a),
     };

@@ -13,6 +13,31 @@ use crate::storage::IoEngineChoice;
 
 pub mod get;
 
+impl DaemonArgs {
+    /// The configuration file (or the defaults) with every flag given on the command line on top.
+    pub fn merge(&self, mut c: crate::config::Config) -> crate::config::Config {
+        if let Some(d) = &self.data_dir {
+            c.data_dir = Some(d.clone());
+        }
+        c.proxy.addr = self.proxy_addr.unwrap_or(c.proxy.addr);
+        c.upload.addr = self.upload_addr.unwrap_or(c.upload.addr);
+        c.metrics.addr = self.metrics_addr.unwrap_or(c.metrics.addr);
+        if !self.scheduler.is_empty() {
+            c.scheduler.addrs = self.scheduler.clone();
+        }
+        c.seed |= self.seed;
+        c.advertise_ip = self.advertise_ip.or(c.advertise_ip);
+        c.upload.rate = self.upload_rate.or(c.upload.rate);
+        c.workers = self.workers.unwrap_or(c.workers);
+        let s = &self.storage;
+        c.storage.io_engine = s.io_engine.unwrap_or(c.storage.io_engine);
+        c.storage.quota = s.quota.or(c.storage.quota);
+        c.storage.ttl = s.ttl.unwrap_or(c.storage.ttl);
+        c.storage.gc_interval = s.gc_interval.unwrap_or(c.storage.gc_interval);
+        c
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "shoal", version, about = "P2P distribution of large files behind an HTTP proxy")]
 pub struct Cli {
@@ -31,6 +56,17 @@ pub enum Command {
     Scheduler(SchedulerArgs),
     /// Download one URL through the P2P network (example: `shoal get https://host/obj -O obj`).
     Get(GetArgs),
+    /// Check or print the configuration file (example: `shoal config check /etc/shoal/shoal.yaml`).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate a configuration file; prints the first error with its key path (example: `shoal config check shoal.yaml`).
+    Check { file: PathBuf },
+    /// Print the full commented default configuration (example: `shoal config default > shoal.yaml`).
+    Default,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -41,15 +77,15 @@ pub struct DaemonArgs {
     /// Where task files live (default: $XDG_DATA_HOME/shoal, or /var/lib/shoal as root).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// HTTP forward-proxy address for git and other clients.
-    #[arg(long, default_value = "127.0.0.1:65001")]
-    pub proxy_addr: SocketAddr,
-    /// Address the upload server (pieces to peers) listens on.
-    #[arg(long, default_value = "0.0.0.0:65002")]
-    pub upload_addr: SocketAddr,
-    /// Prometheus metrics and health endpoints.
-    #[arg(long, default_value = "127.0.0.1:65003")]
-    pub metrics_addr: SocketAddr,
+    /// HTTP forward-proxy address for git and other clients [default: 127.0.0.1:65001].
+    #[arg(long)]
+    pub proxy_addr: Option<SocketAddr>,
+    /// Address the upload server (pieces to peers) listens on [default: 0.0.0.0:65002].
+    #[arg(long)]
+    pub upload_addr: Option<SocketAddr>,
+    /// Prometheus metrics and health endpoints [default: 127.0.0.1:65003].
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
     /// Scheduler addresses, comma separated; none means an embedded scheduler (single-node mode).
     #[arg(long, value_delimiter = ',')]
     pub scheduler: Vec<String>,
@@ -65,32 +101,35 @@ pub struct DaemonArgs {
     pub upload_rate: Option<u64>,
     #[command(flatten)]
     pub storage: StorageArgs,
-    /// Worker threads, one runtime each (0 = one per CPU).
-    #[arg(long, default_value_t = 0)]
-    pub workers: usize,
+    /// Worker threads, one runtime each (0 = one per CPU) [default: 0].
+    #[arg(long)]
+    pub workers: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct StorageArgs {
-    /// Piece I/O engine: auto (probe io_uring, fall back to pread/pwrite), uring, or sync.
-    #[arg(long, default_value = "auto", env = "SHOAL_IO_ENGINE")]
-    pub io_engine: IoEngineChoice,
+    /// Piece I/O engine: auto (probe io_uring, fall back to pread/pwrite), uring, or sync [default: auto].
+    #[arg(long, env = "SHOAL_IO_ENGINE")]
+    pub io_engine: Option<IoEngineChoice>,
     /// Disk quota for task files, e.g. 50GiB (default: the file system, GC above 80% used).
     #[arg(long, value_parser = parse_size)]
     pub quota: Option<u64>,
-    /// Evict tasks not read for this long, e.g. 30d, 12h (0 disables).
-    #[arg(long, value_parser = parse_duration, default_value = "30d")]
-    pub ttl: Duration,
-    /// How often GC runs.
-    #[arg(long, value_parser = parse_duration, default_value = "60s")]
-    pub gc_interval: Duration,
+    /// Evict tasks not read for this long, e.g. 30d, 12h (0s disables) [default: 30d].
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// How often GC runs [default: 60s].
+    #[arg(long, value_parser = parse_duration)]
+    pub gc_interval: Option<Duration>,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct SchedulerArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0:8002")]
-    pub listen: SocketAddr,
+    /// Address to listen on [default: 0.0.0.0:8002].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// YAML configuration file (its `scheduler.listen`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,0 +1,286 @@
+//! The one YAML configuration file of daemon and scheduler (shoal.yaml beside this file is the commented
+//! default that `shoal config default` prints).
+//!
+//! Owns: the file's schema, defaults and validation (unknown keys and bad values are errors naming the key
+//! path). Never: starts anything. Called by: main.rs, which merges flags over it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::cli::{parse_duration, parse_size};
+use crate::storage::IoEngineChoice;
+
+/// The commented default configuration.
+pub const DEFAULT_YAML: &str = include_str!("shoal.yaml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {key}: {reason}")]
+    Invalid { path: String, key: String, reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data_dir: Option<PathBuf>,
+    pub workers: usize,
+    pub seed: bool,
+    pub advertise_ip: Option<IpAddr>,
+    pub proxy: ProxyConfig,
+    pub upload: UploadConfig,
+    pub metrics: MetricsConfig,
+    pub scheduler: SchedulerConfig,
+    pub storage: StorageConfig,
+    pub engine: EngineTunables,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    pub addr: SocketAddr,
+    #[serde(deserialize_with = "opt_size")]
+    pub rate: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    pub addrs: Vec<String>,
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    #[serde(deserialize_with = "engine_choice")]
+    pub io_engine: IoEngineChoice,
+    #[serde(deserialize_with = "opt_size")]
+    pub quota: Option<u64>,
+    pub high_watermark: f64,
+    pub low_watermark: f64,
+    #[serde(deserialize_with = "duration")]
+    pub ttl: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub gc_interval: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineTunables {
+    pub pieces_per_parent: usize,
+    pub max_parents: usize,
+    pub origin_in_flight: usize,
+    #[serde(deserialize_with = "duration")]
+    pub parent_wait: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub scheduler_timeout: Duration,
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: None,
+            workers: 0,
+            seed: false,
+            advertise_ip: None,
+            proxy: ProxyConfig::default(),
+            upload: UploadConfig::default(),
+            metrics: MetricsConfig::default(),
+            scheduler: SchedulerConfig::default(),
+            storage: StorageConfig::default(),
+            engine: EngineTunables::default(),
+        }
+    }
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig { addr: addr("127.0.0.1:65001") }
+    }
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig { addr: addr("0.0.0.0:65002"), rate: None }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { addr: addr("127.0.0.1:65003") }
+    }
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig { addrs: Vec::new(), listen: addr("0.0.0.0:8002") }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            io_engine: IoEngineChoice::Auto,
+            quota: None,
+            high_watermark: 0.8,
+            low_watermark: 0.6,
+            ttl: Duration::from_secs(30 * 86400),
+            gc_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for EngineTunables {
+    fn default() -> Self {
+        let e = crate::engine::EngineConfig::default();
+        EngineTunables {
+            pieces_per_parent: e.pieces_per_parent,
+            max_parents: e.max_parents,
+            origin_in_flight: e.origin_in_flight,
+            parent_wait: e.parent_wait,
+            scheduler_timeout: e.scheduler_timeout,
+        }
+    }
+}
+
+fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        N(u64),
+        S(String),
+    }
+    match Option::<Size>::deserialize(d)? {
+        None => Ok(None),
+        Some(Size::N(n)) => Ok(Some(n)),
+        Some(Size::S(s)) => parse_size(&s).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn engine_choice<'de, D: Deserializer<'de>>(d: D) -> Result<IoEngineChoice, D::Error> {
+    String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+}
+
+impl Config {
+    /// Parses and validates YAML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Invalid {
+                path: origin.to_owned(),
+                key: if key == "." { "(top level)".into() } else { key },
+                reason: e.into_inner().to_string(),
+            }
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: &str| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key: key.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let s = &self.storage;
+        if !(0.0 < s.low_watermark && s.low_watermark <= s.high_watermark && s.high_watermark <= 1.0) {
+            return Err(bad(
+                "storage.low_watermark",
+                "watermarks must satisfy 0 < low_watermark <= high_watermark <= 1",
+            ));
+        }
+        if s.gc_interval.is_zero() {
+            return Err(bad("storage.gc_interval", "must be positive"));
+        }
+        let e = &self.engine;
+        for (k, v) in [
+            ("engine.pieces_per_parent", e.pieces_per_parent),
+            ("engine.max_parents", e.max_parents),
+            ("engine.origin_in_flight", e.origin_in_flight),
+        ] {
+            if v == 0 || v > 1024 {
+                return Err(bad(k, "must be between 1 and 1024"));
+            }
+        }
+        if self.upload.rate == Some(0) {
+            return Err(bad("upload.rate", "must be positive (null for no limit)"));
+        }
+        Ok(())
+    }
+
+    /// The engine's tunables with these values.
+    pub fn engine_config(&self) -> crate::engine::EngineConfig {
+        crate::engine::EngineConfig {
+            pieces_per_parent: self.engine.pieces_per_parent,
+            max_parents: self.engine.max_parents,
+            origin_in_flight: self.engine.origin_in_flight,
+            parent_wait: self.engine.parent_wait,
+            scheduler_timeout: self.engine.scheduler_timeout,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commented_default_is_the_default() {
+        assert_eq!(Config::parse(DEFAULT_YAML, "default").unwrap(), Config::default());
+        assert_eq!(Config::parse("", "empty").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_reason() {
+        let err = |y: &str| Config::parse(y, "f.yaml").unwrap_err().to_string();
+        let e = err("storage:\n  quota: lots\n");
+        assert!(e.starts_with("f.yaml: storage.quota:") && e.contains("invalid size"), "{e}");
+        let e = err("storage:\n  quotas: 5GiB\n");
+        assert!(e.contains("storage") && e.contains("unknown field `quotas`"), "{e}");
+        let e = err("proxy:\n  addr: 42\n");
+        assert!(e.contains("proxy.addr"), "{e}");
+        let e = err("workers: many\n");
+        assert!(e.contains("workers") && e.contains("invalid type"), "{e}");
+        let e = err("storage:\n  low_watermark: 0.9\n  high_watermark: 0.5\n");
+        assert!(e.contains("storage.low_watermark"), "{e}");
+        let e = err("storage:\n  io_engine: turbo\n");
+        assert!(e.contains("storage.io_engine") && e.contains("unknown io engine"), "{e}");
+        let ok = Config::parse("storage:\n  quota: 50GiB\n  ttl: 12h\nupload:\n  rate: 100MB\n", "x").unwrap();
+        assert_eq!(ok.storage.quota, Some(50 << 30));
+        assert_eq!(ok.storage.ttl, Duration::from_secs(12 * 3600));
+        assert_eq!(ok.upload.rate, Some(100_000_000));
+    }
+}

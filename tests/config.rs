@@ -1,0 +1,64 @@
+//! The configuration file as an operator uses it: `shoal config default|check`, and a daemon started from a
+//! file with flags on top.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::{free_addr, shoal, Proc};
+
+#[test]
+fn config_default_passes_check_and_bad_files_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = shoal().args(["config", "default"]).output().unwrap();
+    assert!(out.status.success());
+    let default = dir.path().join("shoal.yaml");
+    std::fs::write(&default, &out.stdout).unwrap();
+    let ok = shoal().args(["config", "check"]).arg(&default).output().unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    for (yaml, key, why) in [
+        ("storage:\n  quota: lots\n", "storage.quota", "invalid size"),
+        ("storage:\n  ttl: 5w\n", "storage.ttl", "unknown duration unit"),
+        ("upload:\n  adress: 1.2.3.4:5\n", "upload", "unknown field `adress`"),
+        ("engine:\n  max_parents: 0\n", "engine.max_parents", "between 1 and 1024"),
+        ("proxy: [1, 2]\n", "proxy", "invalid type"),
+    ] {
+        let f = dir.path().join("bad.yaml");
+        std::fs::write(&f, yaml).unwrap();
+        let out = shoal().args(["config", "check"]).arg(&f).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{yaml:?} accepted");
+        assert!(err.contains(key) && err.contains(why), "{yaml:?}: {err}");
+        // The daemon refuses to start on it, with the same message.
+        let out = shoal().args(["daemon", "--config"]).arg(&f).output().unwrap();
+        assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains(key));
+    }
+}
+
+#[test]
+fn daemon_takes_the_file_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, upload, metrics, flag_proxy) =
+        (free_addr("127.0.0.1"), free_addr("127.0.0.1"), free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let f = dir.path().join("shoal.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "data_dir: {}\nworkers: 1\nproxy:\n  addr: {proxy}\nupload:\n  addr: {upload}\nmetrics:\n  addr: {metrics}\n\
+             storage:\n  io_engine: sync\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = shoal();
+    cmd.args(["daemon", "--config"])
+        .arg(&f)
+        .args(["--proxy-addr", &flag_proxy.to_string()])
+        .env_remove("SHOAL_IO_ENGINE");
+    let p = Proc::spawn("daemon", cmd);
+    let line = p.wait_for("daemon started", Duration::from_secs(20));
+    assert!(line.contains(&format!("proxy={flag_proxy}")), "the flag wins: {line}");
+    assert!(line.contains(&format!("upload={upload}")) && line.contains(&format!("metrics={metrics}")), "{line}");
+    assert!(line.contains("io_engine=\"sync\""), "{line}");
+    assert!(dir.path().join("data/tasks").is_dir());
+}
