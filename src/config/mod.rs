@@ -24,7 +24,7 @@ pub enum ConfigError {
     Invalid { path: String, key: String, reason: String },
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub data_dir: Option<PathBuf>,
@@ -95,23 +95,6 @@ pub struct EngineTunables {
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            data_dir: None,
-            workers: 0,
-            seed: false,
-            advertise_ip: None,
-            proxy: ProxyConfig::default(),
-            upload: UploadConfig::default(),
-            metrics: MetricsConfig::default(),
-            scheduler: SchedulerConfig::default(),
-            storage: StorageConfig::default(),
-            engine: EngineTunables::default(),
-        }
-    }
 }
 
 impl Default for ProxyConfig {
