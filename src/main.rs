@@ -64,6 +64,7 @@ fn get(a: shoal::cli::GetArgs) -> anyhow::Result<()> {
         url: a.url,
         output: a.output,
         daemon: a.daemon,
+        data_dir: a.data_dir.unwrap_or_else(daemon::default_data_dir),
         digest: a.digest,
         headers: a.headers,
         timeout: a.timeout,

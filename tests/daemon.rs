@@ -94,13 +94,19 @@ fn bad_flags_and_unreachable_daemons_fail_clearly() {
     let out = shoal().args(["daemon", "--quota", "lots", "--data-dir"]).arg(dir.path()).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid size"), "{out:?}");
-    // No daemon listening: a one-line reason and a non-zero exit, and no file left behind.
+    // No daemon listening: the in-process engine tries the origin, which does not exist here: a one-line
+    // reason, a non-zero exit, and no file left behind.
     let out_file = dir.path().join("out");
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let out =
-        shoal().args(["get", "http://x.test/a", "--daemon", &free.to_string(), "-O"]).arg(&out_file).output().unwrap();
+    let out = shoal()
+        .args(["get", "http://x.invalid/a", "--daemon", &free.to_string(), "--data-dir"])
+        .arg(dir.path().join("cache"))
+        .arg("-O")
+        .arg(&out_file)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon"), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("origin unreachable"), "{out:?}");
     assert!(!out_file.exists());
     let out = shoal().args(["get", "http://x.test/a", "--digest", "md5:00", "-O"]).arg(&out_file).output().unwrap();
     assert!(!out.status.success());

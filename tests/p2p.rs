@@ -258,3 +258,33 @@ fn single_node_daemon_with_embedded_scheduler_serves_the_second_get_locally() {
     let (ok, err) = get(&node, &origin.url(&path), &tmp.path().join("c"), Some(&bad));
     assert!(!ok && !tmp.path().join("c").exists(), "{err}");
 }
+
+#[test]
+fn shoal_get_without_a_daemon_runs_an_embedded_engine_and_links_from_its_cache() {
+    use std::os::unix::fs::MetadataExt;
+    let (obj, oid) = object(64, 5 * MIB + 3);
+    let origin = Origin::start("127.0.0.2", FLAVOURS[1]);
+    let path = format!("/lfs/objects/{oid}");
+    origin.put(&path, obj);
+    let tmp = tempfile::tempdir().unwrap();
+    let nobody = cluster::free_addr("127.0.0.1");
+    let run = |out: &str| {
+        let o = cluster::shoal()
+            .args(["get", &origin.url(&path), "--daemon", &nobody.to_string(), "--data-dir"])
+            .arg(tmp.path().join("cache"))
+            .arg("-O")
+            .arg(tmp.path().join(out))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    assert!(run("a").contains("source=origin (embedded)"));
+    assert!(run("b").contains("source=local (embedded)"));
+    assert_eq!(origin.requests(), 1, "the second run came from the cache");
+    for f in ["a", "b"] {
+        assert_eq!(file_sha(&tmp.path().join(f)), oid);
+    }
+    // Same file system: both outputs are hard links to the cached task file, not copies.
+    assert!(std::fs::metadata(tmp.path().join("a")).unwrap().nlink() >= 3);
+}

@@ -32,12 +32,16 @@ pub enum GetError {
     Timeout(Duration),
     #[error("writing {path}: {source}")]
     File { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Embedded(String),
 }
 
 pub struct GetOptions {
     pub url: String,
     pub output: PathBuf,
     pub daemon: String,
+    /// Where an embedded engine keeps its cache when no daemon answers.
+    pub data_dir: PathBuf,
     pub digest: Option<String>,
     pub headers: Vec<String>,
     pub timeout: Duration,
@@ -58,7 +62,14 @@ fn part_path(out: &Path) -> PathBuf {
 
 pub async fn run(o: &GetOptions) -> Result<GetReport, GetError> {
     let part = part_path(&o.output);
-    let r = tokio::time::timeout(o.timeout, fetch(o, &part)).await.unwrap_or(Err(GetError::Timeout(o.timeout)));
+    let work = async {
+        match fetch(o, &part).await {
+            // Nobody listens there: a laptop without a daemon; do the download in this process.
+            Err(GetError::Daemon { reason, .. }) if reason.contains("refused") => embedded(o, &part).await,
+            r => r,
+        }
+    };
+    let r = tokio::time::timeout(o.timeout, work).await.unwrap_or(Err(GetError::Timeout(o.timeout)));
     if r.is_err() {
         let _ = tokio::fs::remove_file(&part).await;
     }
@@ -70,15 +81,7 @@ async fn fetch(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
     if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
         return Err(GetError::Url(o.url.clone()));
     }
-    let digest = match &o.digest {
-        None => None,
-        Some(d) => {
-            let hex = d.strip_prefix("sha256:").ok_or(GetError::Digest)?;
-            let mut out = [0u8; 32];
-            hex::decode_to_slice(hex, &mut out).map_err(|_| GetError::Digest)?;
-            Some(out)
-        }
-    };
+    let digest = parse_digest(o.digest.as_deref())?;
     let mut req =
         Request::get(uri.clone()).body(Empty::<bytes::Bytes>::new()).map_err(|_| GetError::Url(o.url.clone()))?;
     if let Some(host) = uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()) {
@@ -137,4 +140,56 @@ async fn fetch(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
     tokio::fs::rename(part, &o.output).await.map_err(|source| GetError::File { path: o.output.clone(), source })?;
     conn.abort();
     Ok(GetReport { bytes: got, source: header("x-shoal-source"), task_id: header("x-shoal-task-id") })
+}
+
+fn parse_digest(d: Option<&str>) -> Result<Option<[u8; 32]>, GetError> {
+    let Some(d) = d else { return Ok(None) };
+    let hex = d.strip_prefix("sha256:").ok_or(GetError::Digest)?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex, &mut out).map_err(|_| GetError::Digest)?;
+    Ok(Some(out))
+}
+
+/// Downloads with an engine in this process (no scheduler: straight from the origin), caching in
+/// `data_dir`, then links or copies the task file to the output.
+async fn embedded(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
+    use crate::engine::{Engine, EngineConfig, FetchRequest};
+    use crate::storage::{Store, StoreConfig};
+    let uri: Uri = o.url.parse().map_err(|_| GetError::Url(o.url.clone()))?;
+    let id = crate::proxy::rules::identify(&uri, crate::proxy::rules::DEFAULT_FILTERED_PARAMS, true)
+        .ok_or_else(|| GetError::Url(o.url.clone()))?;
+    let digest = parse_digest(o.digest.as_deref())?.or(id.digest);
+    let task_id = match (id.digest, digest) {
+        (None, Some(d)) => crate::storage::TaskId(d),
+        _ => id.task_id,
+    };
+    let mut headers = Vec::new();
+    for h in &o.headers {
+        let (n, v) = h.split_once(':').ok_or_else(|| GetError::Header(h.clone()))?;
+        headers.push((n.trim().to_owned(), v.trim().to_owned()));
+    }
+    let emb = |e: &dyn std::fmt::Display| GetError::Embedded(e.to_string());
+    let (store, _) = Store::open(StoreConfig::new(&o.data_dir)).map_err(|e| emb(&e))?;
+    let pool = crate::transfer::Pool::new(crate::transfer::ClientConfig::default());
+    let engine = Engine::new(store, pool, None, EngineConfig::default()).map_err(|e| emb(&e))?;
+    let req =
+        FetchRequest { task_id, url: o.url.clone(), headers, display_url: id.display_url, expected_sha256: digest };
+    let f = engine.fetch(req).await.map_err(|e| match e.as_ref() {
+        crate::engine::EngineError::OriginStatus { status, .. } => {
+            GetError::Status { status: *status, message: format!("origin answered {status}") }
+        }
+        other => emb(other),
+    })?;
+    f.task.wait_complete().await.map_err(|e| match e {
+        crate::storage::StorageError::TaskFailed(r) if r.contains("digest mismatch") => GetError::Mismatch(r),
+        other => emb(&other),
+    })?;
+    let _ = std::fs::remove_file(part);
+    f.task.export_to(part).map_err(|e| emb(&e))?;
+    std::fs::rename(part, &o.output).map_err(|source| GetError::File { path: o.output.clone(), source })?;
+    Ok(GetReport {
+        bytes: f.task.content_length().unwrap_or(0),
+        source: format!("{} (embedded)", f.source.as_str()),
+        task_id: f.task.id().to_hex(),
+    })
 }

@@ -139,9 +139,12 @@ pub struct GetArgs {
     /// Where to write the content (it appears only once complete and verified).
     #[arg(short = 'O', long = "output")]
     pub output: PathBuf,
-    /// The daemon's proxy address.
+    /// The daemon's proxy address; when nothing listens there, the download runs in this process.
     #[arg(long, default_value = "127.0.0.1:65001", env = "SHOAL_DAEMON")]
     pub daemon: String,
+    /// Cache directory of the in-process engine used when no daemon runs (default: the daemon's data dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// Expected content digest, sha256:<64 hex>; the download fails on a mismatch.
     #[arg(long)]
     pub digest: Option<String>,

@@ -345,6 +345,22 @@ impl Task {
         Ok(ZeroCopy { file: self.data.clone(), offset, len, _pin: self.clone() })
     }
 
+    /// Puts the complete content at `dest`: a hard link when `dest` is on the same file system (no copy at
+    /// all), else a copy. Returns true when linked. `dest` must not exist.
+    pub fn export_to(&self, dest: &std::path::Path) -> Result<bool> {
+        if !self.is_complete() {
+            return Err(StorageError::TaskFailed("task is not complete".into()));
+        }
+        match std::fs::hard_link(&self.data_path, dest) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) || e.kind() == std::io::ErrorKind::PermissionDenied => {
+                std::fs::copy(&self.data_path, dest).map_err(|e| StorageError::io(dest, e))?;
+                Ok(false)
+            }
+            Err(e) => Err(StorageError::io(dest, e)),
+        }
+    }
+
     /// Waits until piece `k` is complete, or the task fails.
     pub async fn wait_piece(&self, k: u32) -> Result<()> {
         let mut rx = self.subscribe();
