@@ -176,9 +176,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* Pod-level security context with the seccomp profile of seed peers and daemons. */}}
-{{- define "shoal.daemonPodSecurityContext" -}}
-{{- $sc := deepCopy .Values.podSecurityContext }}
+{{/* Container security context of seed peers and daemons, with their seccomp profile. The profile is set on
+     the container, not the pod: the runtime also applies a pod-level profile to the pod's sandbox, which
+     would fail before an init container could install a Localhost profile. */}}
+{{- define "shoal.daemonSecurityContext" -}}
+{{- $sc := deepCopy .Values.securityContext }}
 {{- $profile := dict "type" .Values.seccomp.type }}
 {{- if eq .Values.seccomp.type "Localhost" }}
 {{- $_ := set $profile "localhostProfile" .Values.seccomp.localhostProfile }}
@@ -187,4 +189,63 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- $_ := set $sc "seccompProfile" $profile }}
 {{- toYaml $sc }}
+{{- end }}
+
+{{/* Pod security context of every pod: RuntimeDefault seccomp unless a container says otherwise. */}}
+{{- define "shoal.podSecurityContext" -}}
+{{- $sc := deepCopy .Values.podSecurityContext }}
+{{- $_ := set $sc "seccompProfile" (dict "type" "RuntimeDefault") }}
+{{- toYaml $sc }}
+{{- end }}
+
+{{/* Whether pods install the seccomp profile on their node themselves (seccomp.installProfile). */}}
+{{- define "shoal.installSeccompProfile" -}}
+{{- if and (eq .Values.seccomp.type "Localhost") .Values.seccomp.installProfile }}true{{ end }}
+{{- end }}
+
+{{/* Init container that copies the Localhost seccomp profile onto the node; runs under RuntimeDefault
+     itself, since the profile it installs may not exist yet. */}}
+{{- define "shoal.seccompInstaller" -}}
+- name: install-seccomp-profile
+  image: {{ include "shoal.image" . | quote }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command:
+    - install
+    - -D
+    - -m
+    - "0644"
+    - /profile/shoal-iouring.json
+    - {{ printf "/seccomp/%s" .Values.seccomp.localhostProfile | quote }}
+  securityContext:
+    runAsNonRoot: false
+    runAsUser: 0
+    allowPrivilegeEscalation: false
+    readOnlyRootFilesystem: true
+    capabilities:
+      drop: ["ALL"]
+    seccompProfile:
+      type: RuntimeDefault
+  resources:
+    requests:
+      cpu: 10m
+      memory: 16Mi
+    limits:
+      memory: 64Mi
+  volumeMounts:
+    - name: seccomp-profile
+      mountPath: /profile
+      readOnly: true
+    - name: kubelet-seccomp
+      mountPath: /seccomp
+{{- end }}
+
+{{/* The volumes the profile installer needs. */}}
+{{- define "shoal.seccompInstallerVolumes" -}}
+- name: seccomp-profile
+  configMap:
+    name: {{ include "shoal.fullname" . }}-seccomp
+- name: kubelet-seccomp
+  hostPath:
+    path: {{ .Values.seccomp.kubeletSeccompDir }}
+    type: DirectoryOrCreate
 {{- end }}
