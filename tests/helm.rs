@@ -1,6 +1,6 @@
 //! The Helm chart (helm/shoal): `helm lint`, `helm template` with the default values and with
 //! helm/shoal/ci/non-default-values.yaml, every rendered manifest validated offline against the Kubernetes
-//! 1.30 schemas (kubernetes-validate --strict), and the rendered daemon arguments checked flag by flag.
+//! 1.30 and 1.34 schemas (kubernetes-validate --strict), and the rendered daemon arguments checked flag by flag.
 //!
 //! The tools come from scripts/install-helm-deps.sh (run by scripts/test.sh): helm at
 //! /opt/shoal-test-tools/bin/helm and kubernetes-validate in /opt/shoal-test-tools/venv, or wherever the
@@ -15,7 +15,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const K8S_VERSION: &str = "1.30.0";
+/// Oldest and newest Kubernetes versions the manifests are validated against.
+const K8S_VERSIONS: [&str; 2] = ["1.30.0", "1.34.0"];
 const NAMESPACE: &str = "shoal-system";
 
 struct Tools {
@@ -101,15 +102,17 @@ fn validate(t: &Tools, docs: &[Value]) {
     // JSON is YAML: one document per resource.
     let text: Vec<String> = builtin.iter().map(|d| serde_json::to_string(d).unwrap()).collect();
     std::fs::write(&file, text.join("\n---\n")).unwrap();
-    let (ok, out, err) = run(Command::new(&t.validate).args(["-k", K8S_VERSION, "--strict"]).arg(&file));
-    let report = format!("{out}{err}");
-    assert!(ok, "kubernetes-validate -k {K8S_VERSION} --strict failed:\n{report}");
-    assert!(
-        !report.contains("WARN") && !report.contains("ERROR"),
-        "kubernetes-validate warned (a kind without a schema is not validated):\n{report}"
-    );
-    let passed = report.lines().filter(|l| l.contains(" passed for resource ")).count();
-    assert_eq!(passed, builtin.len(), "not every resource was validated:\n{report}");
+    for version in K8S_VERSIONS {
+        let (ok, out, err) = run(Command::new(&t.validate).args(["-k", version, "--strict"]).arg(&file));
+        let report = format!("{out}{err}");
+        assert!(ok, "kubernetes-validate -k {version} --strict failed:\n{report}");
+        assert!(
+            !report.contains("WARN") && !report.contains("ERROR"),
+            "kubernetes-validate warned (a kind without a schema is not validated):\n{report}"
+        );
+        let passed = report.lines().filter(|l| l.contains(" passed for resource ")).count();
+        assert_eq!(passed, builtin.len(), "not every resource was validated against {version}:\n{report}");
+    }
 
     for crd in crds {
         assert_eq!(crd["apiVersion"], "monitoring.coreos.com/v1", "{crd}");
@@ -454,4 +457,26 @@ fn seccomp_profile_allows_io_uring_and_refuses_the_dangerous_calls() {
     }
     let clone_rules = rules.iter().filter(|r| r["names"][0] == "clone" && r["args"].is_array()).count();
     assert_eq!(clone_rules, 7, "one clone rule per namespace flag");
+}
+
+#[test]
+fn dockerfile_matches_the_chart() {
+    // No Docker engine runs in CI: the image is not built here, only kept consistent with the chart.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("no Dockerfile");
+    for needle in [
+        "FROM rust:1-bookworm AS build",
+        "cargo build --release --locked",
+        "FROM debian:bookworm-slim",
+        "ca-certificates",
+        "USER 10001:10001",
+        "ENTRYPOINT [\"shoal\"]",
+    ] {
+        assert!(dockerfile.contains(needle), "Dockerfile lacks {needle}");
+    }
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).expect("no .dockerignore");
+    assert!(ignore.lines().any(|l| l == "target/") && ignore.lines().any(|l| l == ".git"), "{ignore}");
+    // The chart runs the image's user.
+    let values = std::fs::read_to_string(chart().join("values.yaml")).unwrap();
+    assert!(values.contains("  runAsUser: 10001\n") && values.contains("  runAsGroup: 10001\n"));
 }
