@@ -1,6 +1,7 @@
 //! The Helm chart (helm/shoal): `helm lint`, `helm template` with the default values and with
 //! helm/shoal/ci/non-default-values.yaml, every rendered manifest validated offline against the Kubernetes
-//! 1.30 and 1.34 schemas (kubernetes-validate --strict), and the rendered daemon arguments checked flag by flag.
+//! 1.30 and 1.34 schemas (kubernetes-validate --strict), and the rendered arguments checked flag by flag and
+//! parsed by the shoal binary itself.
 //!
 //! The tools come from scripts/install-helm-deps.sh (run by scripts/test.sh): helm at
 //! /opt/shoal-test-tools/bin/helm and kubernetes-validate in /opt/shoal-test-tools/venv, or wherever the
@@ -167,6 +168,13 @@ fn flag(args: &[String], name: &str) -> Option<String> {
     found.first().map(|a| a.strip_prefix(&prefix).unwrap_or("").to_string())
 }
 
+/// The shoal binary's own parser accepts these arguments: each value parses, nothing is unknown or given
+/// twice (`--help` at the end makes it exit before running anything).
+fn assert_cli_accepts(args: &[String]) {
+    let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_shoal")).args(args).arg("--help"));
+    assert!(ok, "shoal refuses the rendered arguments {args:?}:\n{err}");
+}
+
 fn env_var<'a>(c: &'a Value, name: &str) -> &'a Value {
     c["env"]
         .as_array()
@@ -219,6 +227,7 @@ fn default_values_render_valid_manifests_with_expected_flags() {
     assert_eq!(sched["spec"]["serviceName"], "shoal-scheduler");
     assert_eq!(sched["spec"]["replicas"], 1);
     let sched_args = args(container(sched, "scheduler"));
+    assert_cli_accepts(&sched_args);
     assert_eq!(sched_args[0], "scheduler");
     assert_eq!(flag(&sched_args, "--listen").as_deref(), Some("0.0.0.0:8002"));
 
@@ -226,6 +235,7 @@ fn default_values_render_valid_manifests_with_expected_flags() {
     let seed = find(&docs, "StatefulSet", "shoal-seed-peer");
     let seed_c = container(seed, "seed-peer");
     let seed_args = args(seed_c);
+    assert_cli_accepts(&seed_args);
     assert_eq!(seed_args[0], "daemon");
     assert!(flag(&seed_args, "--seed").is_some(), "seed peer without --seed: {seed_args:?}");
     assert_eq!(flag(&seed_args, "--scheduler"), Some(scheduler_pod_addrs(1)));
@@ -245,6 +255,7 @@ fn default_values_render_valid_manifests_with_expected_flags() {
     let ds = find(&docs, "DaemonSet", "shoal-daemon");
     let d = container(ds, "daemon");
     let d_args = args(d);
+    assert_cli_accepts(&d_args);
     assert_eq!(d_args[0], "daemon");
     assert_eq!(flag(&d_args, "--seed"), None, "the node daemon must not be a seed: {d_args:?}");
     assert_eq!(flag(&d_args, "--scheduler"), Some(scheduler_pod_addrs(1)));
@@ -255,6 +266,7 @@ fn default_values_render_valid_manifests_with_expected_flags() {
     assert_eq!(flag(&d_args, "--ttl").as_deref(), Some("30d"));
     assert_eq!(flag(&d_args, "--quota"), None, "no quota by default");
     assert_eq!(flag(&d_args, "--upload-rate"), None, "no upload limit by default");
+    assert_eq!(flag(&d_args, "--workers"), None, "one worker per CPU by default");
     assert!(pod_spec(ds)["hostNetwork"].is_null());
     let proxy_port = d["ports"].as_array().unwrap().iter().find(|p| p["name"] == "proxy").unwrap();
     assert_eq!(proxy_port["hostPort"], 65001);
@@ -315,6 +327,10 @@ fn non_default_values_render_valid_manifests_with_expected_flags() {
     let seed_args = args(container(seed, "seed-peer"));
     let d = container(ds, "daemon");
     let d_args = args(d);
+    let sched_args = args(container(find(&docs, "StatefulSet", "shoal-scheduler"), "scheduler"));
+    for a in [&seed_args, &d_args, &sched_args] {
+        assert_cli_accepts(a);
+    }
     for a in [&seed_args, &d_args] {
         assert_eq!(flag(a, "--scheduler"), Some(scheduler_pod_addrs(3)));
         assert_eq!(flag(a, "--io-engine").as_deref(), Some("uring"));
@@ -407,13 +423,13 @@ fn scheduler_addresses_from_headless_service_name_or_external_list() {
     let t = tools();
     let (_, docs) = render(&t, &["--set", "scheduler.addressMode=service", "--set", "scheduler.replicas=2"]);
     let expected = format!("shoal-scheduler.{NAMESPACE}.svc.cluster.local:8002");
-    assert_eq!(
-        flag(&args(container(find(&docs, "DaemonSet", "shoal-daemon"), "daemon")), "--scheduler"),
-        Some(expected)
-    );
+    let d_args = args(container(find(&docs, "DaemonSet", "shoal-daemon"), "daemon"));
+    assert_cli_accepts(&d_args);
+    assert_eq!(flag(&d_args, "--scheduler"), Some(expected));
 
     let (_, docs) = render(&t, &["--set", "scheduler.externalAddresses={a.example:8002,b.example:8002}"]);
     let seed_args = args(container(find(&docs, "StatefulSet", "shoal-seed-peer"), "seed-peer"));
+    assert_cli_accepts(&seed_args);
     assert_eq!(flag(&seed_args, "--scheduler").as_deref(), Some("a.example:8002,b.example:8002"));
 }
 

@@ -122,7 +122,9 @@ app.kubernetes.io/component: {{ .component }}
 - --seed
 {{- end }}
 - --io-engine={{ $cfg.ioEngine }}
+{{- if $cfg.workers }}
 - --workers={{ int $cfg.workers }}
+{{- end }}
 {{- with $cfg.storage }}
 {{- if .quota }}
 - --quota={{ .quota }}
