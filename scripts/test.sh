@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
+scripts/install-helm-deps.sh
 
 # Release mode: the storage and crash tests move tens of MiB per case and the kill -9 test times writes.
 echo "== cargo test (all engines are exercised inside each storage test)"

@@ -1,0 +1,498 @@
+//! The Helm chart (helm/shoal): `helm lint`, `helm template` with the default values and with
+//! helm/shoal/ci/non-default-values.yaml, every rendered manifest validated offline against the Kubernetes
+//! 1.30 and 1.34 schemas (kubernetes-validate --strict), and the rendered arguments checked flag by flag and
+//! parsed by the shoal binary itself.
+//!
+//! The tools come from scripts/install-helm-deps.sh (run by scripts/test.sh): helm at
+//! /opt/shoal-test-tools/bin/helm and kubernetes-validate in /opt/shoal-test-tools/venv, or wherever the
+//! environment variables HELM and KUBERNETES_VALIDATE point. Missing tools fail the tests; they are never
+//! skipped. The venv's Python (beside kubernetes-validate, with PyYAML) turns rendered YAML into JSON.
+//!
+//! The ServiceMonitor (monitoring.coreos.com/v1) is a CRD kubernetes-validate has no schema for: it is
+//! checked here by apiVersion, kind and the fields the chart relies on instead.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Oldest and newest Kubernetes versions the manifests are validated against.
+const K8S_VERSIONS: [&str; 2] = ["1.30.0", "1.34.0"];
+const NAMESPACE: &str = "shoal-system";
+
+struct Tools {
+    helm: PathBuf,
+    validate: PathBuf,
+    python: PathBuf,
+}
+
+fn tool(env: &str, default: &str) -> PathBuf {
+    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default));
+    assert!(
+        path.is_file(),
+        "{} not found at {} (set {env} or run scripts/install-helm-deps.sh as root; these tests never skip)",
+        Path::new(default).file_name().unwrap().to_string_lossy(),
+        path.display()
+    );
+    path
+}
+
+fn tools() -> Tools {
+    let helm = tool("HELM", "/opt/shoal-test-tools/bin/helm");
+    let validate = tool("KUBERNETES_VALIDATE", "/opt/shoal-test-tools/venv/bin/kubernetes-validate");
+    let python = validate.with_file_name("python3");
+    assert!(
+        python.is_file(),
+        "no python3 beside {} (kubernetes-validate must be installed in a venv; run scripts/install-helm-deps.sh)",
+        validate.display()
+    );
+    Tools { helm, validate, python }
+}
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/shoal")
+}
+
+fn non_default_values() -> PathBuf {
+    chart().join("ci/non-default-values.yaml")
+}
+
+/// Runs a command; returns (success, stdout, stderr).
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn helm_template(t: &Tools, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(&t.helm);
+    cmd.args(["template", "shoal"]).arg(chart()).args(["--namespace", NAMESPACE]).args(args);
+    run(&mut cmd)
+}
+
+/// `helm template` that must succeed; returns the rendered documents as JSON values.
+fn render(t: &Tools, args: &[&str]) -> (String, Vec<Value>) {
+    let (ok, yaml, err) = helm_template(t, args);
+    assert!(ok, "helm template {args:?} failed:\n{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rendered.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let script = "import json, sys, yaml\n\
+                  docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]\n\
+                  json.dump(docs, sys.stdout)\n";
+    let (ok, json, err) = run(Command::new(&t.python).args(["-c", script]).arg(&file));
+    assert!(ok, "rendered YAML does not parse:\n{err}\n{yaml}");
+    let docs: Vec<Value> = serde_json::from_str(&json).unwrap();
+    assert!(!docs.is_empty(), "helm template {args:?} rendered nothing");
+    (yaml, docs)
+}
+
+fn is_crd_kind(doc: &Value) -> bool {
+    doc["apiVersion"].as_str().is_some_and(|v| v.starts_with("monitoring.coreos.com/"))
+}
+
+/// Validates every built-in resource against the Kubernetes schemas (strict: unknown fields fail) and
+/// the CRD resources by their shape.
+fn validate(t: &Tools, docs: &[Value]) {
+    let (crds, builtin): (Vec<&Value>, Vec<&Value>) = docs.iter().partition(|d| is_crd_kind(d));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("builtin.yaml");
+    // JSON is YAML: one document per resource.
+    let text: Vec<String> = builtin.iter().map(|d| serde_json::to_string(d).unwrap()).collect();
+    std::fs::write(&file, text.join("\n---\n")).unwrap();
+    for version in K8S_VERSIONS {
+        let (ok, out, err) = run(Command::new(&t.validate).args(["-k", version, "--strict"]).arg(&file));
+        let report = format!("{out}{err}");
+        assert!(ok, "kubernetes-validate -k {version} --strict failed:\n{report}");
+        assert!(
+            !report.contains("WARN") && !report.contains("ERROR"),
+            "kubernetes-validate warned (a kind without a schema is not validated):\n{report}"
+        );
+        let passed = report.lines().filter(|l| l.contains(" passed for resource ")).count();
+        assert_eq!(passed, builtin.len(), "not every resource was validated against {version}:\n{report}");
+    }
+
+    for crd in crds {
+        assert_eq!(crd["apiVersion"], "monitoring.coreos.com/v1", "{crd}");
+        assert_eq!(crd["kind"], "ServiceMonitor", "unexpected CRD resource {crd}");
+        assert!(crd["metadata"]["name"].is_string(), "{crd}");
+        assert!(crd["spec"]["selector"]["matchLabels"].is_object(), "{crd}");
+        let endpoints = crd["spec"]["endpoints"].as_array().expect("ServiceMonitor without endpoints");
+        assert!(!endpoints.is_empty());
+        for e in endpoints {
+            assert!(e["port"].is_string(), "ServiceMonitor endpoint without a named port: {e}");
+        }
+    }
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    let mut k: Vec<String> = docs
+        .iter()
+        .map(|d| format!("{}/{}", d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap()))
+        .collect();
+    k.sort();
+    k
+}
+
+fn pod_spec(workload: &Value) -> &Value {
+    &workload["spec"]["template"]["spec"]
+}
+
+fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
+    pod_spec(workload)["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name} in {}", workload["metadata"]["name"]))
+}
+
+fn args(c: &Value) -> Vec<String> {
+    c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect()
+}
+
+/// The value of `--flag=value` in an argument list, if present (exactly once).
+fn flag(args: &[String], name: &str) -> Option<String> {
+    let prefix = format!("{name}=");
+    let found: Vec<&String> = args.iter().filter(|a| a.starts_with(&prefix) || *a == name).collect();
+    assert!(found.len() <= 1, "{name} given more than once: {args:?}");
+    found.first().map(|a| a.strip_prefix(&prefix).unwrap_or("").to_string())
+}
+
+/// The shoal binary's own parser accepts these arguments: each value parses, nothing is unknown or given
+/// twice (`--help` at the end makes it exit before running anything).
+fn assert_cli_accepts(args: &[String]) {
+    let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_shoal")).args(args).arg("--help"));
+    assert!(ok, "shoal refuses the rendered arguments {args:?}:\n{err}");
+}
+
+fn env_var<'a>(c: &'a Value, name: &str) -> &'a Value {
+    c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no env {name} in container {}", c["name"]))
+}
+
+fn scheduler_pod_addrs(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("shoal-scheduler-{i}.shoal-scheduler.{NAMESPACE}.svc.cluster.local:8002"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn helm_lint_default_and_non_default_values() {
+    let t = tools();
+    for extra in [vec![], vec!["-f".to_string(), non_default_values().display().to_string()]] {
+        let (ok, out, err) = run(Command::new(&t.helm).arg("lint").arg("--strict").arg(chart()).args(&extra));
+        assert!(ok, "helm lint --strict {extra:?} failed:\n{out}{err}");
+        assert!(out.contains("0 chart(s) failed"), "{out}");
+    }
+}
+
+#[test]
+fn default_values_render_valid_manifests_with_expected_flags() {
+    let t = tools();
+    let (_, docs) = render(&t, &[]);
+    validate(&t, &docs);
+    assert_eq!(
+        kinds(&docs),
+        [
+            "ConfigMap/shoal-config",
+            "DaemonSet/shoal-daemon",
+            "Service/shoal-scheduler",
+            "Service/shoal-seed-peer",
+            "ServiceAccount/shoal",
+            "StatefulSet/shoal-scheduler",
+            "StatefulSet/shoal-seed-peer",
+        ],
+        "default resources (no ServiceMonitor by default)"
+    );
+
+    // Schedulers: headless Service, one replica, listening on the port the daemons are given.
+    let svc = find(&docs, "Service", "shoal-scheduler");
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    let sched = find(&docs, "StatefulSet", "shoal-scheduler");
+    assert_eq!(sched["spec"]["serviceName"], "shoal-scheduler");
+    assert_eq!(sched["spec"]["replicas"], 1);
+    let sched_args = args(container(sched, "scheduler"));
+    assert_cli_accepts(&sched_args);
+    assert_eq!(sched_args[0], "scheduler");
+    assert_eq!(flag(&sched_args, "--listen").as_deref(), Some("0.0.0.0:8002"));
+
+    // Seed peers: `daemon --seed`, data on a PVC.
+    let seed = find(&docs, "StatefulSet", "shoal-seed-peer");
+    let seed_c = container(seed, "seed-peer");
+    let seed_args = args(seed_c);
+    assert_cli_accepts(&seed_args);
+    assert_eq!(seed_args[0], "daemon");
+    assert!(flag(&seed_args, "--seed").is_some(), "seed peer without --seed: {seed_args:?}");
+    assert_eq!(flag(&seed_args, "--scheduler"), Some(scheduler_pod_addrs(1)));
+    assert_eq!(flag(&seed_args, "--proxy-addr").as_deref(), Some("127.0.0.1:65001"));
+    assert_eq!(flag(&seed_args, "--upload-addr").as_deref(), Some("0.0.0.0:65002"));
+    assert_eq!(flag(&seed_args, "--data-dir").as_deref(), Some("/var/lib/shoal"));
+    let claims = seed["spec"]["volumeClaimTemplates"].as_array().unwrap();
+    assert_eq!(claims[0]["metadata"]["name"], "data");
+    assert_eq!(claims[0]["spec"]["resources"]["requests"]["storage"], "100Gi");
+    assert!(seed_c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["name"] == "data" && m["mountPath"] == "/var/lib/shoal"));
+
+    // Node daemons: no --seed, hostPath storage, proxy published with a hostPort, pod IP advertised.
+    let ds = find(&docs, "DaemonSet", "shoal-daemon");
+    let d = container(ds, "daemon");
+    let d_args = args(d);
+    assert_cli_accepts(&d_args);
+    assert_eq!(d_args[0], "daemon");
+    assert_eq!(flag(&d_args, "--seed"), None, "the node daemon must not be a seed: {d_args:?}");
+    assert_eq!(flag(&d_args, "--scheduler"), Some(scheduler_pod_addrs(1)));
+    assert_eq!(flag(&d_args, "--proxy-addr").as_deref(), Some("0.0.0.0:65001"));
+    assert_eq!(flag(&d_args, "--metrics-addr").as_deref(), Some("0.0.0.0:65003"));
+    assert_eq!(flag(&d_args, "--config").as_deref(), Some("/etc/shoal/config.yaml"));
+    assert_eq!(flag(&d_args, "--io-engine").as_deref(), Some("auto"));
+    assert_eq!(flag(&d_args, "--ttl").as_deref(), Some("30d"));
+    assert_eq!(flag(&d_args, "--quota"), None, "no quota by default");
+    assert_eq!(flag(&d_args, "--upload-rate"), None, "no upload limit by default");
+    assert_eq!(flag(&d_args, "--workers"), None, "one worker per CPU by default");
+    assert!(pod_spec(ds)["hostNetwork"].is_null());
+    let proxy_port = d["ports"].as_array().unwrap().iter().find(|p| p["name"] == "proxy").unwrap();
+    assert_eq!(proxy_port["hostPort"], 65001);
+    let vols = pod_spec(ds)["volumes"].as_array().unwrap();
+    let data = vols.iter().find(|v| v["name"] == "data").unwrap();
+    assert_eq!(data["hostPath"]["path"], "/var/lib/shoal");
+    let config = vols.iter().find(|v| v["name"] == "config").unwrap();
+    assert_eq!(config["configMap"]["name"], "shoal-config");
+    assert_eq!(config["configMap"]["items"][0]["key"], "daemon.yaml");
+
+    for c in [d, seed_c] {
+        assert_eq!(env_var(c, "SHOAL_ADVERTISE_IP")["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+        assert_eq!(env_var(c, "SHOAL_IO_ENGINE")["value"], "auto");
+        // tcpSocket probes on the upload port work today; httpGet on /healthz, /readyz is the option.
+        assert_eq!(c["livenessProbe"]["tcpSocket"]["port"], "upload");
+        assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], "upload");
+        assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert!(c["resources"]["requests"].is_object());
+    }
+    for w in [ds, seed, sched] {
+        assert_eq!(pod_spec(w)["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    }
+    for c in [d, seed_c] {
+        assert_eq!(c["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    }
+    assert!(!docs.iter().any(|d| d["metadata"]["name"] == "shoal-seccomp"), "profile installer is off by default");
+
+    // The ConfigMap carries what has no flag yet: rules, filtered query params, rate limits.
+    let cm = find(&docs, "ConfigMap", "shoal-config");
+    for key in ["daemon.yaml", "seed-peer.yaml"] {
+        let text = cm["data"][key].as_str().unwrap_or_else(|| panic!("ConfigMap without {key}"));
+        for needle in [
+            "rules:",
+            "filteredQueryParams:",
+            "X-Amz-Signature",
+            "rateLimit:",
+            "requestsPerSecond: 50",
+            "ioEngine: auto",
+        ] {
+            assert!(text.contains(needle), "{key} lacks {needle}:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn non_default_values_render_valid_manifests_with_expected_flags() {
+    let t = tools();
+    let values = non_default_values();
+    let (_, docs) = render(&t, &["-f", values.to_str().unwrap()]);
+    validate(&t, &docs);
+
+    // Three schedulers, each named in every daemon's --scheduler list.
+    assert_eq!(find(&docs, "StatefulSet", "shoal-scheduler")["spec"]["replicas"], 3);
+    let seed = find(&docs, "StatefulSet", "shoal-seed-peer");
+    let ds = find(&docs, "DaemonSet", "shoal-daemon");
+    let seed_args = args(container(seed, "seed-peer"));
+    let d = container(ds, "daemon");
+    let d_args = args(d);
+    let sched_args = args(container(find(&docs, "StatefulSet", "shoal-scheduler"), "scheduler"));
+    for a in [&seed_args, &d_args, &sched_args] {
+        assert_cli_accepts(a);
+    }
+    for a in [&seed_args, &d_args] {
+        assert_eq!(flag(a, "--scheduler"), Some(scheduler_pod_addrs(3)));
+        assert_eq!(flag(a, "--io-engine").as_deref(), Some("uring"));
+        assert_eq!(flag(a, "--ttl").as_deref(), Some("7d"));
+    }
+    assert!(flag(&seed_args, "--seed").is_some());
+    assert_eq!(flag(&d_args, "--seed"), None);
+    // Role overrides merged over the shared config, as flags too.
+    assert_eq!(flag(&seed_args, "--quota").as_deref(), Some("400GiB"));
+    assert_eq!(flag(&d_args, "--quota").as_deref(), Some("50GiB"));
+    assert_eq!(flag(&d_args, "--upload-rate").as_deref(), Some("200MB"));
+    assert_eq!(flag(&seed_args, "--upload-rate"), None);
+    assert_eq!(d_args.last().map(String::as_str), Some("--workers=4"), "extraArgs come last: {d_args:?}");
+    let cm = find(&docs, "ConfigMap", "shoal-config");
+    assert!(cm["data"]["seed-peer.yaml"].as_str().unwrap().contains("quota: 400GiB"));
+    assert!(cm["data"]["daemon.yaml"].as_str().unwrap().contains("rate: 200MB"));
+
+    // hostNetwork: proxy on the node's loopback only, cluster DNS kept, host IP advertised.
+    let spec = pod_spec(ds);
+    assert_eq!(spec["hostNetwork"], true);
+    assert_eq!(spec["dnsPolicy"], "ClusterFirstWithHostNet");
+    assert_eq!(flag(&d_args, "--proxy-addr").as_deref(), Some("127.0.0.1:65001"));
+    assert_eq!(env_var(d, "SHOAL_ADVERTISE_IP")["valueFrom"]["fieldRef"]["fieldPath"], "status.hostIP");
+    assert_eq!(env_var(d, "SHOAL_IO_ENGINE")["value"], "uring");
+
+    // io_uring seccomp profile on the daemon and seed peer containers; the pods (sandboxes) and the
+    // schedulers keep RuntimeDefault.
+    for c in [d, container(seed, "seed-peer")] {
+        let profile = &c["securityContext"]["seccompProfile"];
+        assert_eq!(profile["type"], "Localhost");
+        assert_eq!(profile["localhostProfile"], "shoal-iouring.json");
+    }
+    let sched = find(&docs, "StatefulSet", "shoal-scheduler");
+    for w in [ds, seed, sched] {
+        assert_eq!(pod_spec(w)["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    }
+    assert!(container(sched, "scheduler")["securityContext"]["seccompProfile"].is_null());
+
+    // httpGet probes on the metrics port.
+    for c in [d, container(seed, "seed-peer")] {
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics");
+        assert!(c["ports"].as_array().unwrap().iter().any(|p| p["name"] == "metrics" && p["containerPort"] == 65003));
+    }
+
+    // The ServiceMonitor selects Services that expose a port named like its endpoint.
+    let sm = find(&docs, "ServiceMonitor", "shoal");
+    assert_eq!(sm["metadata"]["labels"]["release"], "prometheus");
+    let port = sm["spec"]["endpoints"][0]["port"].as_str().unwrap();
+    for name in ["shoal-daemon", "shoal-seed-peer"] {
+        let svc = find(&docs, "Service", name);
+        assert!(
+            svc["spec"]["ports"].as_array().unwrap().iter().any(|p| p["name"] == port),
+            "{name} has no {port} port"
+        );
+        let component = svc["metadata"]["labels"]["app.kubernetes.io/component"].as_str().unwrap();
+        let allowed = sm["spec"]["selector"]["matchExpressions"][0]["values"].as_array().unwrap();
+        assert!(allowed.iter().any(|v| v == component), "ServiceMonitor does not select {name}");
+    }
+}
+
+#[test]
+fn seccomp_profile_installer_copies_the_chart_profile_onto_nodes() {
+    let t = tools();
+    let values = non_default_values();
+    let (_, docs) = render(&t, &["-f", values.to_str().unwrap(), "--set", "seccomp.installProfile=true"]);
+    validate(&t, &docs);
+    let cm = find(&docs, "ConfigMap", "shoal-seccomp");
+    let shipped = std::fs::read_to_string(chart().join("files/shoal-iouring.json")).unwrap();
+    let rendered: Value = serde_json::from_str(cm["data"]["shoal-iouring.json"].as_str().unwrap()).unwrap();
+    assert_eq!(rendered, serde_json::from_str::<Value>(&shipped).unwrap(), "ConfigMap differs from files/");
+    for w in [find(&docs, "DaemonSet", "shoal-daemon"), find(&docs, "StatefulSet", "shoal-seed-peer")] {
+        let init = pod_spec(w)["initContainers"].as_array().expect("no init containers");
+        let installer = &init[0];
+        assert_eq!(installer["name"], "install-seccomp-profile", "the installer must run first");
+        assert_eq!(installer["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(installer["command"].as_array().unwrap().last().unwrap(), "/seccomp/shoal-iouring.json");
+        let vols = pod_spec(w)["volumes"].as_array().unwrap();
+        let host = vols.iter().find(|v| v["name"] == "kubelet-seccomp").expect("no kubelet-seccomp volume");
+        assert_eq!(host["hostPath"]["path"], "/var/lib/kubelet/seccomp");
+    }
+    // Only with a Localhost profile.
+    let (_, docs) = render(&t, &["--set", "seccomp.installProfile=true"]);
+    assert!(!docs.iter().any(|d| d["metadata"]["name"] == "shoal-seccomp"));
+}
+
+#[test]
+fn scheduler_addresses_from_headless_service_name_or_external_list() {
+    let t = tools();
+    let (_, docs) = render(&t, &["--set", "scheduler.addressMode=service", "--set", "scheduler.replicas=2"]);
+    let expected = format!("shoal-scheduler.{NAMESPACE}.svc.cluster.local:8002");
+    let d_args = args(container(find(&docs, "DaemonSet", "shoal-daemon"), "daemon"));
+    assert_cli_accepts(&d_args);
+    assert_eq!(flag(&d_args, "--scheduler"), Some(expected));
+
+    let (_, docs) = render(&t, &["--set", "scheduler.externalAddresses={a.example:8002,b.example:8002}"]);
+    let seed_args = args(container(find(&docs, "StatefulSet", "shoal-seed-peer"), "seed-peer"));
+    assert_cli_accepts(&seed_args);
+    assert_eq!(flag(&seed_args, "--scheduler").as_deref(), Some("a.example:8002,b.example:8002"));
+}
+
+#[test]
+fn optional_parts_switch_off_and_bad_values_fail() {
+    let t = tools();
+    let (_, docs) = render(&t, &["--set", "seedPeer.enabled=false", "--set", "daemon.storage.chown=false"]);
+    validate(&t, &docs);
+    assert!(!docs.iter().any(|d| d["metadata"]["name"] == "shoal-seed-peer"), "seed peer rendered while disabled");
+    let ds = find(&docs, "DaemonSet", "shoal-daemon");
+    assert!(pod_spec(ds)["initContainers"].is_null());
+    let cm = find(&docs, "ConfigMap", "shoal-config");
+    assert!(cm["data"]["seed-peer.yaml"].is_null());
+
+    for bad in ["probes.type=exec", "seccomp.type=Bogus", "scheduler.addressMode=dns"] {
+        let (ok, _, err) = helm_template(&t, &["--set", bad]);
+        assert!(!ok, "helm template accepted --set {bad}");
+        let key = bad.split('=').next().unwrap();
+        assert!(err.contains(key), "the error for {bad} does not name {key}:\n{err}");
+    }
+}
+
+#[test]
+fn seccomp_profile_allows_io_uring_and_refuses_the_dangerous_calls() {
+    let text = std::fs::read_to_string(chart().join("files/shoal-iouring.json")).unwrap();
+    let profile: Value = serde_json::from_str(&text).expect("files/shoal-iouring.json is not JSON");
+    assert_eq!(profile["defaultAction"], "SCMP_ACT_ALLOW");
+    let rules = profile["syscalls"].as_array().unwrap();
+    let refused = |name: &str| {
+        rules.iter().any(|r| {
+            r["action"] == "SCMP_ACT_ERRNO"
+                && r["args"].is_null()
+                && r["names"].as_array().unwrap().iter().any(|n| n == name)
+        })
+    };
+    for name in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
+        assert!(!refused(name), "{name} is refused");
+    }
+    for name in ["mount", "unshare", "setns", "ptrace", "bpf", "kexec_load", "init_module", "keyctl", "clone3"] {
+        assert!(refused(name), "{name} is not refused");
+    }
+    let clone_rules = rules.iter().filter(|r| r["names"][0] == "clone" && r["args"].is_array()).count();
+    assert_eq!(clone_rules, 7, "one clone rule per namespace flag");
+}
+
+#[test]
+fn dockerfile_matches_the_chart() {
+    // No Docker engine runs in CI: the image is not built here, only kept consistent with the chart.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("no Dockerfile");
+    for needle in [
+        "FROM rust:1-bookworm AS build",
+        "cargo build --release --locked",
+        "FROM debian:bookworm-slim",
+        "ca-certificates",
+        "USER 10001:10001",
+        "ENTRYPOINT [\"shoal\"]",
+    ] {
+        assert!(dockerfile.contains(needle), "Dockerfile lacks {needle}");
+    }
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).expect("no .dockerignore");
+    assert!(ignore.lines().any(|l| l == "target/") && ignore.lines().any(|l| l == ".git"), "{ignore}");
+    // The chart runs the image's user.
+    let values = std::fs::read_to_string(chart().join("values.yaml")).unwrap();
+    assert!(values.contains("  runAsUser: 10001\n") && values.contains("  runAsGroup: 10001\n"));
+}
