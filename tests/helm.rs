@@ -296,21 +296,24 @@ fn default_values_render_valid_manifests_with_expected_flags() {
     }
     assert!(!docs.iter().any(|d| d["metadata"]["name"] == "shoal-seccomp"), "profile installer is off by default");
 
-    // The ConfigMap carries what has no flag yet: rules, filtered query params, rate limits.
+    // The ConfigMap is a config file the daemon accepts, with the chart's defaults in it.
     let cm = find(&docs, "ConfigMap", "shoal-config");
     for key in ["daemon.yaml", "seed-peer.yaml"] {
         let text = cm["data"][key].as_str().unwrap_or_else(|| panic!("ConfigMap without {key}"));
-        for needle in [
-            "rules:",
-            "filteredQueryParams:",
-            "X-Amz-Signature",
-            "rateLimit:",
-            "requestsPerSecond: 50",
-            "ioEngine: auto",
-        ] {
+        assert_config_checks(key, text);
+        for needle in ["io_engine: auto", "ttl: 30d", "gc_interval: 60s"] {
             assert!(text.contains(needle), "{key} lacks {needle}:\n{text}");
         }
     }
+}
+
+/// `shoal config check` accepts a rendered config file (unknown keys or bad values would stop the daemon).
+fn assert_config_checks(name: &str, text: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join(name);
+    std::fs::write(&f, text).unwrap();
+    let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_shoal")).args(["config", "check"]).arg(&f));
+    assert!(ok, "shoal config check refuses the rendered {name}:\n{err}\n{text}");
 }
 
 #[test]
@@ -347,6 +350,9 @@ fn non_default_values_render_valid_manifests_with_expected_flags() {
     let cm = find(&docs, "ConfigMap", "shoal-config");
     assert!(cm["data"]["seed-peer.yaml"].as_str().unwrap().contains("quota: 400GiB"));
     assert!(cm["data"]["daemon.yaml"].as_str().unwrap().contains("rate: 200MB"));
+    for key in ["daemon.yaml", "seed-peer.yaml"] {
+        assert_config_checks(key, cm["data"][key].as_str().unwrap());
+    }
 
     // hostNetwork: proxy on the node's loopback only, cluster DNS kept, host IP advertised.
     let spec = pod_spec(ds);

@@ -121,7 +121,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- if eq .role "seedPeer" }}
 - --seed
 {{- end }}
-- --io-engine={{ $cfg.ioEngine }}
+- --io-engine={{ $cfg.storage.io_engine }}
 {{- if $cfg.workers }}
 - --workers={{ int $cfg.workers }}
 {{- end }}
@@ -132,8 +132,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .ttl }}
 - --ttl={{ .ttl }}
 {{- end }}
-{{- if .gcInterval }}
-- --gc-interval={{ .gcInterval }}
+{{- if .gc_interval }}
+- --gc-interval={{ .gc_interval }}
 {{- end }}
 {{- end }}
 {{- if and $cfg.upload $cfg.upload.rate }}
@@ -153,7 +153,7 @@ app.kubernetes.io/component: {{ .component }}
     fieldRef:
       fieldPath: {{ (eq .role "daemon") | ternary $role.advertiseIPFrom "status.podIP" }}
 - name: SHOAL_IO_ENGINE
-  value: {{ $cfg.ioEngine | quote }}
+  value: {{ $cfg.storage.io_engine | quote }}
 {{- with .ctx.Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
