@@ -115,6 +115,7 @@ async fn fetch(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
     let mut f = tokio::fs::File::create(part).await.map_err(file_err)?;
     let mut hasher = digest.map(|_| Sha256::new());
     let mut got = 0u64;
+    let bar = progress_bar(expected_len, &header("x-shoal-source"));
     // Bounded by the body.
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| GetError::Body { got, reason: e.to_string() })?;
@@ -124,7 +125,13 @@ async fn fetch(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
             }
             f.write_all(&data).await.map_err(file_err)?;
             got += data.len() as u64;
+            if let Some(b) = &bar {
+                b.set_position(got);
+            }
         }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     if let Some(exp) = expected_len.filter(|&e| e != got) {
         return Err(GetError::Body { got, reason: format!("expected {exp} bytes") });
@@ -140,6 +147,23 @@ async fn fetch(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
     tokio::fs::rename(part, &o.output).await.map_err(|source| GetError::File { path: o.output.clone(), source })?;
     conn.abort();
     Ok(GetReport { bytes: got, source: header("x-shoal-source"), task_id: header("x-shoal-task-id") })
+}
+
+/// A progress bar on a terminal (bytes, rate, ETA, where the daemon gets the bytes); none when piped.
+fn progress_bar(len: Option<u64>, source: &str) -> Option<indicatif::ProgressBar> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let b = match len {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    let template = "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}";
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        b.set_style(style);
+    }
+    b.set_message(format!("from {}", if source.is_empty() { "?" } else { source }));
+    Some(b)
 }
 
 fn parse_digest(d: Option<&str>) -> Result<Option<[u8; 32]>, GetError> {
