@@ -190,6 +190,9 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     rt.block_on(signals.wait());
     tracing::info!("shutting down");
     upload.shutdown();
+    // Leave the schedulers first, so nobody is sent to this node as a parent while it goes away.
+    let leave = cores.spawn_on(0, async move { sched.shutdown().await });
+    let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), leave).await });
     cores.shutdown();
     close(&store);
     Ok(())

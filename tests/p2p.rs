@@ -288,3 +288,16 @@ fn shoal_get_without_a_daemon_runs_an_embedded_engine_and_links_from_its_cache()
     // Same file system: both outputs are hard links to the cached task file, not copies.
     assert!(std::fs::metadata(tmp.path().join("a")).unwrap().nlink() >= 3);
 }
+
+#[test]
+fn a_daemon_stopped_with_sigterm_leaves_its_scheduler() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sched = cluster::scheduler("127.0.0.3");
+    let d = cluster::daemon("127.0.0.80", &[sched.addr], false, &tmp.path().join("d"));
+    // Readiness needs the scheduler, so asking for it connects (clients are otherwise lazy).
+    assert_eq!(cluster::http_get(d.metrics, "/readyz").0, 200);
+    sched.proc.wait_for("host registered", Duration::from_secs(20));
+    d.proc.signal(libc::SIGTERM);
+    d.proc.wait_for("storage closed cleanly", Duration::from_secs(20));
+    sched.proc.wait_for("host left", Duration::from_secs(20));
+}

@@ -64,6 +64,11 @@ impl Proc {
         }
     }
 
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) with the pid of a child we spawned and a valid signal number.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
