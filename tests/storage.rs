@@ -426,7 +426,11 @@ fn a_write_abandoned_after_hashing_does_not_poison_the_digest() {
             let mut fut = Box::pin(task.write_piece(2, piece_of(&all, piece, 2), None));
             let waker = std::task::Waker::noop();
             let polled = fut.as_mut().poll(&mut std::task::Context::from_waker(waker));
-            assert!(polled.is_pending(), "{engine:?}: the write is in flight");
+            // With io_uring the write cannot complete inside this poll (the ring's driver task runs on this
+            // same thread); the sync engine's blocking thread may win the race on a loaded machine.
+            if engine == shoal::storage::IoEngineChoice::Uring {
+                assert!(polled.is_pending(), "the write is in flight");
+            }
             drop(fut);
             // Pipelined in-order writers, as a streaming origin download issues them.
             let futs: Vec<_> = (2..6).map(|k| task.write_piece(k, piece_of(&all, piece, k), None)).collect();

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Swarm benchmark: a scheduler, a seed and N peers, each a `shoal` process in its own network namespace,
+# joined by a bridge, with the origin's link limited by tc. Every peer fetches the same file at once
+# through its own daemon; then the same peers download it directly from the origin, in the same run.
+# Reports origin egress / file size and per-peer completion times (min / median / max), as markdown.
+#
+#   sudo scripts/bench-swarm.sh [-n PEERS] [-s SIZE_MIB] [--origin-rate 100mbit] [--peer-rate 1gbit]
+#
+# Needs root (ip netns, tc), python3 (the origin is python's http.server: Content-Length, no Range).
+# Bounded in time; namespaces and processes are removed on exit, even when interrupted. Exits non-zero
+# only if the set-up fails; a missed goal is a figure to report.
+set -euo pipefail
+
+N=16
+SIZE_MIB=256
+ORIGIN_RATE=100mbit
+PEER_RATE=1gbit
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -n) N=$2; shift 2 ;;
+    -s) SIZE_MIB=$2; shift 2 ;;
+    --origin-rate) ORIGIN_RATE=$2; shift 2 ;;
+    --peer-rate) PEER_RATE=$2; shift 2 ;;
+    *) echo "usage: $0 [-n PEERS] [-s SIZE_MIB] [--origin-rate R] [--peer-rate R]" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "bench-swarm: needs root (ip netns, tc)" >&2; exit 1; }
+cd "$(dirname "$0")/.."
+cargo build --release -q
+BIN=$PWD/target/release/shoal
+
+P=shb$$                      # namespace prefix, unique per run
+NET=10.213.0                 # addresses exist only inside this run's namespaces
+WORK=$(mktemp -d /var/tmp/shoal-swarm.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do ip netns del "$ns" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+ip netns add "$P-sw"
+ip -n "$P-sw" link add br0 type bridge
+ip -n "$P-sw" link set br0 up
+host() { # host NAME OCTET RATE
+  local ns="$P-$1"
+  ip netns add "$ns"
+  ip link add "v$P$2" type veth peer name eth0 netns "$ns"
+  ip link set "v$P$2" netns "$P-sw"
+  ip -n "$P-sw" link set "v$P$2" master br0 up
+  ip -n "$ns" addr add "$NET.$2/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" link set lo up
+  tc -n "$ns" qdisc add dev eth0 root tbf rate "$3" burst 256kb latency 50ms
+}
+in_ns() { local ns="$P-$1"; shift; ip netns exec "$ns" "$@"; }
+
+host origin 2 "$ORIGIN_RATE"
+host sched 3 "$PEER_RATE"
+host seed 4 "$PEER_RATE"
+for i in $(seq 1 "$N"); do host "peer$i" $((10 + i)) "$PEER_RATE"; done
+
+# The object, named by its sha256 like a Git LFS object.
+mkdir -p "$WORK/origin"
+head -c $((SIZE_MIB << 20)) /dev/urandom > "$WORK/obj"
+OID=$(sha256sum "$WORK/obj" | cut -d' ' -f1)
+mv "$WORK/obj" "$WORK/origin/$OID"
+URL="http://$NET.2:8080/$OID"
+
+in_ns origin python3 -m http.server 8080 --bind "$NET.2" -d "$WORK/origin" >/dev/null 2>&1 & PIDS+=($!)
+in_ns sched "$BIN" scheduler --listen "$NET.3:8002" 2>"$WORK/sched.log" & PIDS+=($!)
+daemon() { # daemon NAME OCTET [--seed]
+  in_ns "$1" "$BIN" daemon --data-dir "$WORK/$1" --workers 1 --scheduler "$NET.3:8002" \
+    --proxy-addr 127.0.0.1:65001 --upload-addr "$NET.$2:65002" --metrics-addr 127.0.0.1:65003 "${@:3}" \
+    2>"$WORK/$1.log" & PIDS+=($!)
+}
+daemon seed 4 --seed
+for i in $(seq 1 "$N"); do daemon "peer$i" $((10 + i)); done
+for _ in $(seq 1 100); do  # up to 10 s for every daemon to listen
+  ready=$(grep -l "daemon started" "$WORK"/*.log 2>/dev/null | wc -l)
+  [ "$ready" -ge $((N + 1)) ] && break
+  sleep 0.1
+done
+[ "$ready" -ge $((N + 1)) ] || { echo "bench-swarm: daemons did not start" >&2; tail -n 5 "$WORK"/*.log >&2; exit 1; }
+for _ in $(seq 1 50); do in_ns peer1 curl -s -o /dev/null "http://$NET.2:8080/" && break; sleep 0.1; done
+
+tx() { in_ns origin cat /sys/class/net/eth0/statistics/tx_bytes; }
+# Runs CMD in every peer namespace at once; prints each one's seconds.
+all_peers() {
+  local pids=() i
+  for i in $(seq 1 "$N"); do
+    ( s=$(date +%s.%N); in_ns "peer$i" "$@" "$i" >/dev/null 2>"$WORK/run$i.err" || echo "peer $i failed: $(tail -n1 "$WORK/run$i.err")" >&2
+      echo "$(date +%s.%N) - $s" | bc > "$WORK/t$i" ) & pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+  for i in $(seq 1 "$N"); do cat "$WORK/t$i"; done
+}
+p2p_get() { timeout 600 "$BIN" get "$URL" --daemon 127.0.0.1:65001 --digest "sha256:$OID" -O "$WORK/out$1" && rm -f "$WORK/out$1"; }
+direct_get() { timeout 600 curl -sf -o /dev/null "$URL"; }
+export -f p2p_get direct_get in_ns; export BIN URL OID WORK P
+
+stats() { sort -n | awk '{a[NR]=$1} END {printf "%.1f / %.1f / %.1f", a[1], a[int((NR+1)/2)], a[NR]}'; }
+size=$((SIZE_MIB << 20))
+t0=$(tx); P2P=$(all_peers bash -c 'p2p_get "$0"'); p2p_bytes=$(( $(tx) - t0 ))
+t0=$(tx); DIRECT=$(all_peers bash -c 'direct_get "$0"'); direct_bytes=$(( $(tx) - t0 ))
+ideal=$(echo "scale=1; $size * 8 / $(numfmt --from=si "${ORIGIN_RATE%bit}")" | bc)
+
+echo
+echo "| $N peers, ${SIZE_MIB} MiB, origin link $ORIGIN_RATE, peer links $PEER_RATE | origin bytes / size | per-peer seconds min / median / max |"
+echo "|---|---|---|"
+printf "| Shoal P2P (scheduler + seed) | %.3f | %s |\n" "$(echo "scale=3; $p2p_bytes / $size" | bc)" "$(echo "$P2P" | stats)"
+printf "| direct from the origin | %.3f | %s |\n" "$(echo "scale=3; $direct_bytes / $size" | bc)" "$(echo "$DIRECT" | stats)"
+echo "| size / origin link rate | | $ideal |"
