@@ -48,6 +48,19 @@ fn main() -> ExitCode {
             if a.config.is_some() {
                 tracing::warn!("--config is not read yet (the YAML config arrives with the operability issue)");
             }
+            let rules = a
+                .rules
+                .iter()
+                .map(|r| shoal::proxy::rules::Rule::new(r))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!("{e}"));
+            let rules = match rules {
+                Ok(r) => shoal::proxy::rules::Rules::with_defaults(r),
+                Err(e) => {
+                    eprintln!("shoal: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let cfg = DaemonConfig {
                 store,
                 workers: a.workers,
@@ -59,6 +72,7 @@ fn main() -> ExitCode {
                 advertise_ip: a.advertise_ip,
                 upload_rate: a.upload_rate,
                 engine: Default::default(),
+                proxy: shoal::proxy::server::ProxyConfig { rules, ..Default::default() },
             };
             daemon::run(cfg).map_err(Into::into)
         }

@@ -44,6 +44,10 @@ pub struct DaemonArgs {
     /// HTTP forward-proxy address for git and other clients.
     #[arg(long, default_value = "127.0.0.1:65001")]
     pub proxy_addr: SocketAddr,
+    /// A URL regex (matched without the query) whose GETs go P2P, tried before the built-in digest rules;
+    /// repeatable (example: `--rule '^https?://cdn\.example\.com/'`).
+    #[arg(long = "rule")]
+    pub rules: Vec<String>,
     /// Address the upload server (pieces to peers) listens on.
     #[arg(long, default_value = "0.0.0.0:65002")]
     pub upload_addr: SocketAddr,
