@@ -72,7 +72,12 @@ fn main() -> ExitCode {
                 advertise_ip: a.advertise_ip,
                 upload_rate: a.upload_rate,
                 engine: Default::default(),
-                proxy: shoal::proxy::server::ProxyConfig { rules, ..Default::default() },
+                proxy: shoal::proxy::server::ProxyConfig {
+                    rules,
+                    zero_copy: a.proxy_zero_copy,
+                    header_read_timeout: a.proxy_client_timeout,
+                    ..Default::default()
+                },
             };
             daemon::run(cfg).map_err(Into::into)
         }

@@ -137,6 +137,28 @@ fn miss_then_local_hit_then_ranges_with_206_and_416() {
     let g = curl(d.proxy, tmp.path(), &["-r", "0-1,5-6", &url]);
     assert_eq!(g.status, 200);
     assert!(g.body == obj[..]);
+    // Hits went out with sendfile on the raw connection: the whole hit, 5 ranges and the multi-range.
+    assert_eq!(d.proc.count("zero-copy hit sent"), 7);
+
+    // Keep-alive across the fast path: two hits, then a pass-through miss, on one connection.
+    let (f1, f2, f3) = (tmp.path().join("k1"), tmp.path().join("k2"), tmp.path().join("k3"));
+    let o = Command::new("curl")
+        .args(["-sS", "--max-time", "60", "--noproxy", "", "-x", &format!("http://{}", d.proxy)])
+        .args(["-w", "%{http_code} %{num_connects}\n"])
+        .arg(&url)
+        .arg("-o")
+        .arg(&f1)
+        .arg(&url)
+        .arg("-o")
+        .arg(&f2)
+        .arg(origin.url("/nothing-here"))
+        .arg("-o")
+        .arg(&f3)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["200 1", "200 0", "404 0"], "{out}");
+    assert!(std::fs::read(&f1).unwrap() == obj[..] && std::fs::read(&f2).unwrap() == obj[..]);
 }
 
 #[test]
@@ -282,4 +304,45 @@ fn a_client_leaving_mid_body_does_not_stop_the_download_for_another() {
     assert!(b.body == obj[..], "second client's body differs");
     assert_eq!(origin.requests(), 1, "the download restarted after the first client left");
     assert_eq!(origin.bytes_sent(), len as u64);
+}
+
+#[test]
+fn idle_and_stalled_clients_are_disconnected_after_the_client_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let len = 64 * MIB;
+    let (obj, oid) = object(77, len);
+    let path = format!("/lfs/objects/{oid}");
+    origin.put(&path, obj);
+    let proxy = cluster::free_addr("127.0.0.37");
+    let upload = cluster::free_addr("127.0.0.37");
+    let mut cmd = cluster::shoal();
+    cmd.args(["daemon", "--workers", "1", "--proxy-client-timeout", "1s"])
+        .args(["--proxy-addr", &proxy.to_string(), "--upload-addr", &upload.to_string()])
+        .arg("--data-dir")
+        .arg(tmp.path().join("daemon"));
+    let d = cluster::Proc::spawn("daemon@127.0.0.37", cmd);
+    d.wait_for("daemon started", Duration::from_secs(20));
+    let url = origin.url(&path);
+    let fill = curl(proxy, tmp.path(), &[&url]);
+    assert_eq!(fill.status, 200, "{}", fill.stderr);
+
+    // Idle: connected, never sends a head; the proxy closes within a few seconds.
+    let mut idle = TcpStream::connect(proxy).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t0 = Instant::now();
+    let mut b = [0u8; 16];
+    let r = idle.read(&mut b);
+    assert!(matches!(r, Ok(0) | Err(_)) && t0.elapsed() < Duration::from_secs(8), "{r:?} after {:?}", t0.elapsed());
+
+    // Stalled: asks for a 64 MiB hit and never reads; the send gives up instead of waiting forever.
+    for zero_copy_path in [true, false] {
+        let mut s = TcpStream::connect(proxy).unwrap();
+        // The If-Range header sends the same hit through hyper's path (and its stalled-write timeout).
+        let extra = if zero_copy_path { "" } else { "If-Range: \"x\"\r\n" };
+        write!(s, "GET {url} HTTP/1.1\r\nHost: {}\r\n{extra}\r\n", origin.addr).unwrap();
+        let needle = if zero_copy_path { "zero-copy body failed" } else { "proxy connection ended" };
+        d.wait_for(needle, Duration::from_secs(15));
+        drop(s);
+    }
 }

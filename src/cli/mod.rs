@@ -48,6 +48,13 @@ pub struct DaemonArgs {
     /// repeatable (example: `--rule '^https?://cdn\.example\.com/'`).
     #[arg(long = "rule")]
     pub rules: Vec<String>,
+    /// Proxy clients: a request head must arrive within this, idle keep-alive connections close after it,
+    /// and a client that accepts no response bytes for this long is disconnected.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub proxy_client_timeout: Duration,
+    /// Send complete local hits with sendfile (false: stream them through hyper like misses).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub proxy_zero_copy: bool,
     /// Address the upload server (pieces to peers) listens on.
     #[arg(long, default_value = "0.0.0.0:65002")]
     pub upload_addr: SocketAddr,

@@ -3,7 +3,7 @@
 //! Owns: connection settings (header size limit, header/idle timeout), routing of each request (rules.rs
 //! decides P2P or pass-through; forward.rs does pass-through and CONNECT) and the P2P response: status,
 //! headers (sent as soon as the task exists) and Range handling. The body streams as pieces complete
-//! (respond.rs). Responses go through hyper's buffered writes: no sendfile on this path yet.
+//! (respond.rs). Complete local hits skip hyper and go out with sendfile (hit.rs) unless `zero_copy` is off.
 //!
 //! Errors: an origin's error status passes through; a Shoal-side failure is 502 with a one-line reason;
 //! a request that is not a proxy request (origin-form, non-http scheme) is 400.
@@ -22,6 +22,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
 use super::forward::Forwarder;
+use super::hit;
 use super::respond::{parse_range, task_body, wait_length, BodyError, RangeAsk};
 use super::rules::{Route, Rules};
 use crate::engine::{Engine, EngineError, FetchRequest};
@@ -44,12 +45,15 @@ const PASS_HEADERS: &[&str] = &[
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
     pub rules: Rules,
-    /// Whole request head must arrive within this, and an idle keep-alive connection is closed after it.
+    /// Whole request head must arrive within this, an idle keep-alive connection is closed after it, and a
+    /// client that accepts no response bytes for this long is disconnected.
     pub header_read_timeout: Duration,
     /// Largest request head (and read buffer) accepted; larger heads get 431.
     pub max_header_bytes: usize,
     pub upstream_connect_timeout: Duration,
     pub upstream_head_timeout: Duration,
+    /// Answer complete local hits with sendfile on the raw connection (hit.rs) instead of through hyper.
+    pub zero_copy: bool,
 }
 
 impl Default for ProxyConfig {
@@ -60,6 +64,7 @@ impl Default for ProxyConfig {
             max_header_bytes: 64 << 10,
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_head_timeout: Duration::from_secs(120),
+            zero_copy: true,
         }
     }
 }
@@ -109,15 +114,27 @@ pub fn start(cores: &Cores, addr: SocketAddr, engine: Arc<Engine>, cfg: ProxyCon
                 let front = front.clone();
                 let cfg = cfg.clone();
                 tokio::spawn(async move {
+                    let io = if cfg.zero_copy {
+                        let (idle, max) = (cfg.header_read_timeout, cfg.max_header_bytes);
+                        match hit::serve(sock, &front.engine, &front.rules, idle, max).await {
+                            hit::Outcome::Done => return,
+                            hit::Outcome::Hyper(io) => io,
+                        }
+                    } else {
+                        hit::Rewind::new(sock, cfg.header_read_timeout)
+                    };
                     let svc = service_fn(move |req| handle(front.clone(), req));
                     // The timer is required: hyper panics on header_read_timeout without one.
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let served = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(cfg.header_read_timeout)
                         .max_buf_size(cfg.max_header_bytes.max(8192))
-                        .serve_connection(TokioIo::new(sock), svc)
+                        .serve_connection(TokioIo::new(io), svc)
                         .with_upgrades()
                         .await;
+                    if let Err(e) = served {
+                        tracing::debug!(error = %e, "proxy connection ended");
+                    }
                 });
             }
         });
