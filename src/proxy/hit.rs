@@ -202,16 +202,30 @@ fn decide(buf: &[u8], engine: &Arc<Engine>, rules: &Rules) -> Decision {
     let header = |name: &str| {
         req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| std::str::from_utf8(h.value).ok())
     };
-    // A GET with a body, an If-Range to compare, or a digest header to validate: hyper's path decides.
-    for name in ["content-length", "transfer-encoding", "if-range", "x-shoal-digest", "expect"] {
+    // A GET with a body or an If-Range to compare: hyper's path decides.
+    for name in ["content-length", "transfer-encoding", "if-range", "expect"] {
         if header(name).is_some() {
             return Decision::Hyper;
         }
     }
-    let Route::P2p { identity, .. } = rules.route(&http::Method::GET, &uri, None) else { return Decision::Hyper };
+    let header_digest = match header("x-shoal-digest") {
+        None => None,
+        // Malformed: hyper's path answers 400.
+        Some(v) => match v.and_then(|v| v.strip_prefix("sha256:")).and_then(super::server::parse_hex32) {
+            Some(d) => Some(d),
+            None => return Decision::Hyper,
+        },
+    };
+    let Route::P2p { identity, expected_sha256, .. } = rules.route(&http::Method::GET, &uri, header_digest) else {
+        return Decision::Hyper;
+    };
     let Some(task) = engine.store().get(&identity.task_id).filter(|t| t.is_complete()) else {
         return Decision::Hyper;
     };
+    // Content that is not what the client expects is never sent from here.
+    if expected_sha256.is_some_and(|e| task.sha256() != Some(e)) {
+        return Decision::Hyper;
+    }
     let Some(len) = task.content_length() else { return Decision::Hyper };
     let range = match header("range") {
         None => RangeAsk::Whole,

@@ -270,7 +270,7 @@ fn one_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(300).collect()
 }
 
-fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+pub(super) fn parse_hex32(s: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
     (s.len() == 64).then_some(())?;
     hex::decode_to_slice(s, &mut out).ok()?;
