@@ -139,6 +139,17 @@ fn miss_then_local_hit_then_ranges_with_206_and_416() {
     assert!(g.body == obj[..]);
     // Hits went out with sendfile on the raw connection: the whole hit, 5 ranges and the multi-range.
     assert_eq!(d.proc.count("zero-copy hit sent"), 7);
+    // With the digest header `shoal get` sends: the right one is a zero-copy hit, a wrong one gets no bytes.
+    let g = curl(d.proxy, tmp.path(), &["-H", &format!("X-Shoal-Digest: sha256:{oid}"), &url]);
+    assert_eq!((g.status, g.header("x-shoal-source")), (200, Some("local")));
+    assert!(g.body == obj[..]);
+    assert_eq!(d.proc.count("zero-copy hit sent"), 8);
+    let wrong = format!("X-Shoal-Digest: sha256:{}", "00".repeat(32));
+    let g = curl(d.proxy, tmp.path(), &["-H", &wrong, &url]);
+    assert_eq!(g.status, 502);
+    assert_eq!(String::from_utf8_lossy(&g.body), "shoal: the content's sha256 differs from X-Shoal-Digest\n");
+    let g = curl(d.proxy, tmp.path(), &["-H", "X-Shoal-Digest: md5:abc", &url]);
+    assert_eq!(g.status, 400);
 
     // Keep-alive across the fast path: two hits, then a pass-through miss, on one connection.
     let (f1, f2, f3) = (tmp.path().join("k1"), tmp.path().join("k2"), tmp.path().join("k3"));

@@ -184,10 +184,16 @@ fn origin_headers(req: &Request<Incoming>) -> Vec<(String, String)> {
 }
 
 async fn p2p(engine: &Arc<Engine>, fr: FetchRequest, req: &Request<Incoming>) -> Response<Body> {
+    let want = fr.expected_sha256;
     let f = match engine.fetch(fr).await {
         Ok(f) => f,
         Err(e) => return error_response(&e),
     };
+    // The task may already exist under the URL's digest: content other than what the client asked for is
+    // refused before any byte goes out (its actual sha256 once complete, else the one it is held to).
+    if want.is_some_and(|w| f.task.sha256().or(f.task.expected_sha256()).is_some_and(|h| h != w)) {
+        return text(StatusCode::BAD_GATEWAY, "shoal: the content's sha256 differs from X-Shoal-Digest");
+    }
     // If-Range names a representation we cannot compare against: the whole content is always right.
     let range = req.headers().get(RANGE).filter(|_| !req.headers().contains_key(IF_RANGE));
     let range = range.and_then(|v| v.to_str().ok());
