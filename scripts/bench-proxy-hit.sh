@@ -8,6 +8,13 @@
 # Everything listens on 127.0.0.5x; every process it starts is stopped on exit.
 # Server CPU for shoal is the whole daemon process (scheduler client, GC included); for nginx its worker.
 # curl is the bottleneck for MB/s on small machines: compare CPU per GiB first.
+#
+# Figures, 2026-11-28, this 2-vCPU VM, 1 GiB, 4 runs each, load average ~2 (other engineers' builds idle):
+#   nginx sendfile 1952-2124 MB/s, 0.50-0.53 s CPU/GiB; shoal zero-copy 1807-1897 MB/s, 0.56-0.57 s/GiB;
+#   shoal via hyper (--proxy-zero-copy false) 2020-2069 MB/s, 0.51-0.52 s/GiB.
+# On loopback the sender's CPU includes most of the TCP stack for both ends, so sendfile saves little here;
+# under heavy load (average 7-11) the CPU split was unstable (nginx 0.10-0.12, zero-copy 0.06-0.25, hyper
+# 0.46-0.63 s/GiB). Re-measure on a real NIC before drawing conclusions.
 set -euo pipefail
 
 SIZE_MIB=${1:-1024}
