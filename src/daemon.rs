@@ -31,6 +31,7 @@ pub struct DaemonConfig {
     pub advertise_ip: Option<IpAddr>,
     pub upload_rate: Option<u64>,
     pub engine: EngineConfig,
+    pub proxy: crate::proxy::server::ProxyConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +104,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let sched = SchedulerClient::new(scheduler_addrs.clone(), host.clone());
     let pool = Pool::new(ClientConfig { bind_ip: cfg.advertise_ip.or(Some(ip)), ..ClientConfig::default() });
     let engine = Engine::new(store.clone(), pool, Some(sched.clone()), cfg.engine.clone())?;
-    let proxy_addr = crate::proxy::server::start(&cores, cfg.proxy_addr, engine.clone())?;
+    let proxy_addr = crate::proxy::server::start(&cores, cfg.proxy_addr, engine.clone(), cfg.proxy.clone())?;
 
     if cfg.seed {
         if let Some(mut triggers) = sched.seed_triggers() {

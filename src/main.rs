@@ -31,6 +31,8 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
 
 fn daemon_cmd(a: &shoal::cli::DaemonArgs) -> anyhow::Result<()> {
     let c = a.merge(load_config(a.config.as_deref())?);
+    let rules = a.rules.iter().map(|r| shoal::proxy::rules::Rule::new(r)).collect::<Result<Vec<_>, _>>()?;
+    let rules = shoal::proxy::rules::Rules::with_defaults(rules);
     let mut store = StoreConfig::new(c.data_dir.clone().unwrap_or_else(daemon::default_data_dir));
     store.io_engine = c.storage.io_engine;
     store.quota_bytes = c.storage.quota;
@@ -49,6 +51,12 @@ fn daemon_cmd(a: &shoal::cli::DaemonArgs) -> anyhow::Result<()> {
         advertise_ip: c.advertise_ip,
         upload_rate: c.upload.rate,
         engine: c.engine_config(),
+        proxy: shoal::proxy::server::ProxyConfig {
+            rules,
+            zero_copy: a.proxy_zero_copy,
+            header_read_timeout: a.proxy_client_timeout,
+            ..Default::default()
+        },
     };
     daemon::run(cfg).map_err(Into::into)
 }

@@ -86,6 +86,17 @@ pub struct DaemonArgs {
     /// Prometheus metrics and health endpoints [default: 127.0.0.1:65003].
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// A URL regex (matched without the query) whose GETs go P2P, tried before the built-in digest rules;
+    /// repeatable (example: `--rule '^https?://cdn\.example\.com/'`).
+    #[arg(long = "rule")]
+    pub rules: Vec<String>,
+    /// Proxy clients: a request head must arrive within this, idle keep-alive connections close after it,
+    /// and a client that accepts no response bytes for this long is disconnected.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub proxy_client_timeout: Duration,
+    /// Send complete local hits with sendfile (false: stream them through hyper like misses).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub proxy_zero_copy: bool,
     /// Scheduler addresses, comma separated; none means an embedded scheduler (single-node mode).
     #[arg(long, value_delimiter = ',')]
     pub scheduler: Vec<String>,

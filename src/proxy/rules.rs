@@ -1,11 +1,33 @@
 //! Which requests become P2P tasks, and what a task is called.
 //!
-//! Task ID: when the URL names a content digest (a Git LFS oid ending the path, or an OCI
-//! `/blobs/sha256:<hex>`), the ID is that digest and the bytes are verified against it, so the same object
-//! behind different signed URLs, users or hosts is one task. Otherwise the ID is
-//! sha256(`scheme "://" host [":" port] path ["?" kept-query]`) where kept-query is the query with the
-//! volatile parameters removed, in their original order.
+//! Owns: the proxy's rules (regex → P2P with per-rule filtered query parameters, origin TLS and
+//! content-digest handling) and task identity. Never: network I/O.
+//!
+//! Routing: only a GET in absolute form can go P2P. Its URL without the query (`scheme://authority/path`,
+//! as the client sent it) is matched against the rules in order; the first match wins. No match, or any
+//! other method, is passed through untouched. `Rules::default()` has two rules, both `content_digest: Auto`
+//! with [`DEFAULT_FILTERED_PARAMS`]: a path whose last segment is 64 hex digits (Git LFS oids, the HF CDN)
+//! and an OCI `/blobs/sha256:<64 hex>` path. A request carrying `X-Shoal-Digest: sha256:<hex>` (what
+//! `shoal get --digest` sends) goes P2P even when no rule matches, with the default parameters.
+//!
+//! Task ID (32 bytes), in this order of precedence:
+//! 1. `content_digest: Auto` and the path names a digest (the last path segment is exactly 64 hex digits, or
+//!    the path holds `/blobs/sha256:` followed by 64 hex digits up to the next `/` or the end): the ID is
+//!    those 32 bytes (hex decoded, either case), and the content is verified against them. So one object
+//!    behind different signed URLs, users or hosts is one task.
+//! 2. The request carries `X-Shoal-Digest: sha256:<64 hex>`: the ID is those 32 bytes.
+//! 3. Otherwise the ID is sha256 of the UTF-8 bytes of the display URL:
+//!    `scheme "://" authority path ["?" kept-query]`, where scheme and authority are lowercased (a default
+//!    port is kept as written), path is byte-exact, and kept-query is the query's `&`-separated components,
+//!    empty ones dropped, minus those whose name (the bytes before the first `=`, not percent-decoded)
+//!    matches a filtered parameter (ASCII case-insensitive; an entry ending in `*` is a prefix), kept in
+//!    their original order and joined with `&`; `?` is omitted when nothing is kept. With `use_tls` the
+//!    scheme is `https` (the URL as fetched from the origin, so the href-rewrite case and a direct https
+//!    fetch are one task).
+//!
+//! Request headers (Authorization included) are not part of the ID.
 
+use regex::Regex;
 use sha2::{Digest, Sha256};
 
 use crate::storage::TaskId;
@@ -58,8 +80,8 @@ pub struct Identity {
     pub display_url: String,
 }
 
-fn filtered(name: &str, filters: &[&str]) -> bool {
-    filters.iter().any(|f| match f.strip_suffix('*') {
+fn filtered<S: AsRef<str>>(name: &str, filters: &[S]) -> bool {
+    filters.iter().map(AsRef::as_ref).any(|f| match f.strip_suffix('*') {
         Some(prefix) => name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix),
         None => name.eq_ignore_ascii_case(f),
     })
@@ -77,15 +99,14 @@ fn hex32(s: &str) -> Option<[u8; 32]> {
 /// The content digest a URL path names: a 64-hex last segment (Git LFS, HF CDN) or `sha256:<hex>` in an
 /// OCI blob path.
 pub fn digest_in_path(path: &str) -> Option<[u8; 32]> {
-    if let Some(i) = path.find("/blobs/sha256:") {
-        let rest = &path[i + "/blobs/sha256:".len()..];
-        return hex32(rest.split('/').next().unwrap_or(""));
-    }
-    hex32(path.rsplit('/').next().unwrap_or(""))
+    let oci = path.match_indices(OCI_BLOB).find_map(|(i, _)| hex32(path[i + OCI_BLOB.len()..].split('/').next()?));
+    oci.or_else(|| hex32(path.rsplit('/').next()?))
 }
 
+const OCI_BLOB: &str = "/blobs/sha256:";
+
 /// Identity of an absolute http(s) URL.
-pub fn identify(uri: &http::Uri, filters: &[&str], use_digest: bool) -> Option<Identity> {
+pub fn identify<S: AsRef<str>>(uri: &http::Uri, filters: &[S], use_digest: bool) -> Option<Identity> {
     let scheme = uri.scheme_str()?.to_ascii_lowercase();
     let authority = uri.authority()?.as_str().to_ascii_lowercase();
     let path = uri.path();
@@ -106,6 +127,140 @@ pub fn identify(uri: &http::Uri, filters: &[&str], use_digest: bool) -> Option<I
         None => TaskId(Sha256::digest(display.as_bytes()).into()),
     };
     Some(Identity { task_id, digest, display_url: display })
+}
+
+/// Whether a URL's own digest names the task and is verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContentDigest {
+    /// A digest in the path (see the module doc) is the task ID and the expected sha256.
+    Auto,
+    /// The path is never read as a digest: the task is named by its URL.
+    Off,
+}
+
+/// One proxy rule: requests whose URL (without query) matches `regex` go P2P.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    regex: Regex,
+    /// Query parameters left out of the task ID (signatures, expiry, tokens); see the module doc.
+    pub filtered_query_params: Vec<String>,
+    /// Fetch the origin over https when the client spoke plain http (hrefs rewritten to reach the proxy).
+    pub use_tls: bool,
+    pub content_digest: ContentDigest,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("rule regex {pattern:?}: {reason}")]
+    Regex { pattern: String, reason: String },
+}
+
+impl Rule {
+    /// A rule with the default filtered parameters, no TLS upgrade and `content_digest: Auto`.
+    pub fn new(pattern: &str) -> Result<Rule, RuleError> {
+        let regex =
+            Regex::new(pattern).map_err(|e| RuleError::Regex { pattern: pattern.to_owned(), reason: e.to_string() })?;
+        Ok(Rule {
+            regex,
+            filtered_query_params: DEFAULT_FILTERED_PARAMS.iter().map(|s| (*s).to_owned()).collect(),
+            use_tls: false,
+            content_digest: ContentDigest::Auto,
+        })
+    }
+
+    pub fn pattern(&self) -> &str {
+        self.regex.as_str()
+    }
+
+    fn matches(&self, url_without_query: &str) -> bool {
+        self.regex.is_match(url_without_query)
+    }
+}
+
+/// A rule set: the first matching rule decides.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    rules: Vec<Rule>,
+}
+
+/// Default rule patterns: a 64-hex last path segment, and an OCI blob path.
+const DEFAULT_PATTERNS: &[&str] =
+    &[r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]+(/[^?]*)?/[0-9A-Fa-f]{64}$", r"/blobs/sha256:[0-9A-Fa-f]{64}(/|$)"];
+
+impl Default for Rules {
+    fn default() -> Rules {
+        // The default patterns are constants checked by a unit test; a failure here would be a build bug,
+        // so it degrades to "no rule" rather than a panic.
+        Rules { rules: DEFAULT_PATTERNS.iter().filter_map(|p| Rule::new(p).ok()).collect() }
+    }
+}
+
+/// What the proxy does with one request.
+#[derive(Clone, Debug)]
+pub enum Route {
+    /// Through the engine: `url` is what the origin is asked for (scheme possibly upgraded).
+    P2p { identity: Identity, url: http::Uri, expected_sha256: Option<[u8; 32]> },
+    /// Forwarded upstream as is, to `url` (scheme possibly upgraded by a matching rule).
+    Pass { url: http::Uri },
+}
+
+impl Rules {
+    pub fn new(rules: Vec<Rule>) -> Rules {
+        Rules { rules }
+    }
+
+    /// `extra` first, then the defaults.
+    pub fn with_defaults(extra: Vec<Rule>) -> Rules {
+        let mut rules = extra;
+        rules.extend(Rules::default().rules);
+        Rules { rules }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The first rule matching an absolute URL (query ignored).
+    pub fn find(&self, uri: &http::Uri) -> Option<&Rule> {
+        let (scheme, authority) = (uri.scheme_str()?, uri.authority()?);
+        let key = format!("{scheme}://{authority}{}", uri.path());
+        self.rules.iter().find(|r| r.matches(&key))
+    }
+
+    /// Routes a request. `header_digest` is a parsed `X-Shoal-Digest`. Only absolute http(s) URLs can go
+    /// P2P; callers answer origin-form requests themselves.
+    pub fn route(&self, method: &http::Method, uri: &http::Uri, header_digest: Option<[u8; 32]>) -> Route {
+        let rule = self.find(uri);
+        let url = match rule {
+            Some(r) if r.use_tls => upgrade_tls(uri),
+            _ => uri.clone(),
+        };
+        if method != http::Method::GET {
+            return Route::Pass { url };
+        }
+        let found = match (rule, header_digest) {
+            (Some(r), _) => identify(&url, &r.filtered_query_params, r.content_digest == ContentDigest::Auto),
+            (None, Some(_)) => identify(&url, DEFAULT_FILTERED_PARAMS, false),
+            (None, None) => None,
+        };
+        let Some(mut identity) = found else { return Route::Pass { url } };
+        if let (Some(d), None) = (header_digest, identity.digest) {
+            // The header's digest names the task only when the URL does not (precedence 2 above).
+            identity.task_id = TaskId(d);
+        }
+        let expected_sha256 = header_digest.or(identity.digest);
+        Route::P2p { identity, url, expected_sha256 }
+    }
+}
+
+/// `http://` → `https://`, same authority, path and query; other URLs unchanged.
+fn upgrade_tls(uri: &http::Uri) -> http::Uri {
+    if uri.scheme_str() != Some("http") {
+        return uri.clone();
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTPS);
+    http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
 #[cfg(test)]
@@ -141,8 +296,71 @@ mod tests {
     #[test]
     fn oci_blob_digests() {
         let u: http::Uri = format!("https://reg.test/v2/lib/blobs/sha256:{OID}").parse().unwrap();
-        assert_eq!(identify(&u, &[], true).unwrap().digest, hex32(OID));
+        assert_eq!(identify::<&str>(&u, &[], true).unwrap().digest, hex32(OID));
         assert_eq!(digest_in_path("/a/b/notahash"), None);
         assert_eq!(digest_in_path(&format!("/x/{}", &OID[1..])), None);
+    }
+
+    fn route(rules: &Rules, m: http::Method, url: &str, hd: Option<[u8; 32]>) -> Route {
+        rules.route(&m, &url.parse().unwrap(), hd)
+    }
+
+    #[test]
+    fn default_rules_send_digest_urls_p2p_and_pass_the_rest() {
+        let r = Rules::default();
+        assert_eq!(r.rules().len(), DEFAULT_PATTERNS.len());
+        let p2p = |u: &str| matches!(route(&r, http::Method::GET, u, None), Route::P2p { .. });
+        assert!(p2p(&format!("http://lfs.test/objects/{OID}?jwt=x")));
+        assert!(p2p(&format!("https://reg.test/v2/lib/x/blobs/sha256:{OID}")));
+        assert!(p2p(&format!("http://h.test/{}", OID.to_uppercase())));
+        assert!(!p2p("http://h.test/file.bin"));
+        assert!(!p2p(&format!("http://h.test/{OID}/info")));
+        assert!(!p2p(&format!("http://h.test/x?oid={OID}")));
+        assert!(!p2p(&format!("http://h.test/x{OID}")));
+        let head = route(&r, http::Method::HEAD, &format!("http://lfs.test/o/{OID}"), None);
+        assert!(matches!(head, Route::Pass { .. }));
+    }
+
+    #[test]
+    fn header_digest_makes_any_get_p2p_named_by_the_digest() {
+        let r = Rules::default();
+        let d = hex32(OID).unwrap();
+        match route(&r, http::Method::GET, "http://h.test/file.bin?token=1", Some(d)) {
+            Route::P2p { identity, expected_sha256, .. } => {
+                assert_eq!(identity.task_id, TaskId(d));
+                assert_eq!(expected_sha256, Some(d));
+                assert_eq!(identity.display_url, "http://h.test/file.bin");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn first_matching_rule_wins_and_can_upgrade_to_tls_and_turn_digests_off() {
+        let mut a = Rule::new(r"^http://cdn\.test/").unwrap();
+        a.use_tls = true;
+        a.content_digest = ContentDigest::Off;
+        a.filtered_query_params = vec!["sig".into()];
+        let b = Rule::new(r"^http://").unwrap();
+        let r = Rules::new(vec![a, b]);
+        match route(&r, http::Method::GET, &format!("http://cdn.test/{OID}?sig=1&v=2"), None) {
+            Route::P2p { identity, url, expected_sha256 } => {
+                assert_eq!(url.scheme_str(), Some("https"));
+                assert_eq!(identity.display_url, format!("https://cdn.test/{OID}?v=2"));
+                assert_eq!(expected_sha256, None);
+                let want: [u8; 32] = Sha256::digest(identity.display_url.as_bytes()).into();
+                assert_eq!(identity.task_id, TaskId(want));
+            }
+            other => panic!("{other:?}"),
+        }
+        match route(&r, http::Method::GET, "http://other.test/x?token=1", None) {
+            Route::P2p { identity, url, .. } => {
+                assert_eq!(url.scheme_str(), Some("http"));
+                assert_eq!(identity.display_url, "http://other.test/x");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Rule::new("(").is_err());
+        assert_eq!(Rules::with_defaults(vec![Rule::new("x").unwrap()]).rules().len(), 1 + DEFAULT_PATTERNS.len());
     }
 }

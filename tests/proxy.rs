@@ -1,0 +1,396 @@
+//! The proxy front with real clients: `curl` (and raw sockets for what curl will not send) through a real
+//! `shoal daemon` process, against the test origin. All on 127.0.0.x; every process is stopped on drop.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::cluster::{self, Daemon};
+use common::origin::{Origin, FLAVOURS};
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+fn object(seed: u64, len: usize) -> (Bytes, String) {
+    let b = Bytes::from(content(seed, len));
+    let oid = hex::encode(sha256(&b));
+    (b, oid)
+}
+
+/// What curl got: status, headers (lowercased names) and body.
+struct Got {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    stderr: String,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// `curl` through `proxy` with `args`; the body goes to a file in `dir`, headers are parsed from `-D`.
+fn curl(proxy: SocketAddr, dir: &Path, args: &[&str]) -> Got {
+    let body = dir.join(format!("body-{}", rand::random::<u64>()));
+    let head = dir.join(format!("head-{}", rand::random::<u64>()));
+    let o: Output = Command::new("curl")
+        .args(["-sS", "--max-time", "120", "--noproxy", "", "-x", &format!("http://{proxy}")])
+        .arg("-D")
+        .arg(&head)
+        .arg("-o")
+        .arg(&body)
+        .args(args)
+        .output()
+        .expect("curl runs");
+    let raw = std::fs::read_to_string(&head).unwrap_or_default();
+    // With a CONNECT tunnel, -D holds the proxy's 200 first: the last response block is the one that counts.
+    let last = raw.trim_end().rsplit("\r\n\r\n").next().unwrap_or("").to_owned();
+    let mut lines = last.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Got {
+        status,
+        headers,
+        body: std::fs::read(&body).unwrap_or_default(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// Sends raw bytes to the proxy and reads its answer until close or 5 s; returns the answer's text head.
+fn raw(proxy: SocketAddr, req: &[u8]) -> String {
+    let mut s = TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(req);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // Bounded by the deadline and the read timeout.
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        if out.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn daemon(ip: &str, dir: &Path) -> Daemon {
+    cluster::daemon(ip, &[], false, &dir.join("daemon"))
+}
+
+#[test]
+fn miss_then_local_hit_then_ranges_with_206_and_416() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let len = 9 * MIB + 123;
+    let (obj, oid) = object(71, len);
+    let path = format!("/lfs/objects/{oid}");
+    origin.put(&path, obj.clone());
+    let d = daemon("127.0.0.30", tmp.path());
+    let url = origin.url(&format!("{path}?jwt=first"));
+
+    let miss = curl(d.proxy, tmp.path(), &[&url]);
+    assert_eq!(miss.status, 200, "{}", miss.stderr);
+    assert_eq!(miss.header("x-shoal-source"), Some("origin"));
+    assert_eq!(miss.header("content-length"), Some(len.to_string().as_str()));
+    assert_eq!(miss.header("x-shoal-task-id"), Some(oid.as_str()));
+    assert!(miss.body == obj[..], "miss body differs");
+
+    // Another signed URL of the same object is the same task, now local.
+    let hit = curl(d.proxy, tmp.path(), &[&origin.url(&format!("{path}?jwt=second"))]);
+    assert_eq!(hit.status, 200, "{}", hit.stderr);
+    assert_eq!(hit.header("x-shoal-source"), Some("local"));
+    assert_eq!(hit.header("accept-ranges"), Some("bytes"));
+    assert!(hit.body == obj[..], "hit body differs");
+    assert_eq!(origin.requests(), 1);
+
+    let piece = 4 * MIB;
+    for (spec, s, e) in [
+        ("1000-2999", 1000, 2999),
+        (&format!("{}-{}", piece - 10, piece + 10) as &str, piece - 10, piece + 10),
+        ("-500", len - 500, len - 1),
+        (&format!("{}-", 2 * piece) as &str, 2 * piece, len - 1),
+        (&format!("0-{}", len + 1000) as &str, 0, len - 1),
+    ] {
+        let g = curl(d.proxy, tmp.path(), &["-r", spec, &url]);
+        assert_eq!(g.status, 206, "{spec}: {}", g.stderr);
+        assert_eq!(g.header("content-range"), Some(format!("bytes {s}-{e}/{len}").as_str()), "{spec}");
+        assert!(g.body == obj[s..=e], "{spec}: range bytes differ");
+    }
+    let g = curl(d.proxy, tmp.path(), &["-r", &format!("{len}-"), &url]);
+    assert_eq!(g.status, 416);
+    assert_eq!(g.header("content-range"), Some(format!("bytes */{len}").as_str()));
+    // Multiple ranges are answered with the whole content (200).
+    let g = curl(d.proxy, tmp.path(), &["-r", "0-1,5-6", &url]);
+    assert_eq!(g.status, 200);
+    assert!(g.body == obj[..]);
+    // Hits went out with sendfile on the raw connection: the whole hit, 5 ranges and the multi-range.
+    assert_eq!(d.proc.count("zero-copy hit sent"), 7);
+    // With the digest header `shoal get` sends: the right one is a zero-copy hit, a wrong one gets no bytes.
+    let g = curl(d.proxy, tmp.path(), &["-H", &format!("X-Shoal-Digest: sha256:{oid}"), &url]);
+    assert_eq!((g.status, g.header("x-shoal-source")), (200, Some("local")));
+    assert!(g.body == obj[..]);
+    assert_eq!(d.proc.count("zero-copy hit sent"), 8);
+    let wrong = format!("X-Shoal-Digest: sha256:{}", "00".repeat(32));
+    let g = curl(d.proxy, tmp.path(), &["-H", &wrong, &url]);
+    assert_eq!(g.status, 502);
+    assert_eq!(String::from_utf8_lossy(&g.body), "shoal: the content's sha256 differs from X-Shoal-Digest\n");
+    let g = curl(d.proxy, tmp.path(), &["-H", "X-Shoal-Digest: md5:abc", &url]);
+    assert_eq!(g.status, 400);
+
+    // Keep-alive across the fast path: two hits, then a pass-through miss, on one connection.
+    let (f1, f2, f3) = (tmp.path().join("k1"), tmp.path().join("k2"), tmp.path().join("k3"));
+    let o = Command::new("curl")
+        .args(["-sS", "--max-time", "60", "--noproxy", "", "-x", &format!("http://{}", d.proxy)])
+        .args(["-w", "%{http_code} %{num_connects}\n"])
+        .arg(&url)
+        .arg("-o")
+        .arg(&f1)
+        .arg(&url)
+        .arg("-o")
+        .arg(&f2)
+        .arg(origin.url("/nothing-here"))
+        .arg("-o")
+        .arg(&f3)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["200 1", "200 0", "404 0"], "{out}");
+    assert!(std::fs::read(&f1).unwrap() == obj[..] && std::fs::read(&f2).unwrap() == obj[..]);
+}
+
+#[test]
+fn range_on_a_miss_waits_for_its_pieces_even_without_content_length() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Chunked origin without Range: the length is known only at the end.
+    let origin = Origin::start("127.0.0.2", FLAVOURS[3]);
+    let len = 6 * MIB + 7;
+    let (obj, oid) = object(72, len);
+    let path = format!("/o/{oid}");
+    origin.put(&path, obj.clone());
+    let d = daemon("127.0.0.31", tmp.path());
+    let g = curl(d.proxy, tmp.path(), &["-r", "5000000-5000099", &origin.url(&path)]);
+    assert_eq!(g.status, 206, "{}", g.stderr);
+    assert_eq!(g.header("x-shoal-source"), Some("origin"));
+    assert_eq!(g.header("content-range"), Some(format!("bytes 5000000-5000099/{len}").as_str()));
+    assert!(g.body == obj[5_000_000..5_000_100]);
+}
+
+#[test]
+fn non_matching_urls_and_other_methods_pass_through_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let (obj, oid) = object(73, MIB + 5);
+    origin.put("/plain/file.bin", obj.clone());
+    let d = daemon("127.0.0.32", tmp.path());
+
+    let g = curl(d.proxy, tmp.path(), &[&origin.url("/plain/file.bin")]);
+    assert_eq!(g.status, 200, "{}", g.stderr);
+    assert!(g.body == obj[..]);
+    assert_eq!(g.header("etag"), Some("\"test-etag\""));
+    assert_eq!(g.header("x-shoal-source"), None, "pass-through must not go through the engine");
+
+    let g = curl(d.proxy, tmp.path(), &[&origin.url("/plain/missing")]);
+    assert_eq!((g.status, g.body.as_slice()), (404, &b"no such object\n"[..]));
+
+    // A POST to a digest URL is not P2P either: it reaches the origin with its body.
+    let g = curl(d.proxy, tmp.path(), &["--data-binary", "hello", &origin.url(&format!("/status/201/{oid}"))]);
+    assert_eq!((g.status, g.body.as_slice()), (201, &b"origin says 201\n"[..]));
+    assert_eq!(g.header("x-origin-error"), Some("yes"));
+
+    // Range passes through to the origin too.
+    let g = curl(d.proxy, tmp.path(), &["-r", "10-19", &origin.url("/plain/file.bin")]);
+    assert_eq!(g.status, 206);
+    assert!(g.body == obj[10..20]);
+    assert_eq!(cluster::cached_files(&d.data_dir), 0, "pass-through cached something");
+
+    // Nothing listens on port 1: 502 with a one-line reason.
+    let g = curl(d.proxy, tmp.path(), &["http://127.0.0.1:1/x"]);
+    assert_eq!(g.status, 502);
+    let body = String::from_utf8_lossy(&g.body);
+    assert!(body.starts_with("shoal: upstream connect failed") && body.lines().count() == 1, "{body:?}");
+}
+
+#[test]
+fn origin_errors_pass_through_for_p2p_urls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let d = daemon("127.0.0.33", tmp.path());
+    let oid = "ab".repeat(32);
+    let g = curl(d.proxy, tmp.path(), &[&origin.url(&format!("/status/404/{oid}"))]);
+    assert_eq!(g.status, 404);
+    assert_eq!(g.header("x-shoal-source"), Some("origin"));
+    // Content known to be wrong (the digest does not match) is a Shoal-side failure, never a 200 with
+    // a clean end.
+    let (obj, _) = object(74, 1000);
+    origin.put(&format!("/lfs/{oid}"), obj);
+    let g = curl(d.proxy, tmp.path(), &[&origin.url(&format!("/lfs/{oid}"))]);
+    assert!(g.status != 200 || !g.stderr.is_empty(), "a wrong body ended cleanly");
+}
+
+#[test]
+fn connect_tunnels_bytes_and_rejects_bad_targets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let (obj, _) = object(75, 2 * MIB + 1);
+    origin.put("/tunnelled.bin", obj.clone());
+    let d = daemon("127.0.0.34", tmp.path());
+
+    let g = curl(d.proxy, tmp.path(), &["-p", &origin.url("/tunnelled.bin")]);
+    assert_eq!(g.status, 200, "{}", g.stderr);
+    assert!(g.body == obj[..]);
+    assert_eq!(g.header("x-shoal-source"), None);
+
+    let bad = raw(d.proxy, b"CONNECT no-port.test HTTP/1.1\r\nHost: no-port.test\r\n\r\n");
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad:?}");
+    let refused = raw(d.proxy, b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n");
+    assert!(refused.starts_with("HTTP/1.1 502"), "{refused:?}");
+}
+
+#[test]
+fn malformed_origin_form_and_oversized_requests_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = daemon("127.0.0.35", tmp.path());
+    let r = raw(d.proxy, b"NOT HTTP AT ALL\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 400"), "{r:?}");
+    let r = raw(d.proxy, b"GET /relative HTTP/1.1\r\nHost: x.test\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 400"), "{r:?}");
+    let mut big = b"GET http://127.0.0.2:1/x HTTP/1.1\r\nHost: 127.0.0.2:1\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 200 << 10));
+    big.extend_from_slice(b"\r\n\r\n");
+    let r = raw(d.proxy, &big);
+    assert!(r.starts_with("HTTP/1.1 431"), "{r:?}");
+    // The daemon is still serving after all of that.
+    let r = raw(d.proxy, b"GET /again HTTP/1.1\r\nHost: x.test\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 400"), "{r:?}");
+}
+
+#[test]
+fn a_client_leaving_mid_body_does_not_stop_the_download_for_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let len = 24 * MIB;
+    let (obj, oid) = object(76, len);
+    let path = format!("/lfs/objects/{oid}");
+    origin.put(&path, obj.clone());
+    // 96 frames of 256 KiB, each after 30 ms: the origin cannot finish in under 2.88 s, so a client that
+    // leaves before then leaves mid-download.
+    origin.set_frame_delay(Duration::from_millis(30));
+    let slowest_origin = Duration::from_millis(30 * 96);
+    let d = daemon("127.0.0.36", tmp.path());
+    let url = origin.url(&path);
+
+    let t0 = Instant::now();
+    let mut a = TcpStream::connect(d.proxy).unwrap();
+    a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(a, "GET {url} HTTP/1.1\r\nHost: {}\r\n\r\n", origin.addr).unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 << 10];
+    // Bounded by the read timeout and the byte count.
+    while got < MIB {
+        match a.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got >= MIB, "first client got only {got} bytes");
+    drop(a);
+    assert!(t0.elapsed() < slowest_origin, "the origin may have finished: the test proves nothing");
+
+    let b = curl(d.proxy, tmp.path(), &[&url]);
+    assert_eq!(b.status, 200, "{}", b.stderr);
+    assert!(b.body == obj[..], "second client's body differs");
+    assert_eq!(origin.requests(), 1, "the download restarted after the first client left");
+    assert_eq!(origin.bytes_sent(), len as u64);
+}
+
+#[test]
+fn idle_and_stalled_clients_are_disconnected_after_the_client_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let len = 64 * MIB;
+    let (obj, oid) = object(77, len);
+    let path = format!("/lfs/objects/{oid}");
+    origin.put(&path, obj);
+    let proxy = cluster::free_addr("127.0.0.37");
+    let upload = cluster::free_addr("127.0.0.37");
+    let mut cmd = cluster::shoal();
+    cmd.args(["daemon", "--workers", "1", "--proxy-client-timeout", "1s"])
+        .args(["--proxy-addr", &proxy.to_string(), "--upload-addr", &upload.to_string()])
+        .arg("--data-dir")
+        .arg(tmp.path().join("daemon"));
+    let d = cluster::Proc::spawn("daemon@127.0.0.37", cmd);
+    d.wait_for("daemon started", Duration::from_secs(20));
+    let url = origin.url(&path);
+    let fill = curl(proxy, tmp.path(), &[&url]);
+    assert_eq!(fill.status, 200, "{}", fill.stderr);
+
+    // Idle: connected, never sends a head; the proxy closes within a few seconds.
+    let mut idle = TcpStream::connect(proxy).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t0 = Instant::now();
+    let mut b = [0u8; 16];
+    let r = idle.read(&mut b);
+    assert!(matches!(r, Ok(0) | Err(_)) && t0.elapsed() < Duration::from_secs(8), "{r:?} after {:?}", t0.elapsed());
+
+    // Stalled: asks for a 64 MiB hit and never reads; the send gives up instead of waiting forever.
+    for zero_copy_path in [true, false] {
+        let mut s = TcpStream::connect(proxy).unwrap();
+        // The If-Range header sends the same hit through hyper's path (and its stalled-write timeout).
+        let extra = if zero_copy_path { "" } else { "If-Range: \"x\"\r\n" };
+        write!(s, "GET {url} HTTP/1.1\r\nHost: {}\r\n{extra}\r\n", origin.addr).unwrap();
+        let needle = if zero_copy_path { "zero-copy body failed" } else { "proxy connection ended" };
+        d.wait_for(needle, Duration::from_secs(15));
+        drop(s);
+    }
+}
+
+#[test]
+fn a_rule_flag_sends_matching_urls_p2p_named_by_their_url() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.2", FLAVOURS[1]);
+    let (obj, _) = object(78, 3 * MIB + 9);
+    origin.put("/plain/file.bin", obj.clone());
+    origin.put("/other/file.bin", obj.clone());
+    let proxy = cluster::free_addr("127.0.0.38");
+    let upload = cluster::free_addr("127.0.0.38");
+    let mut cmd = cluster::shoal();
+    cmd.args(["daemon", "--workers", "1", "--rule", r"^http://127\.0\.0\.2:[0-9]+/plain/"])
+        .args(["--proxy-addr", &proxy.to_string(), "--upload-addr", &upload.to_string()])
+        .arg("--data-dir")
+        .arg(tmp.path().join("daemon"));
+    let d = cluster::Proc::spawn("daemon@127.0.0.38", cmd);
+    d.wait_for("daemon started", Duration::from_secs(20));
+    let url = origin.url("/plain/file.bin?token=a");
+    let first = curl(proxy, tmp.path(), &[&url]);
+    assert_eq!((first.status, first.header("x-shoal-source")), (200, Some("origin")), "{}", first.stderr);
+    assert!(first.body == obj[..]);
+    // The token is a filtered parameter: another token is the same task, served locally once complete.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut second = curl(proxy, tmp.path(), &[&origin.url("/plain/file.bin?token=b")]);
+    // Bounded by the deadline: completion (digest + sync) may lag the last byte.
+    while second.header("x-shoal-source") != Some("local") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        second = curl(proxy, tmp.path(), &[&origin.url("/plain/file.bin?token=b")]);
+    }
+    assert_eq!(second.header("x-shoal-source"), Some("local"));
+    assert!(second.body == obj[..]);
+    assert_eq!(origin.requests(), 1);
+    // Outside the rule: passed through.
+    let other = curl(proxy, tmp.path(), &[&origin.url("/other/file.bin")]);
+    assert_eq!((other.status, other.header("x-shoal-source")), (200, None));
+    assert_eq!(origin.requests(), 2);
+}
