@@ -38,6 +38,7 @@ cleanup() {
   sleep 0.5
   for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done
   for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do ip netns del "$ns" 2>/dev/null || true; done
+  if [ -n "${SHOAL_BENCH_KEEP_LOGS:-}" ]; then mkdir -p "$SHOAL_BENCH_KEEP_LOGS"; cp "$WORK"/*.log "$SHOAL_BENCH_KEEP_LOGS"/ 2>/dev/null || true; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
@@ -80,7 +81,7 @@ daemon() { # daemon NAME OCTET [--seed]
 daemon seed 4 --seed
 for i in $(seq 1 "$N"); do daemon "peer$i" $((10 + i)); done
 for _ in $(seq 1 100); do  # up to 10 s for every daemon to listen
-  ready=$(grep -l "daemon started" "$WORK"/*.log 2>/dev/null | wc -l)
+  ready=$({ grep -l "daemon started" "$WORK"/*.log 2>/dev/null || true; } | wc -l)
   [ "$ready" -ge $((N + 1)) ] && break
   sleep 0.1
 done
@@ -106,7 +107,7 @@ stats() { sort -n | awk '{a[NR]=$1} END {printf "%.1f / %.1f / %.1f", a[1], a[in
 size=$((SIZE_MIB << 20))
 t0=$(tx); P2P=$(all_peers bash -c 'p2p_get "$0"'); p2p_bytes=$(( $(tx) - t0 ))
 t0=$(tx); DIRECT=$(all_peers bash -c 'direct_get "$0"'); direct_bytes=$(( $(tx) - t0 ))
-ideal=$(echo "scale=1; $size * 8 / $(numfmt --from=si "${ORIGIN_RATE%bit}")" | bc)
+ideal=$(echo "scale=1; $size * 8 / $(numfmt --from=si "$(echo "${ORIGIN_RATE%bit}" | tr a-z A-Z)")" | bc)
 
 echo
 echo "| $N peers, ${SIZE_MIB} MiB, origin link $ORIGIN_RATE, peer links $PEER_RATE | origin bytes / size | per-peer seconds min / median / max |"

@@ -251,6 +251,8 @@ fn single_node_daemon_with_embedded_scheduler_serves_the_second_get_locally() {
     assert_eq!(cluster::metric(&text, "shoal_tasks_cached"), Some(1), "{text}");
     assert!(cluster::metric(&text, "shoal_storage_bytes").is_some_and(|b| b >= size), "{text}");
     assert!(text.contains("shoal_io_engine{engine="), "{text}");
+    assert_eq!(cluster::metric(&text, "shoal_bytes_served_total"), Some(2 * size), "one miss and one hit: {text}");
+    assert!(text.contains("shoal_proxy_responses_total{status=\"200\"} 2"), "{text}");
     assert_eq!(cluster::http_get(node.metrics, "/healthz").0, 200);
     assert_eq!(cluster::http_get(node.metrics, "/readyz").0, 200);
     // A wrong expected digest fails and leaves no file.

@@ -107,8 +107,17 @@ async fn run(engine: &Arc<Engine>, req: &FetchRequest, tx: &watch::Sender<Publis
             Decision::Parents(ps) if rounds <= engine.cfg.max_peer_rounds => {
                 engine.remember_parents(&ps);
                 let addrs: Vec<_> = ps.iter().take(engine.cfg.max_parents).map(|p| p.addr()).collect();
-                if from_peers(engine, req, &addrs, tx).await? {
-                    return finish(engine, req, Source::Peer, started).await;
+                match from_peers(engine, req, &addrs, tx).await? {
+                    PeerRound::Whole => return finish(engine, req, Source::Peer, started).await,
+                    // The parents have not started the task yet (a seed just triggered): that is waiting,
+                    // not a failed round.
+                    PeerRound::NotStarted if waited < engine.cfg.parent_wait => {
+                        rounds -= 1;
+                        let d = Duration::from_millis(50);
+                        tokio::time::sleep(d).await;
+                        waited += d;
+                    }
+                    PeerRound::NotStarted | PeerRound::Incomplete => {}
                 }
             }
             Decision::Wait { retry_after } if waited < engine.cfg.parent_wait => {
@@ -179,18 +188,25 @@ fn spawn_progress_reporter(engine: &Arc<Engine>, task: &Arc<Task>, b2s: bool) {
     });
 }
 
-/// Returns Ok(true) when the task is whole, Ok(false) when the parents could not finish it.
+enum PeerRound {
+    Whole,
+    /// No parent knows the task yet.
+    NotStarted,
+    /// The parents failed before the task was whole.
+    Incomplete,
+}
+
 async fn from_peers(
     engine: &Arc<Engine>,
     req: &FetchRequest,
     parents: &[std::net::SocketAddr],
     tx: &watch::Sender<Published>,
-) -> Result<bool, EngineError> {
+) -> Result<PeerRound, EngineError> {
     let task = match engine.store.get(&req.task_id) {
         Some(t) => t,
         None => {
             // The geometry (length, piece length) must be the parents'; the first one that answers tells.
-            let Some((len, pl)) = geometry(engine, req, parents).await else { return Ok(false) };
+            let Some((len, pl)) = geometry(engine, req, parents).await else { return Ok(PeerRound::NotStarted) };
             let spec = TaskSpec {
                 id: req.task_id,
                 url: req.display_url.clone(),
@@ -212,7 +228,7 @@ async fn from_peers(
             let _ = s.report_bad_parent(req.task_id, &host, &f.reason).await;
         }
     }
-    Ok(r.complete)
+    Ok(if r.complete { PeerRound::Whole } else { PeerRound::Incomplete })
 }
 
 async fn geometry(

@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use super::respond::{parse_range, RangeAsk};
 use super::rules::{Route, Rules};
 use crate::engine::Engine;
+use crate::metrics::{self, Metrics};
 
 /// What the fast path did with a connection.
 pub enum Outcome {
@@ -169,7 +170,10 @@ async fn send_paced(zc: &crate::storage::ZeroCopy, sock: &TcpStream, stall: Dura
         let n = SLICE.min(zc.len - off);
         let part = zc.slice(off, n).ok_or("range slice out of bounds")?;
         match tokio::time::timeout(stall, part.send_to(sock)).await {
-            Ok(Ok(_)) => off += n,
+            Ok(Ok(_)) => {
+                off += n;
+                Metrics::add(&metrics::global().bytes_served, n);
+            }
             Ok(Err(e)) => return Err(e.to_string()),
             Err(_) => return Err("client stopped reading".into()),
         }
@@ -242,6 +246,7 @@ fn decide(buf: &[u8], engine: &Arc<Engine>, rules: &Rules) -> Decision {
         RangeAsk::Unsatisfiable => return Decision::Hyper,
     };
     task.touch();
+    metrics::global().proxy_response(if offset == 0 && n == len { 200 } else { 206 });
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\n{content_range}\
          Accept-Ranges: bytes\r\nX-Shoal-Task-Id: {}\r\nX-Shoal-Source: local\r\n{}\r\n",

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body_util::StreamBody;
 use hyper::body::Frame;
 
+use crate::metrics::{self, Metrics};
 use crate::storage::{StorageError, Task};
 
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -38,6 +39,7 @@ pub fn task_body(
             }
             match next_piece(&c.task, c.next).await {
                 Ok(Some(b)) => {
+                    Metrics::add(&metrics::global().bytes_served, b.len() as u64);
                     let k = c.next;
                     c.next += 1;
                     let b = match c.window {

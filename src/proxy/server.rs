@@ -143,6 +143,14 @@ pub fn start(cores: &Cores, addr: SocketAddr, engine: Arc<Engine>, cfg: ProxyCon
 }
 
 async fn handle(front: Arc<Front>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let r = route(front, req).await;
+    if let Ok(resp) = &r {
+        crate::metrics::global().proxy_response(resp.status().as_u16());
+    }
+    r
+}
+
+async fn route(front: Arc<Front>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     if req.method() == Method::CONNECT {
         return Ok(front.forward.connect(req).await);
     }
