@@ -37,7 +37,11 @@ cleanup() {
   for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.5
   for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do ip netns del "$ns" 2>/dev/null || true; done
+  # Whatever still runs inside our namespaces (children of killed shells included) goes too.
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+  done
   if [ -n "${SHOAL_BENCH_KEEP_LOGS:-}" ]; then mkdir -p "$SHOAL_BENCH_KEEP_LOGS"; cp "$WORK"/*.log "$SHOAL_BENCH_KEEP_LOGS"/ 2>/dev/null || true; fi
   rm -rf "$WORK"
 }
@@ -58,6 +62,8 @@ host() { # host NAME OCTET RATE
   tc -n "$ns" qdisc add dev eth0 root tbf rate "$3" burst 256kb latency 50ms
 }
 in_ns() { local ns="$P-$1"; shift; ip netns exec "$ns" "$@"; }
+# Starts a long-running process in a namespace; $! is the process itself (ip execs it), so it can be killed.
+bg_ns() { local ns="$P-$1"; shift; ip netns exec "$ns" "$@" & PIDS+=($!); }
 
 host origin 2 "$ORIGIN_RATE"
 host sched 3 "$PEER_RATE"
@@ -71,12 +77,12 @@ OID=$(sha256sum "$WORK/obj" | cut -d' ' -f1)
 mv "$WORK/obj" "$WORK/origin/$OID"
 URL="http://$NET.2:8080/$OID"
 
-in_ns origin python3 -m http.server 8080 --bind "$NET.2" -d "$WORK/origin" >/dev/null 2>&1 & PIDS+=($!)
-in_ns sched "$BIN" scheduler --listen "$NET.3:8002" 2>"$WORK/sched.log" & PIDS+=($!)
+bg_ns origin python3 -m http.server 8080 --bind "$NET.2" -d "$WORK/origin" >/dev/null 2>&1
+bg_ns sched "$BIN" scheduler --listen "$NET.3:8002" 2>"$WORK/sched.log"
 daemon() { # daemon NAME OCTET [--seed]
-  in_ns "$1" "$BIN" daemon --data-dir "$WORK/$1" --workers 1 --scheduler "$NET.3:8002" \
+  bg_ns "$1" "$BIN" daemon --data-dir "$WORK/$1" --workers 1 --scheduler "$NET.3:8002" \
     --proxy-addr 127.0.0.1:65001 --upload-addr "$NET.$2:65002" --metrics-addr 127.0.0.1:65003 "${@:3}" \
-    2>"$WORK/$1.log" & PIDS+=($!)
+    2>"$WORK/$1.log" >/dev/null
 }
 daemon seed 4 --seed
 for i in $(seq 1 "$N"); do daemon "peer$i" $((10 + i)); done

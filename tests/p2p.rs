@@ -303,3 +303,28 @@ fn a_daemon_stopped_with_sigterm_leaves_its_scheduler() {
     d.proc.wait_for("storage closed cleanly", Duration::from_secs(20));
     sched.proc.wait_for("host left", Duration::from_secs(20));
 }
+
+#[test]
+fn peers_join_a_seed_that_is_still_downloading_from_a_slow_origin() {
+    let size = 32 * MIB;
+    let (obj, oid) = object(65, size);
+    let origin = Origin::start("127.0.0.2", FLAVOURS[1]);
+    // ~1.3 s for the object: peers wait for the seed for many scheduler rounds before its first pieces.
+    origin.set_frame_delay(Duration::from_millis(10));
+    let path = format!("/lfs/objects/{oid}");
+    origin.put(&path, obj);
+    let tmp = tempfile::tempdir().unwrap();
+    let sched = cluster::scheduler("127.0.0.3");
+    let _seed = cluster::daemon("127.0.0.4", &[sched.addr], true, &tmp.path().join("seed"));
+    let peers: Vec<Daemon> = (0..3)
+        .map(|i| {
+            cluster::daemon(&format!("127.0.0.{}", 90 + i), &[sched.addr], false, &tmp.path().join(format!("p{i}")))
+        })
+        .collect();
+    get_all(&peers, &origin.url(&path), &oid, tmp.path());
+    let ratio = origin.bytes_sent() as f64 / size as f64;
+    assert!(ratio <= 1.05, "peers went to the origin instead of the seed: {ratio:.2}× the object");
+    for p in &peers {
+        assert!(p.proc.count("source=\"peer\"") == 1, "{} did not get the task from a peer", p.proc.name);
+    }
+}

@@ -75,11 +75,11 @@ pub(super) async fn conduct(engine: Arc<Engine>, req: FetchRequest, tx: watch::S
 async fn run(engine: &Arc<Engine>, req: &FetchRequest, tx: &watch::Sender<Published>) -> Result<(), EngineError> {
     let started = Instant::now();
     let mut waited = Duration::ZERO;
+    // Peer rounds that ended without the whole task; waiting for a seed does not count.
     let mut rounds = 0;
     // Bounded: each round either finishes, goes to the origin, or waits within `parent_wait`, and peer
     // rounds are capped.
     loop {
-        rounds += 1;
         let decision = match &engine.scheduler {
             None => Decision::BackToSource,
             Some(s) => {
@@ -103,8 +103,9 @@ async fn run(engine: &Arc<Engine>, req: &FetchRequest, tx: &watch::Sender<Publis
                 }
             }
         };
+        tracing::debug!(task = %req.task_id, ?decision, rounds, waited_ms = waited.as_millis() as u64, "scheduler decision");
         match decision {
-            Decision::Parents(ps) if rounds <= engine.cfg.max_peer_rounds => {
+            Decision::Parents(ps) if rounds < engine.cfg.max_peer_rounds => {
                 engine.remember_parents(&ps);
                 let addrs: Vec<_> = ps.iter().take(engine.cfg.max_parents).map(|p| p.addr()).collect();
                 match from_peers(engine, req, &addrs, tx).await? {
@@ -112,12 +113,11 @@ async fn run(engine: &Arc<Engine>, req: &FetchRequest, tx: &watch::Sender<Publis
                     // The parents have not started the task yet (a seed just triggered): that is waiting,
                     // not a failed round.
                     PeerRound::NotStarted if waited < engine.cfg.parent_wait => {
-                        rounds -= 1;
                         let d = Duration::from_millis(50);
                         tokio::time::sleep(d).await;
                         waited += d;
                     }
-                    PeerRound::NotStarted | PeerRound::Incomplete => {}
+                    PeerRound::NotStarted | PeerRound::Incomplete => rounds += 1,
                 }
             }
             Decision::Wait { retry_after } if waited < engine.cfg.parent_wait => {
