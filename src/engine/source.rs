@@ -22,7 +22,22 @@ use super::error::EngineError;
 use crate::metrics::{self, Metrics};
 use crate::storage::{Task, TaskState};
 
-type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+pub type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The connector every outbound HTTP(S) client of the daemon uses (origins, pass-through): TCP with a
+/// connect timeout and no Nagle, TLS through rustls verifying against the system's roots (or `SSL_CERT_FILE`).
+pub fn https_connector(connect_timeout: Duration) -> Result<Https, std::io::Error> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(provider)?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
 
 /// Request headers that describe the client's connection, not the object: never forwarded to an origin.
 const HOP_BY_HOP: &[&str] = &[
@@ -68,17 +83,8 @@ impl OriginResponse {
 impl OriginClient {
     /// `connect_timeout` bounds TCP connect; TLS verifies against the system's roots (or `SSL_CERT_FILE`).
     pub fn new(connect_timeout: Duration) -> Result<OriginClient, EngineError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_nodelay(true);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider)
-            .map_err(|e| EngineError::OriginConnect(format!("TLS roots: {e}")))?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let https =
+            https_connector(connect_timeout).map_err(|e| EngineError::OriginConnect(format!("TLS roots: {e}")))?;
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
         Ok(OriginClient { client })
     }

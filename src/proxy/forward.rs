@@ -4,7 +4,6 @@
 //! directions, and CONNECT tunnels (no interception: the proxy never sees inside TLS). Bodies stream both
 //! ways; nothing is buffered whole. Never: caches anything or touches the engine.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,14 +11,12 @@ use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::respond::BodyError;
 use super::server::{text, Body};
-
-type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+use crate::engine::source::Https;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the proxy's own.
 const HOP_BY_HOP: &[&str] = &[
@@ -51,17 +48,8 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(connect_timeout: Duration, head_timeout: Duration) -> Result<Forwarder, ForwardError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_nodelay(true);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider)
-            .map_err(|e| ForwardError::Tls(e.to_string()))?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let https =
+            crate::engine::source::https_connector(connect_timeout).map_err(|e| ForwardError::Tls(e.to_string()))?;
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
         Ok(Forwarder { client, connect_timeout, head_timeout })
     }
