@@ -143,7 +143,8 @@ impl OriginClient {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources joined with ": ", the way logs and one-line client replies show them.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     // Bounded by the error chain's length.

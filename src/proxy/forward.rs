@@ -135,15 +135,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 fn one_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    // Bounded by the error chain's length.
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s.lines().next().unwrap_or("").chars().take(300).collect()
+    crate::engine::source::error_chain(e).lines().next().unwrap_or("").chars().take(300).collect()
 }
 
 #[cfg(test)]
