@@ -154,22 +154,27 @@ fn scheduler_down_peers_fall_back_to_the_origin() {
     assert!(origin.bytes_sent() >= obj.len() as u64);
 }
 
-#[test]
-fn a_parent_killed_mid_download_does_not_stop_the_others() {
+/// A seed that dies (`SIGKILL`) or freezes (`SIGSTOP`: its sockets stay open, nothing moves) while three
+/// peers are taking pieces from it and from each other: every peer still finishes with the right bytes.
+/// The frozen case is the hard one: the peers hold each other's first pieces and wait on each other until
+/// their round stalls and the scheduler sends one of them to the origin.
+fn seed_lost_mid_download(signal: i32, seed_ip: &str, peer_base: u8) {
     let size = 64 * MIB;
-    let (obj, oid) = object(62, size);
+    let (obj, oid) = object(62 + u64::from(peer_base), size);
     let origin = Origin::start("127.0.0.2", Flavour { ranges: false, content_length: true });
-    // ~2.5 s for the whole object: slow enough to kill the seed while pieces are flowing.
+    // ~2.5 s for the whole object: slow enough to lose the seed while pieces are flowing.
     origin.set_frame_delay(Duration::from_millis(10));
     let path = format!("/lfs/objects/{oid}");
     origin.put(&path, obj.clone());
     let tmp = tempfile::tempdir().unwrap();
     let sched = cluster::scheduler("127.0.0.3");
-    let mut seed = cluster::daemon("127.0.0.4", &[sched.addr], true, &tmp.path().join("seed"));
+    let seed = cluster::daemon(seed_ip, &[sched.addr], true, &tmp.path().join("seed"));
+    let yaml = "engine:\n  parent_stall: 2s\n";
     let peers: Arc<Vec<Daemon>> = Arc::new(
         (0..3)
             .map(|i| {
-                cluster::daemon(&format!("127.0.0.{}", 40 + i), &[sched.addr], false, &tmp.path().join(format!("p{i}")))
+                let ip = format!("127.0.0.{}", peer_base + i);
+                cluster::daemon_with(&ip, &[sched.addr], false, &tmp.path().join(format!("p{i}")), yaml)
             })
             .collect(),
     );
@@ -179,9 +184,20 @@ fn a_parent_killed_mid_download_does_not_stop_the_others() {
     let runner = std::thread::spawn(move || get_all(&p2, &url, &o2, &dir));
     // The origin needs ~2.5 s: at 1 s the seed is mid-download and peers are taking pieces from it.
     std::thread::sleep(Duration::from_millis(1000));
-    seed.proc.kill();
+    seed.proc.signal(signal);
     let times = runner.join().expect("every peer finishes with the right bytes");
-    eprintln!("after the seed died: {}", stats(times));
+    eprintln!("after the seed was lost (signal {signal}): {}", stats(times));
+    drop(seed);
+}
+
+#[test]
+fn a_parent_killed_mid_download_does_not_stop_the_others() {
+    seed_lost_mid_download(libc::SIGKILL, "127.0.0.4", 40);
+}
+
+#[test]
+fn a_parent_frozen_mid_download_does_not_stop_the_others() {
+    seed_lost_mid_download(libc::SIGSTOP, "127.0.0.6", 44);
 }
 
 #[test]

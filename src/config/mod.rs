@@ -90,6 +90,8 @@ pub struct EngineTunables {
     #[serde(deserialize_with = "duration")]
     pub parent_wait: Duration,
     #[serde(deserialize_with = "duration")]
+    pub parent_stall: Duration,
+    #[serde(deserialize_with = "duration")]
     pub scheduler_timeout: Duration,
 }
 
@@ -142,6 +144,7 @@ impl Default for EngineTunables {
             max_parents: e.max_parents,
             origin_in_flight: e.origin_in_flight,
             parent_wait: e.parent_wait,
+            parent_stall: e.parent_stall,
             scheduler_timeout: e.scheduler_timeout,
         }
     }
@@ -217,6 +220,9 @@ impl Config {
                 return Err(bad(k, "must be between 1 and 1024"));
             }
         }
+        if e.parent_stall < Duration::from_millis(100) {
+            return Err(bad("engine.parent_stall", "must be at least 100ms"));
+        }
         if self.upload.rate == Some(0) {
             return Err(bad("upload.rate", "must be positive (null for no limit)"));
         }
@@ -230,6 +236,7 @@ impl Config {
             max_parents: self.engine.max_parents,
             origin_in_flight: self.engine.origin_in_flight,
             parent_wait: self.engine.parent_wait,
+            parent_stall: self.engine.parent_stall,
             scheduler_timeout: self.engine.scheduler_timeout,
             ..Default::default()
         }

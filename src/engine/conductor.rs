@@ -219,8 +219,15 @@ async fn from_peers(
     };
     publish(tx, &task, Source::Peer, None);
     spawn_progress_reporter(engine, &task, false);
-    let r = pieces::download(&engine.pool, &task, parents, engine.cfg.pieces_per_parent).await;
-    tracing::debug!(task = %req.task_id, bytes = r.bytes, parents = parents.len(), complete = r.complete, "peer round");
+    let r = pieces::download(&engine.pool, &task, parents, engine.cfg.pieces_per_parent, engine.cfg.parent_stall).await;
+    tracing::debug!(
+        task = %req.task_id,
+        bytes = r.bytes,
+        parents = parents.len(),
+        complete = r.complete,
+        stalled = r.stalled,
+        "peer round"
+    );
     for f in &r.failures {
         tracing::warn!(task = %req.task_id, parent = %f.parent, reason = %f.reason, "parent dropped");
         if let Some(s) = &engine.scheduler {

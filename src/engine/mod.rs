@@ -38,6 +38,9 @@ pub struct EngineConfig {
     /// How long a peer waits for a seed (or another back-to-source peer) to get its first pieces before
     /// going to the origin itself.
     pub parent_wait: Duration,
+    /// A peer round in which no parent announces or delivers a new piece for this long ends, and the
+    /// scheduler is asked again (the parents may be waiting on a source that died).
+    pub parent_stall: Duration,
     /// Bound on every scheduler call; past it the peer goes to the origin.
     pub scheduler_timeout: Duration,
     /// Rounds of "parents failed, ask again" before going to the origin.
@@ -54,6 +57,7 @@ impl Default for EngineConfig {
             max_parents: 4,
             origin_in_flight: 4,
             parent_wait: Duration::from_secs(10),
+            parent_stall: Duration::from_secs(10),
             scheduler_timeout: Duration::from_secs(3),
             max_peer_rounds: 3,
             progress_interval: Duration::from_millis(50),

@@ -5,12 +5,19 @@
 //! streaming the task gets pieces in order while every parent stays busy. A piece that fails goes back to
 //! the pool for another parent; a parent that fails (dead, stalled, wrong crc) is dropped for this task
 //! and reported, and the download fails only when no parent is left with pieces still missing.
+//!
+//! Parents may themselves be waiting on a source that died (peers that were all taking pieces from a
+//! killed seed wait on each other forever), so a round in which no parent announces or delivers a new
+//! piece for `stall` ends, and the conductor asks the scheduler again.
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::metrics::{self, Metrics};
 use crate::storage::Task;
@@ -29,6 +36,8 @@ struct Shared {
     /// What each parent has said it holds.
     have: Vec<HashSet<u32>>,
     failures: Vec<ParentFailure>,
+    /// Last time any parent announced or delivered a piece we did not have.
+    progressed: tokio::time::Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -38,19 +47,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Outcome of a multi-parent download.
 pub struct PeerDownload {
     pub complete: bool,
+    /// Ended because no parent made progress for the stall bound.
+    pub stalled: bool,
     pub bytes: u64,
     pub failures: Vec<ParentFailure>,
 }
 
 /// Fetches every missing piece of `task` from `parents` (whose geometry the task already has). Returns
 /// when the task holds every piece, or when every parent has failed.
-pub async fn download(pool: &Arc<Pool>, task: &Arc<Task>, parents: &[SocketAddr], per_parent: usize) -> PeerDownload {
+pub async fn download(
+    pool: &Arc<Pool>,
+    task: &Arc<Task>,
+    parents: &[SocketAddr],
+    per_parent: usize,
+    stall: Duration,
+) -> PeerDownload {
     let missing: BTreeSet<u32> = match task.piece_count() {
         Some(n) => (0..n).filter(|&k| !task.has_piece(k)).collect(),
         None => BTreeSet::new(),
     };
-    let shared =
-        Arc::new(Mutex::new(Shared { free: missing, have: vec![HashSet::new(); parents.len()], failures: Vec::new() }));
+    let shared = Arc::new(Mutex::new(Shared {
+        free: missing,
+        have: vec![HashSet::new(); parents.len()],
+        failures: Vec::new(),
+        progressed: Instant::now(),
+    }));
     let wake = Arc::new(Notify::new());
     let mut set = tokio::task::JoinSet::new();
     for (i, &p) in parents.iter().enumerate() {
@@ -71,15 +92,33 @@ pub async fn download(pool: &Arc<Pool>, task: &Arc<Task>, parents: &[SocketAddr]
         });
     }
     let mut bytes = 0;
-    // Ends when every parent loop has returned: each returns when the task is whole or the parent failed.
-    while let Some(r) = set.join_next().await {
-        bytes += r.unwrap_or(0);
-        if is_whole(task) {
-            set.abort_all();
+    let mut stalled = false;
+    // Ends when every parent loop has returned (each returns when the task is whole or the parent failed),
+    // or when no parent has progressed for `stall`.
+    loop {
+        let deadline = lock(&shared).progressed + stall;
+        tokio::select! {
+            r = set.join_next() => match r {
+                Some(r) => {
+                    bytes += r.unwrap_or(0);
+                    if is_whole(task) {
+                        set.abort_all();
+                    }
+                }
+                None => break,
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                if lock(&shared).progressed + stall <= Instant::now() {
+                    stalled = true;
+                    set.abort_all();
+                    while set.join_next().await.is_some() {}
+                    break;
+                }
+            }
         }
     }
     let failures = std::mem::take(&mut lock(&shared).failures);
-    PeerDownload { complete: is_whole(task), bytes, failures }
+    PeerDownload { complete: is_whole(task), stalled, bytes, failures }
 }
 
 fn is_whole(task: &Task) -> bool {
@@ -124,6 +163,7 @@ async fn parent_loop(
         tokio::select! {
             ev = sub.next(), if sub_open => match ev? {
                 Some(SubEvent::Snapshot { content_length, pieces, .. }) => {
+                    note_new(shared, task, &pieces);
                     if let (Some(len), None) = (content_length, task.content_length()) {
                         task.set_content_length(len).map_err(TransferError::Storage)?;
                         let mut s = lock(shared);
@@ -134,7 +174,10 @@ async fn parent_loop(
                     }
                     lock(shared).have[me].extend(pieces);
                 }
-                Some(SubEvent::Have(pieces)) => lock(shared).have[me].extend(pieces),
+                Some(SubEvent::Have(pieces)) => {
+                    note_new(shared, task, &pieces);
+                    lock(shared).have[me].extend(pieces);
+                }
                 Some(SubEvent::Ended { .. }) | None => sub_open = false,
             },
             done = running.join_next(), if !running.is_empty() => {
@@ -143,6 +186,7 @@ async fn parent_loop(
                         Ok(()) => {
                             let n = task.piece_range(k).map_or(0, |(_, l)| l as u64);
                             bytes += n;
+                            lock(shared).progressed = Instant::now();
                             let m = metrics::global();
                             Metrics::add(&m.bytes_from_peers, n);
                             m.piece_downloaded(took);
@@ -161,6 +205,13 @@ async fn parent_loop(
             }
             _ = notified => {}
         }
+    }
+}
+
+/// Records progress when a parent announces a piece the task still lacks.
+fn note_new(shared: &Mutex<Shared>, task: &Task, pieces: &[u32]) {
+    if pieces.iter().any(|&k| !task.has_piece(k)) {
+        lock(shared).progressed = Instant::now();
     }
 }
 

@@ -107,6 +107,11 @@ pub struct Daemon {
 }
 
 pub fn daemon(ip: &str, schedulers: &[SocketAddr], seed: bool, data_dir: &Path) -> Daemon {
+    daemon_with(ip, schedulers, seed, data_dir, "")
+}
+
+/// A daemon whose config file holds `yaml` (flags still set the addresses).
+pub fn daemon_with(ip: &str, schedulers: &[SocketAddr], seed: bool, data_dir: &Path, yaml: &str) -> Daemon {
     let proxy = free_addr(ip);
     let upload = free_addr(ip);
     let metrics = free_addr(ip);
@@ -115,6 +120,12 @@ pub fn daemon(ip: &str, schedulers: &[SocketAddr], seed: bool, data_dir: &Path) 
         .args(["--metrics-addr", &metrics.to_string()])
         .arg("--data-dir")
         .arg(data_dir);
+    if !yaml.is_empty() {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let file = data_dir.join("shoal.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        cmd.arg("--config").arg(file);
+    }
     if !schedulers.is_empty() {
         let list: Vec<String> = schedulers.iter().map(|a| a.to_string()).collect();
         cmd.args(["--scheduler", &list.join(",")]);
