@@ -32,7 +32,20 @@ pub struct DaemonConfig {
     pub upload_rate: Option<u64>,
     pub engine: EngineConfig,
     pub proxy: crate::proxy::server::ProxyConfig,
+    /// How long in-flight proxy responses may run after SIGTERM before they are cut.
+    pub drain_timeout: Duration,
 }
+
+/// What SIGHUP may change without a restart.
+#[derive(Clone, Debug)]
+pub struct Reload {
+    pub rules: crate::proxy::rules::Rules,
+    pub upload_rate: Option<u64>,
+    pub gc: crate::storage::GcLimits,
+}
+
+/// Re-reads the configuration; an error leaves everything as it was.
+pub type Reloader = Box<dyn Fn() -> Result<Reload, String> + Send>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -65,8 +78,9 @@ pub fn default_data_dir() -> PathBuf {
     }
 }
 
-/// Runs until SIGINT or SIGTERM, then closes the store cleanly.
-pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
+/// Runs until SIGINT or SIGTERM, then drains and closes the store cleanly. SIGHUP calls `reload` (if any)
+/// and applies what it returns.
+pub fn run(cfg: DaemonConfig, reload: Option<Reloader>) -> Result<(), DaemonError> {
     // Handlers first: a SIGTERM that arrives during start-up must still mean "stop cleanly", not death.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut signals = rt.block_on(async { Signals::install() })?;
@@ -104,7 +118,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let sched = SchedulerClient::new(scheduler_addrs.clone(), host.clone());
     let pool = Pool::new(ClientConfig { bind_ip: cfg.advertise_ip.or(Some(ip)), ..ClientConfig::default() });
     let engine = Engine::new(store.clone(), pool, Some(sched.clone()), cfg.engine.clone())?;
-    let proxy_addr = crate::proxy::server::start(&cores, cfg.proxy_addr, engine.clone(), cfg.proxy.clone())?;
+    let proxy = crate::proxy::server::start(&cores, cfg.proxy_addr, engine.clone(), cfg.proxy.clone())?;
 
     if cfg.seed {
         if let Some(mut triggers) = sched.seed_triggers() {
@@ -168,7 +182,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         data_dir = %store.data_dir().display(),
         io_engine = store.engine().name(),
         cores = cores.len(),
-        proxy = %proxy_addr,
+        proxy = %proxy.addr(),
         upload = %upload_addr,
         metrics = %metrics_addr,
         schedulers = ?scheduler_addrs,
@@ -188,10 +202,34 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         }
     });
     drop(_core0);
-    rt.block_on(signals.wait());
-    tracing::info!("shutting down");
+    // One turn per SIGHUP; ends at SIGTERM/SIGINT.
+    while let Sig::Reload = rt.block_on(signals.wait()) {
+        match reload.as_ref().map(|f| f()) {
+            None => tracing::info!("SIGHUP: no configuration file to re-read"),
+            Some(Err(e)) => tracing::warn!(error = %e, "SIGHUP: configuration not reloaded; the old one stays"),
+            Some(Ok(r)) => match store.set_gc_limits(r.gc) {
+                Err(e) => tracing::warn!(error = %e, "SIGHUP: configuration not reloaded; the old one stays"),
+                Ok(()) => {
+                    proxy.set_rules(r.rules.clone());
+                    upload.set_upload_rate(r.upload_rate);
+                    tracing::info!(
+                        rules = r.rules.rules().len(),
+                        upload_rate = ?r.upload_rate,
+                        quota = ?r.gc.quota_bytes,
+                        ttl = ?r.gc.ttl,
+                        "SIGHUP: rules and limits reloaded"
+                    );
+                }
+            },
+        }
+    }
+    tracing::info!(connections = proxy.connections(), bound = ?cfg.drain_timeout, "shutting down: draining the proxy");
+    let cut = rt.block_on(proxy.drain(cfg.drain_timeout));
+    if cut > 0 {
+        tracing::warn!(connections = cut, "proxy connections still busy at the drain bound are closed");
+    }
     upload.shutdown();
-    // Leave the schedulers first, so nobody is sent to this node as a parent while it goes away.
+    // Leave the schedulers before the runtimes stop, so nobody is sent to this node as a parent.
     let leave = cores.spawn_on(0, async move { sched.shutdown().await });
     let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), leave).await });
     cores.shutdown();
@@ -242,18 +280,29 @@ impl Probe for DaemonProbe {
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+enum Sig {
+    Stop,
+    Reload,
 }
 
 impl Signals {
     fn install() -> std::io::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
 
-    async fn wait(&mut self) {
+    async fn wait(&mut self) -> Sig {
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+            _ = self.term.recv() => Sig::Stop,
+            _ = self.int.recv() => Sig::Stop,
+            _ = self.hup.recv() => Sig::Reload,
         }
     }
 }

@@ -31,8 +31,7 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
 
 fn daemon_cmd(a: &shoal::cli::DaemonArgs) -> anyhow::Result<()> {
     let c = a.merge(load_config(a.config.as_deref())?);
-    let rules = a.rules.iter().map(|r| shoal::proxy::rules::Rule::new(r)).collect::<Result<Vec<_>, _>>()?;
-    let rules = shoal::proxy::rules::Rules::with_defaults(rules);
+    let rules = c.proxy_rules().map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?;
     let mut store = StoreConfig::new(c.data_dir.clone().unwrap_or_else(daemon::default_data_dir));
     store.io_engine = c.storage.io_engine;
     store.quota_bytes = c.storage.quota;
@@ -53,12 +52,54 @@ fn daemon_cmd(a: &shoal::cli::DaemonArgs) -> anyhow::Result<()> {
         engine: c.engine_config(),
         proxy: shoal::proxy::server::ProxyConfig {
             rules,
-            zero_copy: a.proxy_zero_copy,
-            header_read_timeout: a.proxy_client_timeout,
+            zero_copy: c.proxy.zero_copy,
+            header_read_timeout: c.proxy.client_timeout,
             ..Default::default()
         },
+        drain_timeout: c.proxy.drain_timeout,
     };
-    daemon::run(cfg).map_err(Into::into)
+    let reload = a.config.clone().map(|path| {
+        let (args, running) = (a.clone(), c.clone());
+        Box::new(move || reload(&args, &path, &running)) as daemon::Reloader
+    });
+    daemon::run(cfg, reload).map_err(Into::into)
+}
+
+/// SIGHUP: the file again, with the same flags on top. Only rules and limits change; other keys are
+/// reported as needing a restart.
+fn reload(a: &shoal::cli::DaemonArgs, path: &std::path::Path, running: &Config) -> Result<daemon::Reload, String> {
+    let c = a.merge(Config::load(path).map_err(|e| e.to_string())?);
+    let rules = c.proxy_rules().map_err(|(key, why)| format!("{key}: {why}"))?;
+    let restart: Vec<&str> = [
+        ("data_dir", c.data_dir != running.data_dir),
+        ("workers", c.workers != running.workers),
+        ("seed", c.seed != running.seed),
+        ("advertise_ip", c.advertise_ip != running.advertise_ip),
+        ("proxy.addr", c.proxy.addr != running.proxy.addr),
+        ("proxy.client_timeout", c.proxy.client_timeout != running.proxy.client_timeout),
+        ("proxy.zero_copy", c.proxy.zero_copy != running.proxy.zero_copy),
+        ("upload.addr", c.upload.addr != running.upload.addr),
+        ("metrics", c.metrics != running.metrics),
+        ("scheduler", c.scheduler != running.scheduler),
+        ("storage.io_engine", c.storage.io_engine != running.storage.io_engine),
+        ("engine", c.engine != running.engine),
+    ]
+    .into_iter()
+    .filter_map(|(k, changed)| changed.then_some(k))
+    .collect();
+    if !restart.is_empty() {
+        tracing::warn!(keys = ?restart, "SIGHUP: these changes take effect at the next start");
+    }
+    Ok(daemon::Reload {
+        rules,
+        upload_rate: c.upload.rate,
+        gc: shoal::storage::GcLimits {
+            quota_bytes: c.storage.quota,
+            high_watermark: c.storage.high_watermark,
+            low_watermark: c.storage.low_watermark,
+            ttl: (!c.storage.ttl.is_zero()).then_some(c.storage.ttl),
+        },
+    })
 }
 
 fn scheduler_cmd(a: &shoal::cli::SchedulerArgs) -> anyhow::Result<()> {

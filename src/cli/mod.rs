@@ -20,6 +20,17 @@ impl DaemonArgs {
             c.data_dir = Some(d.clone());
         }
         c.proxy.addr = self.proxy_addr.unwrap_or(c.proxy.addr);
+        // Flag rules go first: the command line is the most specific say.
+        let flagged = self.rules.iter().map(|r| crate::config::RuleConfig {
+            regex: r.clone(),
+            filtered_query_params: None,
+            use_tls: false,
+            content_digest: crate::config::DigestChoice::Auto,
+        });
+        c.proxy.rules = flagged.chain(c.proxy.rules).collect();
+        c.proxy.client_timeout = self.proxy_client_timeout.unwrap_or(c.proxy.client_timeout);
+        c.proxy.zero_copy = self.proxy_zero_copy.unwrap_or(c.proxy.zero_copy);
+        c.proxy.drain_timeout = self.drain_timeout.unwrap_or(c.proxy.drain_timeout);
         c.upload.addr = self.upload_addr.unwrap_or(c.upload.addr);
         c.metrics.addr = self.metrics_addr.unwrap_or(c.metrics.addr);
         if !self.scheduler.is_empty() {
@@ -86,17 +97,20 @@ pub struct DaemonArgs {
     /// Prometheus metrics and health endpoints [default: 127.0.0.1:65003].
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
-    /// A URL regex (matched without the query) whose GETs go P2P, tried before the built-in digest rules;
-    /// repeatable (example: `--rule '^https?://cdn\.example\.com/'`).
+    /// A URL regex (matched without the query) whose GETs go P2P, tried before the config file's rules and
+    /// the built-in digest rules; repeatable (example: `--rule '^https?://cdn\.example\.com/'`).
     #[arg(long = "rule")]
     pub rules: Vec<String>,
     /// Proxy clients: a request head must arrive within this, idle keep-alive connections close after it,
-    /// and a client that accepts no response bytes for this long is disconnected.
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
-    pub proxy_client_timeout: Duration,
-    /// Send complete local hits with sendfile (false: stream them through hyper like misses).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub proxy_zero_copy: bool,
+    /// and a client that accepts no response bytes for this long is disconnected [default: 30s].
+    #[arg(long, value_parser = parse_duration)]
+    pub proxy_client_timeout: Option<Duration>,
+    /// Send complete local hits with sendfile (false: stream them through hyper like misses) [default: true].
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub proxy_zero_copy: Option<bool>,
+    /// On SIGTERM, how long responses in flight may finish before they are closed [default: 20s].
+    #[arg(long, value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
     /// Scheduler addresses, comma separated; none means an embedded scheduler (single-node mode).
     #[arg(long, value_delimiter = ',')]
     pub scheduler: Vec<String>,

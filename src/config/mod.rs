@@ -43,6 +43,39 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     pub addr: SocketAddr,
+    /// Tried in order before the built-in rules; the first match decides.
+    pub rules: Vec<RuleConfig>,
+    /// Whether the built-in content-digest rules (Git LFS oids, OCI blobs) follow `rules`.
+    pub default_rules: bool,
+    /// Query parameters left out of task IDs by the built-in rules and by rules without their own list;
+    /// `None`: the built-in list.
+    pub filtered_query_params: Option<Vec<String>>,
+    #[serde(deserialize_with = "duration")]
+    pub client_timeout: Duration,
+    pub zero_copy: bool,
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+/// One proxy rule as written in the file (see the module doc of `proxy::rules`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub regex: String,
+    #[serde(default)]
+    pub filtered_query_params: Option<Vec<String>>,
+    #[serde(default)]
+    pub use_tls: bool,
+    #[serde(default)]
+    pub content_digest: DigestChoice,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DigestChoice {
+    #[default]
+    Auto,
+    Off,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -101,7 +134,15 @@ fn addr(s: &str) -> SocketAddr {
 
 impl Default for ProxyConfig {
     fn default() -> Self {
-        ProxyConfig { addr: addr("127.0.0.1:65001") }
+        ProxyConfig {
+            addr: addr("127.0.0.1:65001"),
+            rules: Vec::new(),
+            default_rules: true,
+            filtered_query_params: None,
+            client_timeout: Duration::from_secs(30),
+            zero_copy: true,
+            drain_timeout: Duration::from_secs(20),
+        }
     }
 }
 
@@ -220,6 +261,10 @@ impl Config {
                 return Err(bad(k, "must be between 1 and 1024"));
             }
         }
+        self.proxy_rules().map_err(|(k, why)| bad(&k, &why))?;
+        if self.proxy.client_timeout < Duration::from_millis(100) {
+            return Err(bad("proxy.client_timeout", "must be at least 100ms"));
+        }
         if e.parent_stall < Duration::from_millis(100) {
             return Err(bad("engine.parent_stall", "must be at least 100ms"));
         }
@@ -227,6 +272,32 @@ impl Config {
             return Err(bad("upload.rate", "must be positive (null for no limit)"));
         }
         Ok(())
+    }
+
+    /// The proxy's rule set: `proxy.rules` in order, then the built-in ones unless turned off. An error
+    /// names the key and the reason.
+    pub fn proxy_rules(&self) -> Result<crate::proxy::rules::Rules, (String, String)> {
+        use crate::proxy::rules::{ContentDigest, Rule, Rules, DEFAULT_FILTERED_PARAMS};
+        let p = &self.proxy;
+        let filtered: Vec<String> = match &p.filtered_query_params {
+            Some(f) => f.clone(),
+            None => DEFAULT_FILTERED_PARAMS.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let mut rules = Vec::with_capacity(p.rules.len() + 2);
+        for (i, rc) in p.rules.iter().enumerate() {
+            let mut r = Rule::new(&rc.regex).map_err(|e| (format!("proxy.rules[{i}].regex"), e.to_string()))?;
+            r.filtered_query_params = rc.filtered_query_params.clone().unwrap_or_else(|| filtered.clone());
+            r.use_tls = rc.use_tls;
+            r.content_digest = match rc.content_digest {
+                DigestChoice::Auto => ContentDigest::Auto,
+                DigestChoice::Off => ContentDigest::Off,
+            };
+            rules.push(r);
+        }
+        if p.default_rules {
+            rules.extend(Rules::builtin(&filtered));
+        }
+        Ok(Rules::new(rules))
     }
 
     /// The engine's tunables with these values.

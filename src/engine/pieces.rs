@@ -102,6 +102,14 @@ pub async fn download(
                 Some(r) => {
                     bytes += r.unwrap_or(0);
                     if is_whole(task) {
+                        // The other parents' loops see it at their next wake-up and report their last bytes;
+                        // one that does not within a second is cut.
+                        let rest = async {
+                            while let Some(r) = set.join_next().await {
+                                bytes += r.unwrap_or(0);
+                            }
+                        };
+                        let _ = tokio::time::timeout(Duration::from_secs(1), rest).await;
                         set.abort_all();
                     }
                 }
@@ -154,6 +162,12 @@ async fn parent_loop(
             });
         }
         if is_whole(task) {
+            // Fetches that stored the last pieces may not have reported yet: their bytes count too.
+            while let Some(done) = running.join_next().await {
+                if let Ok(d) = done {
+                    bytes += settle(shared, wake, task, me, d).unwrap_or(0);
+                }
+            }
             return Ok(bytes);
         }
         if running.is_empty() && !sub_open {
@@ -181,29 +195,46 @@ async fn parent_loop(
                 Some(SubEvent::Ended { .. }) | None => sub_open = false,
             },
             done = running.join_next(), if !running.is_empty() => {
-                if let Some(Ok((k, r, took))) = done {
-                    match r {
-                        Ok(()) => {
-                            let n = task.piece_range(k).map_or(0, |(_, l)| l as u64);
-                            bytes += n;
-                            lock(shared).progressed = Instant::now();
-                            let m = metrics::global();
-                            Metrics::add(&m.bytes_from_peers, n);
-                            m.piece_downloaded(took);
-                        }
-                        Err(e) => {
-                            lock(shared).free.insert(k);
-                            wake.notify_waiters();
-                            if e.is_connection_error() || matches!(e, TransferError::CrcMismatch { .. } | TransferError::ParentBad { .. }) {
-                                return Err(e);
-                            }
-                            // The parent refused this piece (not there yet, busy): drop it from what it has.
-                            lock(shared).have[me].remove(&k);
-                        }
-                    }
+                if let Some(Ok(d)) = done {
+                    bytes += settle(shared, wake, task, me, d)?;
                 }
             }
             _ = notified => {}
+        }
+    }
+}
+
+type Fetched = (u32, Result<(), TransferError>, std::time::Duration);
+
+/// Accounts for one finished fetch: its bytes, or the piece back in the pool. An error that condemns the
+/// parent is returned.
+fn settle(
+    shared: &Mutex<Shared>,
+    wake: &Notify,
+    task: &Task,
+    me: usize,
+    (k, r, took): Fetched,
+) -> Result<u64, TransferError> {
+    match r {
+        Ok(()) => {
+            let n = task.piece_range(k).map_or(0, |(_, l)| l as u64);
+            lock(shared).progressed = Instant::now();
+            let m = metrics::global();
+            Metrics::add(&m.bytes_from_peers, n);
+            m.piece_downloaded(took);
+            Ok(n)
+        }
+        Err(e) => {
+            lock(shared).free.insert(k);
+            wake.notify_waiters();
+            if e.is_connection_error()
+                || matches!(e, TransferError::CrcMismatch { .. } | TransferError::ParentBad { .. })
+            {
+                return Err(e);
+            }
+            // The parent refused this piece (not there yet, busy): drop it from what it has.
+            lock(shared).have[me].remove(&k);
+            Ok(0)
         }
     }
 }

@@ -18,6 +18,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::lifecycle::LiveRules;
 use super::respond::{parse_range, RangeAsk};
 use super::rules::{Route, Rules};
 use crate::engine::Engine;
@@ -113,18 +114,20 @@ struct Answer {
 
 /// Serves complete local hits on `sock` until a request needs hyper, the client leaves, or it is idle for
 /// `idle` (which also bounds reading one head). Heads larger than `max_head` go to hyper (which answers 431).
+/// Once `stop` turns true (a drain), the connection closes after its current response.
 pub async fn serve(
     mut sock: TcpStream,
     engine: &Arc<Engine>,
-    rules: &Rules,
+    rules: &LiveRules,
     idle: Duration,
     max_head: usize,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Outcome {
     let mut buf = BytesMut::with_capacity(8 << 10);
     // One round per request; ends on close, timeout, error or hand-off.
     loop {
         let answer = loop {
-            match decide(&buf, engine, rules) {
+            match decide(&buf, engine, &rules.current(), *stop.borrow()) {
                 Decision::Partial if buf.len() < max_head => {}
                 Decision::Partial | Decision::Hyper => {
                     return Outcome::Hyper(Rewind { prefix: buf, sock, stall: idle, stalled_since: None })
@@ -134,7 +137,12 @@ pub async fn serve(
                     break a;
                 }
             }
-            match tokio::time::timeout(idle, sock.read_buf(&mut buf)).await {
+            let read = tokio::select! {
+                r = tokio::time::timeout(idle, sock.read_buf(&mut buf)) => r,
+                // Draining: a connection between requests closes; a head already arriving is answered.
+                _ = super::lifecycle::stopped(stop), if buf.is_empty() => return Outcome::Done,
+            };
+            match read {
                 Ok(Ok(n)) if n > 0 => {}
                 // Closed, failed or idle: a half-read head gets no answer, as with hyper's timeout.
                 _ => return Outcome::Done,
@@ -190,7 +198,7 @@ enum Decision {
     Hit(usize, Answer),
 }
 
-fn decide(buf: &[u8], engine: &Arc<Engine>, rules: &Rules) -> Decision {
+fn decide(buf: &[u8], engine: &Arc<Engine>, rules: &Rules, closing: bool) -> Decision {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     let used = match req.parse(buf) {
@@ -236,8 +244,8 @@ fn decide(buf: &[u8], engine: &Arc<Engine>, rules: &Rules) -> Decision {
         Some(Some(v)) => parse_range(v, len),
         Some(None) => return Decision::Hyper,
     };
-    let close =
-        header("connection").flatten().is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+    let close = closing
+        || header("connection").flatten().is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
     let (status, offset, n, content_range) = match range {
         RangeAsk::Whole => ("200 OK", 0, len, String::new()),
         RangeAsk::Part(s, e) => {

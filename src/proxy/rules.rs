@@ -195,6 +195,17 @@ impl Default for Rules {
     }
 }
 
+impl Rules {
+    /// The built-in rules, leaving `filtered` out of task IDs instead of [`DEFAULT_FILTERED_PARAMS`].
+    pub fn builtin(filtered: &[String]) -> Vec<Rule> {
+        let mut v = Rules::default().rules;
+        for r in &mut v {
+            r.filtered_query_params = filtered.to_vec();
+        }
+        v
+    }
+}
+
 /// What the proxy does with one request.
 #[derive(Clone, Debug)]
 pub enum Route {

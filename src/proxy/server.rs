@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 
 use super::forward::Forwarder;
 use super::hit;
+use super::lifecycle::{Drain, LiveRules, ProxyHandle};
 use super::respond::{parse_range, task_body, wait_length, BodyError, RangeAsk};
 use super::rules::{Route, Rules};
 use crate::engine::{Engine, EngineError, FetchRequest};
@@ -71,7 +72,7 @@ impl Default for ProxyConfig {
 
 struct Front {
     engine: Arc<Engine>,
-    rules: Rules,
+    rules: Arc<LiveRules>,
     forward: Forwarder,
 }
 
@@ -82,11 +83,13 @@ pub(super) fn text(status: StatusCode, msg: &str) -> Response<Body> {
     r
 }
 
-/// Starts one accept loop per core on `addr`; returns the bound address.
-pub fn start(cores: &Cores, addr: SocketAddr, engine: Arc<Engine>, cfg: ProxyConfig) -> std::io::Result<SocketAddr> {
+/// Starts one accept loop per core on `addr`; the handle reloads rules and drains connections.
+pub fn start(cores: &Cores, addr: SocketAddr, engine: Arc<Engine>, cfg: ProxyConfig) -> std::io::Result<ProxyHandle> {
     let forward = Forwarder::new(cfg.upstream_connect_timeout, cfg.upstream_head_timeout)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let front = Arc::new(Front { engine, rules: cfg.rules.clone(), forward });
+    let rules = Arc::new(LiveRules::new(cfg.rules.clone()));
+    let drain = Drain::new();
+    let front = Arc::new(Front { engine, rules: rules.clone(), forward });
     let first = reuseport_listener(addr)?;
     let bound = first.local_addr()?;
     let mut listeners = vec![first];
@@ -94,8 +97,7 @@ pub fn start(cores: &Cores, addr: SocketAddr, engine: Arc<Engine>, cfg: ProxyCon
         listeners.push(reuseport_listener(bound)?);
     }
     for (core, l) in listeners.into_iter().enumerate() {
-        let front = front.clone();
-        let cfg = cfg.clone();
+        let (front, cfg, drain) = (front.clone(), cfg.clone(), drain.clone());
         cores.spawn_on(core, async move {
             let l = match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => l,
@@ -104,42 +106,67 @@ pub fn start(cores: &Cores, addr: SocketAddr, engine: Arc<Engine>, cfg: ProxyCon
                     return;
                 }
             };
-            // Runs until the core stops.
+            let mut stop = drain.stopping();
+            // Runs until a drain starts (the listener closes with this task) or the core stops.
             loop {
-                let Ok((sock, _)) = l.accept().await else {
+                let accepted = tokio::select! {
+                    a = l.accept() => a,
+                    _ = super::lifecycle::stopped(&mut stop) => return,
+                };
+                let Ok((sock, _)) = accepted else {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
                 let _ = sock.set_nodelay(true);
-                let front = front.clone();
-                let cfg = cfg.clone();
+                let (front, cfg, guard) = (front.clone(), cfg.clone(), drain.enter());
+                let stop = drain.stopping();
                 tokio::spawn(async move {
-                    let io = if cfg.zero_copy {
-                        let (idle, max) = (cfg.header_read_timeout, cfg.max_header_bytes);
-                        match hit::serve(sock, &front.engine, &front.rules, idle, max).await {
-                            hit::Outcome::Done => return,
-                            hit::Outcome::Hyper(io) => io,
-                        }
-                    } else {
-                        hit::Rewind::new(sock, cfg.header_read_timeout)
-                    };
-                    let svc = service_fn(move |req| handle(front.clone(), req));
-                    // The timer is required: hyper panics on header_read_timeout without one.
-                    let served = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(cfg.header_read_timeout)
-                        .max_buf_size(cfg.max_header_bytes.max(8192))
-                        .serve_connection(TokioIo::new(io), svc)
-                        .with_upgrades()
-                        .await;
-                    if let Err(e) = served {
-                        tracing::debug!(error = %e, "proxy connection ended");
-                    }
+                    serve_connection(front, cfg, sock, stop).await;
+                    drop(guard);
                 });
             }
         });
     }
-    Ok(bound)
+    Ok(ProxyHandle { addr: bound, rules, drain })
+}
+
+/// One client connection: local hits on the raw socket, the rest through hyper, until the client leaves,
+/// idles out, or a drain asks it to close after its current response.
+async fn serve_connection(
+    front: Arc<Front>,
+    cfg: ProxyConfig,
+    sock: tokio::net::TcpStream,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let io = if cfg.zero_copy {
+        let (idle, max) = (cfg.header_read_timeout, cfg.max_header_bytes);
+        match hit::serve(sock, &front.engine, &front.rules, idle, max, &mut stop).await {
+            hit::Outcome::Done => return,
+            hit::Outcome::Hyper(io) => io,
+        }
+    } else {
+        hit::Rewind::new(sock, cfg.header_read_timeout)
+    };
+    let svc = service_fn(move |req| handle(front.clone(), req));
+    // The timer is required: hyper panics on header_read_timeout without one.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = super::lifecycle::stopped(&mut stop) => {
+            // Finishes the response in flight, then closes instead of waiting for another request.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "proxy connection ended");
+    }
 }
 
 async fn handle(front: Arc<Front>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
@@ -167,7 +194,7 @@ async fn route(front: Arc<Front>, req: Request<Incoming>) -> Result<Response<Bod
             None => return Ok(text(StatusCode::BAD_REQUEST, "shoal: X-Shoal-Digest must be sha256:<64 hex>")),
         }
     }
-    match front.rules.route(req.method(), req.uri(), header_digest) {
+    match front.rules.current().route(req.method(), req.uri(), header_digest) {
         Route::Pass { url } => Ok(front.forward.forward(req, url).await),
         Route::P2p { identity, url, expected_sha256 } => {
             let fr = FetchRequest {

@@ -54,7 +54,7 @@ impl Store {
 
     /// The quota in force and the usage it is compared with.
     fn usage_and_limit(&self) -> (u64, u64) {
-        match self.cfg.quota_bytes {
+        match self.gc_limits().quota_bytes {
             Some(q) => (self.usage_bytes(), q),
             None => fs_usage(self.data_dir()).map(|(t, u)| (u, t)).unwrap_or((0, u64::MAX)),
         }
@@ -78,6 +78,7 @@ impl Store {
     /// One GC pass at time `now_ms`.
     pub fn gc(&self, now_ms: u64) -> GcReport {
         let mut r = GcReport::default();
+        let limits = self.gc_limits();
         let (usage, limit) = self.usage_and_limit();
         r.usage_before = usage;
         r.limit = limit;
@@ -85,7 +86,7 @@ impl Store {
         let idle = self.idle_tasks();
         let mut rest = Vec::new();
         for (at, t) in idle {
-            let expired = self.cfg.ttl.is_some_and(|ttl| now_ms.saturating_sub(at) > ttl.as_millis() as u64);
+            let expired = limits.ttl.is_some_and(|ttl| now_ms.saturating_sub(at) > ttl.as_millis() as u64);
             if expired {
                 usage = usage.saturating_sub(self.evict(&t, "ttl expired", &mut r));
                 r.expired.push(t.id());
@@ -93,8 +94,8 @@ impl Store {
                 rest.push(t);
             }
         }
-        let high = (limit as f64 * self.cfg.high_watermark) as u64;
-        let low = (limit as f64 * self.cfg.low_watermark) as u64;
+        let high = (limit as f64 * limits.high_watermark) as u64;
+        let low = (limit as f64 * limits.low_watermark) as u64;
         if usage > high {
             for t in rest {
                 if usage <= low {

@@ -24,6 +24,6 @@ pub use gc::GcReport;
 pub use id::{BadTaskId, TaskId};
 pub use io::{IoEngine, IoEngineChoice};
 pub use meta::{HEADER_SIZE as META_HEADER_SIZE, MAGIC as META_MAGIC, VERSION as META_VERSION};
-pub use store::{LoadReport, Store, StoreConfig, TaskSpec};
+pub use store::{GcLimits, LoadReport, Store, StoreConfig, TaskSpec};
 pub use task::{Task, TaskInfo, TaskState};
 pub use zerocopy::{fallback_count as zero_copy_fallbacks, ZeroCopy};

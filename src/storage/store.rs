@@ -46,6 +46,34 @@ impl StoreConfig {
     }
 }
 
+/// The limits GC enforces; replaceable while the store runs (a configuration reload).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GcLimits {
+    pub quota_bytes: Option<u64>,
+    pub high_watermark: f64,
+    pub low_watermark: f64,
+    pub ttl: Option<Duration>,
+}
+
+impl GcLimits {
+    pub fn of(cfg: &StoreConfig) -> GcLimits {
+        GcLimits {
+            quota_bytes: cfg.quota_bytes,
+            high_watermark: cfg.high_watermark,
+            low_watermark: cfg.low_watermark,
+            ttl: cfg.ttl,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let (l, h) = (self.low_watermark, self.high_watermark);
+        if !(0.0 < l && l <= h && h <= 1.0) {
+            return Err(StorageError::Invalid("watermarks must satisfy 0 < low <= high <= 1".into()));
+        }
+        Ok(())
+    }
+}
+
 /// What a caller asks to create.
 #[derive(Clone, Debug)]
 pub struct TaskSpec {
@@ -60,6 +88,8 @@ pub struct TaskSpec {
 
 pub struct Store {
     pub(super) cfg: StoreConfig,
+    /// The GC limits in force: those of `cfg` until a reload replaces them.
+    pub(super) limits: Mutex<GcLimits>,
     engine: IoEngine,
     tasks_dir: PathBuf,
     pub(super) tasks: Mutex<HashMap<TaskId, Arc<Task>>>,
@@ -82,13 +112,19 @@ pub struct LoadReport {
 impl Store {
     /// Opens (creating if needed) the data directory, picks the io engine and loads every task on disk.
     pub fn open(cfg: StoreConfig) -> Result<(Arc<Store>, LoadReport)> {
-        if !(0.0 < cfg.low_watermark && cfg.low_watermark <= cfg.high_watermark && cfg.high_watermark <= 1.0) {
-            return Err(StorageError::Invalid("watermarks must satisfy 0 < low <= high <= 1".into()));
-        }
+        let limits = GcLimits::of(&cfg);
+        limits.validate()?;
         let engine = IoEngine::select(cfg.io_engine).map_err(StorageError::UringUnavailable)?;
         let tasks_dir = cfg.data_dir.join("tasks");
         fs::create_dir_all(&tasks_dir).map_err(|e| StorageError::io(&tasks_dir, e))?;
-        let store = Store { cfg, engine, tasks_dir, tasks: Mutex::new(HashMap::new()), evictions: AtomicU64::new(0) };
+        let store = Store {
+            cfg,
+            limits: Mutex::new(limits),
+            engine,
+            tasks_dir,
+            tasks: Mutex::new(HashMap::new()),
+            evictions: AtomicU64::new(0),
+        };
         let report = store.load()?;
         tracing::info!(
             engine = engine.name(),
@@ -290,6 +326,17 @@ impl Store {
         let mut v: Vec<_> = tasks.iter().filter(|t| !t.removed.load(Ordering::Acquire)).map(|t| t.info()).collect();
         v.sort_by_key(|i| i.id);
         v
+    }
+
+    /// Replaces the GC limits; the next GC pass uses them.
+    pub fn set_gc_limits(&self, limits: GcLimits) -> Result<()> {
+        limits.validate()?;
+        *lock(&self.limits) = limits;
+        Ok(())
+    }
+
+    pub fn gc_limits(&self) -> GcLimits {
+        *lock(&self.limits)
     }
 
     pub fn evictions(&self) -> u64 {

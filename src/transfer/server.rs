@@ -99,7 +99,8 @@ struct Shared {
     store: Arc<Store>,
     cfg: ServerConfig,
     uploads: Arc<Semaphore>,
-    limiter: Option<Mutex<TokenBucket>>,
+    /// `None`: unlimited. Replaceable while serving (a configuration reload).
+    limiter: Mutex<Option<TokenBucket>>,
     meter: Mutex<RateMeter>,
     accepted: AtomicU64,
     active: AtomicUsize,
@@ -132,7 +133,7 @@ enum Out {
 impl UploadServer {
     pub fn new(store: Arc<Store>, cfg: ServerConfig) -> Self {
         let now = Instant::now();
-        let limiter = cfg.upload_rate.map(|r| Mutex::new(TokenBucket::new(r, cfg.upload_burst, now)));
+        let limiter = Mutex::new(cfg.upload_rate.map(|r| TokenBucket::new(r, cfg.upload_burst, now)));
         UploadServer {
             shared: Arc::new(Shared {
                 uploads: Arc::new(Semaphore::new(cfg.max_concurrent_uploads.max(1))),
@@ -150,6 +151,12 @@ impl UploadServer {
                 stop: watch::channel(false).0,
             }),
         }
+    }
+
+    /// Replaces the upload rate limit (`None`: unlimited); sends in progress follow it from their next chunk.
+    pub fn set_upload_rate(&self, rate: Option<u64>) {
+        let b = rate.map(|r| TokenBucket::new(r, self.shared.cfg.upload_burst, Instant::now()));
+        *lock(&self.shared.limiter) = b;
     }
 
     /// Current upload load.
@@ -355,16 +362,18 @@ impl Shared {
     /// Sends a piece's bytes from the task file with sendfile, paced by the rate limit, in chunks so the
     /// stall timeout measures progress rather than the whole piece.
     async fn send_piece(&self, wr: &OwnedWriteHalf, zc: &ZeroCopy) -> io::Result<()> {
-        let chunk = if self.limiter.is_some() { 256 << 10 } else { 1 << 20 };
         let mut sent = 0u64;
         // Bounded by len / chunk turns.
         while sent < zc.len {
-            let n = (zc.len - sent).min(chunk);
-            if let Some(l) = &self.limiter {
-                let wait = lock(l).reserve(n, Instant::now());
-                if !wait.is_zero() {
-                    tokio::time::sleep(wait).await;
-                }
+            let wait = {
+                let mut l = lock(&self.limiter);
+                // Small chunks under a limit keep the pacing smooth; large ones cost fewer syscalls.
+                let n = (zc.len - sent).min(if l.is_some() { 256 << 10 } else { 1 << 20 });
+                (n, l.as_mut().map_or(Duration::ZERO, |b| b.reserve(n, Instant::now())))
+            };
+            let (n, wait) = wait;
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
             let part = zc.slice(sent, n).ok_or_else(|| io::Error::other("chunk outside the piece"))?;
             match tokio::time::timeout(self.cfg.stall_timeout, part.send_to(wr.as_ref())).await {
