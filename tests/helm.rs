@@ -295,6 +295,7 @@ fn default_values_render_valid_manifests_with_expected_flags() {
         assert_eq!(c["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
     }
     assert!(!docs.iter().any(|d| d["metadata"]["name"] == "shoal-seccomp"), "profile installer is off by default");
+    assert!(!docs.iter().any(|d| d["metadata"]["name"] == "shoal-dashboards"), "dashboard is off by default");
 
     // The ConfigMap is a config file the daemon accepts, with the chart's defaults in it.
     let cm = find(&docs, "ConfigMap", "shoal-config");
@@ -397,6 +398,17 @@ fn non_default_values_render_valid_manifests_with_expected_flags() {
         let allowed = sm["spec"]["selector"]["matchExpressions"][0]["values"].as_array().unwrap();
         assert!(allowed.iter().any(|v| v == component), "ServiceMonitor does not select {name}");
     }
+
+    // The Grafana dashboard, byte for byte the chart's file, labelled for the sidecar.
+    let dash = find(&docs, "ConfigMap", "shoal-dashboards");
+    assert_eq!(dash["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(dash["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(dash["metadata"]["annotations"]["grafana_folder"], "Shoal");
+    let shipped = std::fs::read_to_string(chart().join("dashboards/shoal.json")).unwrap();
+    let rendered = dash["data"]["shoal.json"].as_str().expect("dashboard ConfigMap without shoal.json");
+    assert_eq!(rendered.trim_end(), shipped.trim_end(), "dashboard ConfigMap differs from dashboards/shoal.json");
+    let json: Value = serde_json::from_str(rendered).expect("rendered dashboard is not JSON");
+    assert_eq!(json["uid"], "shoal-overview");
 }
 
 #[test]
@@ -422,6 +434,31 @@ fn seccomp_profile_installer_copies_the_chart_profile_onto_nodes() {
     // Only with a Localhost profile.
     let (_, docs) = render(&t, &["--set", "seccomp.installProfile=true"]);
     assert!(!docs.iter().any(|d| d["metadata"]["name"] == "shoal-seccomp"));
+}
+
+#[test]
+fn dashboard_configmap_labels_and_namespace_are_configurable() {
+    let t = tools();
+    let (_, docs) = render(
+        &t,
+        &[
+            "--set",
+            "dashboards.enabled=true",
+            "--set",
+            "dashboards.namespace=monitoring",
+            "--set",
+            "dashboards.labels.grafana_dashboard=null",
+            "--set",
+            "dashboards.labels.team-dashboards=shoal",
+        ],
+    );
+    validate(&t, &docs);
+    let dash = find(&docs, "ConfigMap", "shoal-dashboards");
+    assert_eq!(dash["metadata"]["namespace"], "monitoring");
+    let labels = &dash["metadata"]["labels"];
+    assert_eq!(labels["team-dashboards"], "shoal");
+    assert!(labels["grafana_dashboard"].is_null(), "the default sidecar label can be removed: {labels}");
+    assert!(dash["metadata"]["annotations"].is_null());
 }
 
 #[test]
