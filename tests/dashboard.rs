@@ -310,7 +310,7 @@ fn every_metric_the_dashboard_queries_is_exported_by_real_daemons() {
     // The counters the panels plot moved, so the dashboard would show data, not empty panels.
     let size = obj.len() as f64;
     let from_peers = p.value(&peer_text, "shoal_bytes_from_peers_total");
-    assert!(from_peers > 0.0 && from_peers <= size, "the peer got the object from the seed:\n{peer_text}");
+    assert_eq!(from_peers, size, "the peer got every byte of the object from the seed:\n{peer_text}");
     assert!(p.value(&peer_text, "shoal_piece_download_seconds_count") > 0.0, "{peer_text}");
     assert_eq!(p.value(&peer_text, "shoal_bytes_served_total"), size, "{peer_text}");
     assert!(p.value(&peer_text, "shoal_proxy_responses_total") >= 1.0, "{peer_text}");
