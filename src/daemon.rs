@@ -266,6 +266,10 @@ impl Probe for DaemonProbe {
         }
     }
 
+    fn tasks(&self) -> Vec<crate::metrics::tasks::TaskView> {
+        self.store.list().iter().map(Into::into).collect()
+    }
+
     fn ready(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
             // Storage is loaded before the endpoint exists; what can still be missing is the scheduler.

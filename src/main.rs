@@ -116,11 +116,43 @@ fn get(a: shoal::cli::GetArgs) -> anyhow::Result<()> {
         data_dir: a.data_dir.unwrap_or_else(daemon::default_data_dir),
         digest: a.digest,
         headers: a.headers,
+        filtered_query_params: a.filtered_query_params,
         timeout: a.timeout,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let r = rt.block_on(shoal::cli::get::run(&o))?;
     tracing::info!(bytes = r.bytes, source = %r.source, task = %r.task_id, "downloaded {}", o.output.display());
+    Ok(())
+}
+
+/// `shoal ls` (no key) and `shoal stat KEY`.
+fn tasks_cmd(d: &shoal::cli::DaemonEndpoint, key: Option<&str>) -> anyhow::Result<()> {
+    use shoal::cli::tasks;
+    let addr = match d.metrics_addr {
+        Some(a) => a,
+        None => load_config(d.config.as_deref())?.metrics.addr,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let now = std::time::SystemTime::now();
+    let out = match key {
+        None => {
+            let v = rt.block_on(tasks::list(addr))?;
+            if d.json {
+                serde_json::to_string_pretty(&v)? + "\n"
+            } else {
+                tasks::render_list(&v, now)
+            }
+        }
+        Some(k) => {
+            let t = rt.block_on(tasks::stat(addr, k))?;
+            if d.json {
+                serde_json::to_string_pretty(&t)? + "\n"
+            } else {
+                tasks::render_stat(&t, now)
+            }
+        }
+    };
+    print!("{out}");
     Ok(())
 }
 
@@ -138,6 +170,8 @@ fn main() -> ExitCode {
             Config::load(&file).map(|_| println!("{}: ok", file.display())).map_err(Into::into)
         }
         Command::Get(a) => get(a),
+        Command::Ls(a) => tasks_cmd(&a.daemon, None),
+        Command::Stat(a) => tasks_cmd(&a.daemon, Some(&a.task)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,6 +22,17 @@ fn config_default_passes_check_and_bad_files_name_the_key() {
         ("upload:\n  adress: 1.2.3.4:5\n", "upload", "unknown field `adress`"),
         ("engine:\n  max_parents: 0\n", "engine.max_parents", "between 1 and 1024"),
         ("proxy: [1, 2]\n", "proxy", "invalid type"),
+        ("proxy:\n  rules:\n    - regex: '[a-'\n", "proxy.rules[0].regex", "unclosed character class"),
+        (
+            "proxy:\n  rules:\n    - regex: a\n      content_digest: maybe\n",
+            "proxy.rules[0].content_digest",
+            "unknown variant",
+        ),
+        ("proxy:\n  rules:\n    - regx: a\n", "proxy.rules[0]", "unknown field `regx`"),
+        ("proxy:\n  rules:\n    - use_tls: true\n", "proxy.rules[0]", "missing field `regex`"),
+        ("proxy:\n  filtered_query_params: token\n", "proxy.filtered_query_params", "invalid type"),
+        ("proxy:\n  drain_timeout: soon\n", "proxy.drain_timeout", "invalid duration"),
+        ("engine:\n  parent_stall: 1ms\n", "engine.parent_stall", "at least 100ms"),
     ] {
         let f = dir.path().join("bad.yaml");
         std::fs::write(&f, yaml).unwrap();

@@ -394,3 +394,38 @@ fn a_rule_flag_sends_matching_urls_p2p_named_by_their_url() {
     assert_eq!((other.status, other.header("x-shoal-source")), (200, None));
     assert_eq!(origin.requests(), 2);
 }
+
+#[test]
+fn shoal_get_makes_any_url_a_task_and_leaves_filtered_params_out_of_its_id() {
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let obj = Bytes::from(content(91, 2 * MIB + 7));
+    origin.put("/dl/tool.tar", obj.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let d = daemon("127.0.0.73", tmp.path());
+    let get = |session: &str, out: &str| {
+        let url = origin.url(&format!("/dl/tool.tar?session={session}&X-Amz-Signature={session}"));
+        let o = cluster::shoal()
+            .args(["get", &url, "--daemon", &d.proxy.to_string(), "--filtered-query-param", "session", "-O"])
+            .arg(tmp.path().join(out))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(std::fs::read(tmp.path().join(out)).unwrap(), obj);
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // No rule names this URL, yet `shoal get` makes it a task; the second URL differs only in filtered
+    // parameters, so it is the same task, served from the cache without asking the origin again.
+    let first = get("one", "a");
+    let second = get("two", "b");
+    assert!(first.contains("source=origin") && second.contains("source=local"), "{first}\n{second}");
+    assert_eq!(origin.requests(), 1);
+    let o = cluster::shoal()
+        .args(["get", &origin.url("/dl/tool.tar"), "--daemon", &d.proxy.to_string()])
+        .args(["--filtered-query-param", "a=b", "-O"])
+        .arg(tmp.path().join("c"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("invalid --filtered-query-param"), "{err}");
+    assert!(!tmp.path().join("c").exists());
+}

@@ -18,6 +18,8 @@ pub enum GetError {
     Url(String),
     #[error("invalid --digest (want sha256:<64 hex>)")]
     Digest,
+    #[error("invalid --filtered-query-param {0:?} (want a parameter name)")]
+    Param(String),
     #[error("invalid header {0:?} (want 'Name: value')")]
     Header(String),
     #[error("cannot reach the daemon at {addr}: {reason}")]
@@ -44,6 +46,8 @@ pub struct GetOptions {
     pub data_dir: PathBuf,
     pub digest: Option<String>,
     pub headers: Vec<String>,
+    /// Query parameters left out of the task ID, besides the built-in ones.
+    pub filtered_query_params: Vec<String>,
     pub timeout: Duration,
 }
 
@@ -97,6 +101,10 @@ async fn fetch(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
         let v = http::HeaderValue::from_str(d).map_err(|_| GetError::Digest)?;
         req.headers_mut().insert("x-shoal-digest", v);
     }
+    // Always sent, even empty: it asks the daemon to make this URL a task even when no proxy rule names it.
+    let list = extra_filtered(o)?.join(",");
+    let v = http::HeaderValue::from_str(&list).map_err(|_| GetError::Param(list.clone()))?;
+    req.headers_mut().insert("x-shoal-filtered-query-params", v);
     let daemon_err = |reason: String| GetError::Daemon { addr: o.daemon.clone(), reason };
     let sock = tokio::net::TcpStream::connect(&o.daemon).await.map_err(|e| daemon_err(e.to_string()))?;
     let (mut sender, conn) =
@@ -166,6 +174,16 @@ fn progress_bar(len: Option<u64>, source: &str) -> Option<indicatif::ProgressBar
     Some(b)
 }
 
+/// The --filtered-query-param names, checked as the proxy checks them.
+fn extra_filtered(o: &GetOptions) -> Result<Vec<String>, GetError> {
+    for p in &o.filtered_query_params {
+        if crate::proxy::rules::parse_extra_filtered(p).is_none_or(|v| v.len() != 1) {
+            return Err(GetError::Param(p.clone()));
+        }
+    }
+    Ok(o.filtered_query_params.clone())
+}
+
 fn parse_digest(d: Option<&str>) -> Result<Option<[u8; 32]>, GetError> {
     let Some(d) = d else { return Ok(None) };
     let hex = d.strip_prefix("sha256:").ok_or(GetError::Digest)?;
@@ -180,8 +198,10 @@ async fn embedded(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
     use crate::engine::{Engine, EngineConfig, FetchRequest};
     use crate::storage::{Store, StoreConfig};
     let uri: Uri = o.url.parse().map_err(|_| GetError::Url(o.url.clone()))?;
-    let id = crate::proxy::rules::identify(&uri, crate::proxy::rules::DEFAULT_FILTERED_PARAMS, true)
-        .ok_or_else(|| GetError::Url(o.url.clone()))?;
+    let mut filters: Vec<String> =
+        crate::proxy::rules::DEFAULT_FILTERED_PARAMS.iter().map(|s| (*s).to_owned()).collect();
+    filters.extend(extra_filtered(o)?);
+    let id = crate::proxy::rules::identify(&uri, &filters, true).ok_or_else(|| GetError::Url(o.url.clone()))?;
     let digest = parse_digest(o.digest.as_deref())?.or(id.digest);
     let task_id = match (id.digest, digest) {
         (None, Some(d)) => crate::storage::TaskId(d),

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::storage::IoEngineChoice;
 
 pub mod get;
+pub mod tasks;
 
 impl DaemonArgs {
     /// The configuration file (or the defaults) with every flag given on the command line on top.
@@ -67,9 +68,41 @@ pub enum Command {
     Scheduler(SchedulerArgs),
     /// Download one URL through the P2P network (example: `shoal get https://host/obj -O obj`).
     Get(GetArgs),
+    /// List the tasks a running daemon has cached (example: `shoal ls`).
+    Ls(LsArgs),
+    /// Show one cached task by ID or unique prefix (example: `shoal stat 3f2a9c0d`).
+    Stat(StatArgs),
     /// Check or print the configuration file (example: `shoal config check /etc/shoal/shoal.yaml`).
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+/// Where `ls` and `stat` find the daemon.
+#[derive(Args, Debug, Clone)]
+pub struct DaemonEndpoint {
+    /// The daemon's metrics address [default: the config file's metrics.addr, else 127.0.0.1:65003].
+    #[arg(long, env = "SHOAL_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// The daemon's configuration file (to find its metrics address).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print JSON (the daemon's /tasks answer) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub daemon: DaemonEndpoint,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatArgs {
+    /// Task ID (64 hex digits) or a unique prefix of at least 4, as `shoal ls` shows.
+    pub task: String,
+    #[command(flatten)]
+    pub daemon: DaemonEndpoint,
 }
 
 #[derive(Subcommand, Debug)]
@@ -176,6 +209,10 @@ pub struct GetArgs {
     /// Extra request header for the origin, 'Name: value' (repeatable).
     #[arg(short = 'H', long = "header")]
     pub headers: Vec<String>,
+    /// A query parameter that does not name the content (a signature, a token): left out of the task ID,
+    /// so other URLs for the same object share the download (repeatable; the built-in list always applies).
+    #[arg(long = "filtered-query-param")]
+    pub filtered_query_params: Vec<String>,
     /// Give up after this long.
     #[arg(long, value_parser = parse_duration, default_value = "1h")]
     pub timeout: Duration,

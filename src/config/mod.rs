@@ -344,4 +344,39 @@ mod tests {
         assert_eq!(ok.storage.ttl, Duration::from_secs(12 * 3600));
         assert_eq!(ok.upload.rate, Some(100_000_000));
     }
+
+    #[test]
+    fn proxy_rules_from_the_file_route_as_written() {
+        use crate::proxy::rules::Route;
+        let yaml = "proxy:\n  rules:\n    - regex: '^http://cdn\\.test/'\n      use_tls: true\n      content_digest: off\n      filtered_query_params: [sig]\n  default_rules: false\n";
+        let rules = Config::parse(yaml, "x").unwrap().proxy_rules().unwrap();
+        assert_eq!(rules.rules().len(), 1);
+        let oid = "a".repeat(64);
+        let get = |u: &str| rules.route(&http::Method::GET, &u.parse().unwrap(), None);
+        match get(&format!("http://cdn.test/o/{oid}?sig=1&v=2")) {
+            Route::P2p { identity, url, expected_sha256 } => {
+                assert_eq!(url.scheme_str(), Some("https"), "use_tls upgrades the origin fetch");
+                assert_eq!(identity.display_url, format!("https://cdn.test/o/{oid}?v=2"), "only `sig` is filtered");
+                assert_eq!(expected_sha256, None, "content_digest off: the path is not a digest");
+            }
+            other => panic!("{other:?}"),
+        }
+        // default_rules false: an LFS-looking URL elsewhere passes through.
+        assert!(matches!(get(&format!("http://other.test/{oid}")), Route::Pass { .. }));
+        // With the defaults on, they follow the file's rules and use the file's filtered list.
+        let yaml = "proxy:\n  filtered_query_params: [t]\n";
+        let rules = Config::parse(yaml, "x").unwrap().proxy_rules().unwrap();
+        match rules.route(&http::Method::GET, &"http://o.test/x?t=1&X-Amz-Date=2".parse().unwrap(), None) {
+            Route::Pass { .. } => {}
+            other => panic!("no digest, no rule: {other:?}"),
+        }
+        let r =
+            rules.route(&http::Method::GET, &format!("http://o.test/{oid}?t=1&X-Amz-Date=2").parse().unwrap(), None);
+        match r {
+            Route::P2p { identity, .. } => {
+                assert_eq!(identity.display_url, format!("http://o.test/{oid}?X-Amz-Date=2"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

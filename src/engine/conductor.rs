@@ -77,6 +77,7 @@ async fn run(engine: &Arc<Engine>, req: &FetchRequest, tx: &watch::Sender<Publis
     let mut waited = Duration::ZERO;
     // Peer rounds that ended without the whole task; waiting for a seed does not count.
     let mut rounds = 0;
+    let mut peer_bytes = 0u64;
     // Bounded: each round either finishes, goes to the origin, or waits within `parent_wait`, and peer
     // rounds are capped.
     loop {
@@ -108,8 +109,10 @@ async fn run(engine: &Arc<Engine>, req: &FetchRequest, tx: &watch::Sender<Publis
             Decision::Parents(ps) if rounds < engine.cfg.max_peer_rounds => {
                 engine.remember_parents(&ps);
                 let addrs: Vec<_> = ps.iter().take(engine.cfg.max_parents).map(|p| p.addr()).collect();
-                match from_peers(engine, req, &addrs, tx).await? {
-                    PeerRound::Whole => return finish(engine, req, Source::Peer, started).await,
+                let (round, bytes) = from_peers(engine, req, &addrs, tx).await?;
+                peer_bytes += bytes;
+                match round {
+                    PeerRound::Whole => return finish(engine, req, Source::Peer, started, peer_bytes).await,
                     // The parents have not started the task yet (a seed just triggered): that is waiting,
                     // not a failed round.
                     PeerRound::NotStarted if waited < engine.cfg.parent_wait => {
@@ -128,24 +131,35 @@ async fn run(engine: &Arc<Engine>, req: &FetchRequest, tx: &watch::Sender<Publis
             }
             _ => {
                 from_origin(engine, req, tx).await?;
-                return finish(engine, req, Source::Origin, started).await;
+                return finish(engine, req, Source::Origin, started, peer_bytes).await;
             }
         }
     }
 }
 
-async fn finish(engine: &Arc<Engine>, req: &FetchRequest, source: Source, started: Instant) -> Result<(), EngineError> {
+async fn finish(
+    engine: &Arc<Engine>,
+    req: &FetchRequest,
+    source: Source,
+    started: Instant,
+    peer_bytes: u64,
+) -> Result<(), EngineError> {
     let task = engine.store.get(&req.task_id).ok_or(EngineError::Vanished)?;
     task.wait_complete().await?;
     if let Some(s) = &engine.scheduler {
         let _ = s.task_progress(&progress(&task, source == Source::Origin)).await;
         let _ = s.task_finished(task.id(), task.content_length().unwrap_or(0), task.piece_length()).await;
     }
+    let size = task.content_length().unwrap_or(0);
+    // The origin stream is one whole GET, so an origin finish counts the whole size from there.
+    let from_origin = if source == Source::Origin { size } else { 0 };
     tracing::info!(
         task = %req.task_id,
-        size = task.content_length().unwrap_or(0),
+        size,
         source = source.as_str(),
         ms = started.elapsed().as_millis() as u64,
+        from_peers = peer_bytes,
+        from_origin,
         "task complete"
     );
     Ok(())
@@ -201,12 +215,12 @@ async fn from_peers(
     req: &FetchRequest,
     parents: &[std::net::SocketAddr],
     tx: &watch::Sender<Published>,
-) -> Result<PeerRound, EngineError> {
+) -> Result<(PeerRound, u64), EngineError> {
     let task = match engine.store.get(&req.task_id) {
         Some(t) => t,
         None => {
             // The geometry (length, piece length) must be the parents'; the first one that answers tells.
-            let Some((len, pl)) = geometry(engine, req, parents).await else { return Ok(PeerRound::NotStarted) };
+            let Some((len, pl)) = geometry(engine, req, parents).await else { return Ok((PeerRound::NotStarted, 0)) };
             let spec = TaskSpec {
                 id: req.task_id,
                 url: req.display_url.clone(),
@@ -235,7 +249,7 @@ async fn from_peers(
             let _ = s.report_bad_parent(req.task_id, &host, &f.reason).await;
         }
     }
-    Ok(if r.complete { PeerRound::Whole } else { PeerRound::Incomplete })
+    Ok((if r.complete { PeerRound::Whole } else { PeerRound::Incomplete }, r.bytes))
 }
 
 async fn geometry(

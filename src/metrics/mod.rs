@@ -6,6 +6,7 @@
 //! HTTP endpoint (server.rs).
 
 pub mod server;
+pub mod tasks;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;

@@ -1,5 +1,5 @@
 //! The metrics endpoint: `/metrics` (Prometheus text), `/healthz` (the process answers), `/readyz`
-//! (storage loaded and the scheduler reachable, or embedded).
+//! (storage loaded and the scheduler reachable, or embedded), `/tasks` and `/tasks/<id>` (JSON, tasks.rs).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,6 +19,7 @@ use super::Gauges;
 /// What the endpoint asks the daemon at scrape time.
 pub trait Probe: Send + Sync + 'static {
     fn gauges(&self) -> Gauges;
+    fn tasks(&self) -> Vec<super::tasks::TaskView>;
     fn ready(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
 }
 
@@ -27,6 +28,16 @@ fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Full
     *r.status_mut() = status;
     r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
     r
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_string_pretty(v) {
+        Ok(mut body) => {
+            body.push('\n');
+            reply(status, "application/json", body)
+        }
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding: {e}\n")),
+    }
 }
 
 async fn handle(
@@ -44,6 +55,22 @@ async fn handle(
             Ok(Err(why)) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {why}\n")),
             Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: check timed out\n".into()),
         },
+        "/tasks" => json(StatusCode::OK, &probe.tasks()),
+        p if p.starts_with("/tasks/") => {
+            use super::tasks::{lookup, Lookup};
+            match lookup(probe.tasks(), &p["/tasks/".len()..]) {
+                Lookup::One(t) => json(StatusCode::OK, &t),
+                Lookup::None => reply(StatusCode::NOT_FOUND, "text/plain", "no such task\n".into()),
+                Lookup::Ambiguous(n) => {
+                    reply(StatusCode::CONFLICT, "text/plain", format!("the prefix matches {n} tasks\n"))
+                }
+                Lookup::BadKey => reply(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    "a task ID is 64 hex digits (a prefix of at least 4 will do)\n".into(),
+                ),
+            }
+        }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     })
 }

@@ -228,7 +228,17 @@ fn decide(buf: &[u8], engine: &Arc<Engine>, rules: &Rules, closing: bool) -> Dec
             None => return Decision::Hyper,
         },
     };
-    let Route::P2p { identity, expected_sha256, .. } = rules.route(&http::Method::GET, &uri, header_digest) else {
+    let extra = match header("x-shoal-filtered-query-params") {
+        None => None,
+        // Malformed: hyper's path answers 400.
+        Some(v) => match v.and_then(super::rules::parse_extra_filtered) {
+            Some(names) => Some(names),
+            None => return Decision::Hyper,
+        },
+    };
+    let Route::P2p { identity, expected_sha256, .. } =
+        rules.route_with(&http::Method::GET, &uri, header_digest, extra.as_deref())
+    else {
         return Decision::Hyper;
     };
     let Some(task) = engine.store().get(&identity.task_id).filter(|t| t.is_complete()) else {

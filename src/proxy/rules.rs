@@ -8,7 +8,9 @@
 //! other method, is passed through untouched. `Rules::default()` has two rules, both `content_digest: Auto`
 //! with [`DEFAULT_FILTERED_PARAMS`]: a path whose last segment is 64 hex digits (Git LFS oids, the HF CDN)
 //! and an OCI `/blobs/sha256:<64 hex>` path. A request carrying `X-Shoal-Digest: sha256:<hex>` (what
-//! `shoal get --digest` sends) goes P2P even when no rule matches, with the default parameters.
+//! `shoal get --digest` sends) goes P2P even when no rule matches, with the default parameters; so does one
+//! carrying `X-Shoal-Filtered-Query-Params: name,...` (what `shoal get` always sends, possibly empty), whose
+//! names are filtered too, in addition to the rule's or the default list.
 //!
 //! Task ID (32 bytes), in this order of precedence:
 //! 1. `content_digest: Auto` and the path names a digest (the last path segment is exactly 64 hex digits, or
@@ -158,8 +160,13 @@ pub enum RuleError {
 impl Rule {
     /// A rule with the default filtered parameters, no TLS upgrade and `content_digest: Auto`.
     pub fn new(pattern: &str) -> Result<Rule, RuleError> {
-        let regex =
-            Regex::new(pattern).map_err(|e| RuleError::Regex { pattern: pattern.to_owned(), reason: e.to_string() })?;
+        let regex = Regex::new(pattern).map_err(|e| {
+            // The syntax error's text draws the pattern with a caret over several lines; its last line says
+            // what is wrong, which is what a one-line log or CLI message needs.
+            let text = e.to_string();
+            let last = text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("invalid");
+            RuleError::Regex { pattern: pattern.to_owned(), reason: last.trim_start_matches("error: ").to_owned() }
+        })?;
         Ok(Rule {
             regex,
             filtered_query_params: DEFAULT_FILTERED_PARAMS.iter().map(|s| (*s).to_owned()).collect(),
@@ -241,6 +248,19 @@ impl Rules {
     /// Routes a request. `header_digest` is a parsed `X-Shoal-Digest`. Only absolute http(s) URLs can go
     /// P2P; callers answer origin-form requests themselves.
     pub fn route(&self, method: &http::Method, uri: &http::Uri, header_digest: Option<[u8; 32]>) -> Route {
+        self.route_with(method, uri, header_digest, None)
+    }
+
+    /// [`Rules::route`] for a request that asks to be a task (`shoal get` sends
+    /// `X-Shoal-Filtered-Query-Params`, possibly empty): with `Some(extra)` a GET goes P2P even when no
+    /// rule matches, and `extra` is left out of the task ID besides the rule's (or the built-in) list.
+    pub fn route_with(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        header_digest: Option<[u8; 32]>,
+        extra_filtered: Option<&[String]>,
+    ) -> Route {
         let rule = self.find(uri);
         let url = match rule {
             Some(r) if r.use_tls => upgrade_tls(uri),
@@ -249,10 +269,16 @@ impl Rules {
         if method != http::Method::GET {
             return Route::Pass { url };
         }
-        let found = match (rule, header_digest) {
-            (Some(r), _) => identify(&url, &r.filtered_query_params, r.content_digest == ContentDigest::Auto),
-            (None, Some(_)) => identify(&url, DEFAULT_FILTERED_PARAMS, false),
-            (None, None) => None,
+        let extra = extra_filtered.unwrap_or(&[]);
+        let with_extra = |base: &[String]| [base, extra].concat();
+        let builtin: Vec<String> = DEFAULT_FILTERED_PARAMS.iter().map(|s| (*s).to_owned()).collect();
+        let found = match (rule, header_digest, extra_filtered) {
+            (Some(r), _, _) => {
+                identify(&url, &with_extra(&r.filtered_query_params), r.content_digest == ContentDigest::Auto)
+            }
+            (None, Some(_), _) => identify(&url, &with_extra(&builtin), false),
+            (None, None, Some(_)) => identify(&url, &with_extra(&builtin), true),
+            (None, None, None) => None,
         };
         let Some(mut identity) = found else { return Route::Pass { url } };
         if let (Some(d), None) = (header_digest, identity.digest) {
@@ -262,6 +288,18 @@ impl Rules {
         let expected_sha256 = header_digest.or(identity.digest);
         Route::P2p { identity, url, expected_sha256 }
     }
+}
+
+/// Most names one request may add to its filtered parameters, and their longest length.
+const MAX_EXTRA_FILTERED: usize = 64;
+const MAX_PARAM_NAME: usize = 256;
+
+/// The names in an `X-Shoal-Filtered-Query-Params` value (comma separated); `None` when it is not a
+/// plain list of parameter names.
+pub fn parse_extra_filtered(v: &str) -> Option<Vec<String>> {
+    let names: Vec<String> = v.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned).collect();
+    let plain = |n: &String| n.len() <= MAX_PARAM_NAME && !n.contains(['=', '&', '?', '#', ' ']);
+    (names.len() <= MAX_EXTRA_FILTERED && names.iter().all(plain)).then_some(names)
 }
 
 /// `http://` → `https://`, same authority, path and query; other URLs unchanged.
@@ -373,5 +411,27 @@ mod tests {
         }
         assert!(Rule::new("(").is_err());
         assert_eq!(Rules::with_defaults(vec![Rule::new("x").unwrap()]).rules().len(), 1 + DEFAULT_PATTERNS.len());
+    }
+
+    #[test]
+    fn shoal_get_requests_become_tasks_and_filter_their_extra_params() {
+        let rules = Rules::default();
+        let get = http::Method::GET;
+        let u: http::Uri = "http://o.test/file.bin?sig=1&session=abc&v=2".parse().unwrap();
+        assert!(matches!(rules.route(&get, &u, None), Route::Pass { .. }), "no rule, no header: pass");
+        let extra = vec!["session".to_owned()];
+        match rules.route_with(&get, &u, None, Some(&extra)) {
+            Route::P2p { identity, .. } => assert_eq!(identity.display_url, "http://o.test/file.bin?v=2"),
+            other => panic!("{other:?}"),
+        }
+        match rules.route_with(&get, &u, None, Some(&[])) {
+            Route::P2p { identity, .. } => assert_eq!(identity.display_url, "http://o.test/file.bin?session=abc&v=2"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(rules.route_with(&http::Method::HEAD, &u, None, Some(&extra)), Route::Pass { .. }));
+        assert_eq!(parse_extra_filtered(" a, b ,,"), Some(vec!["a".to_owned(), "b".to_owned()]));
+        assert_eq!(parse_extra_filtered(""), Some(vec![]));
+        assert_eq!(parse_extra_filtered("a=1"), None);
+        assert_eq!(parse_extra_filtered(&"x,".repeat(65)), None);
     }
 }

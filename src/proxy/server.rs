@@ -194,7 +194,19 @@ async fn route(front: Arc<Front>, req: Request<Incoming>) -> Result<Response<Bod
             None => return Ok(text(StatusCode::BAD_REQUEST, "shoal: X-Shoal-Digest must be sha256:<64 hex>")),
         }
     }
-    match front.rules.current().route(req.method(), req.uri(), header_digest) {
+    let mut extra = None;
+    if let Some(v) = req.headers().get("x-shoal-filtered-query-params") {
+        match v.to_str().ok().and_then(super::rules::parse_extra_filtered) {
+            Some(names) => extra = Some(names),
+            None => {
+                return Ok(text(
+                    StatusCode::BAD_REQUEST,
+                    "shoal: X-Shoal-Filtered-Query-Params must be a comma-separated list of parameter names",
+                ))
+            }
+        }
+    }
+    match front.rules.current().route_with(req.method(), req.uri(), header_digest, extra.as_deref()) {
         Route::Pass { url } => Ok(front.forward.forward(req, url).await),
         Route::P2p { identity, url, expected_sha256 } => {
             let fr = FetchRequest {

@@ -44,6 +44,8 @@ pub struct TaskInfo {
     pub created_ms: u64,
     pub last_access_ms: u64,
     pub sha256: Option<[u8; 32]>,
+    /// The content file (what `shoal get` hard-links).
+    pub data_path: PathBuf,
 }
 
 pub struct Task {
@@ -165,6 +167,7 @@ impl Task {
             created_ms: self.meta.created_ms,
             last_access_ms: self.meta.last_access_ms(),
             sha256: self.sha256(),
+            data_path: self.data_path.clone(),
         }
     }
 

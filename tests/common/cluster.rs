@@ -69,6 +69,18 @@ impl Proc {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
+    /// Waits (bounded) for the process to exit by itself; `None` if it is still running at the bound.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
