@@ -258,6 +258,7 @@ impl Probe for DaemonProbe {
     fn gauges(&self) -> Gauges {
         Gauges {
             storage_bytes: self.store.usage_bytes(),
+            storage_limit_bytes: self.store.limit_bytes(),
             evictions: self.store.evictions(),
             io_engine: self.store.engine().name(),
             uploaded_bytes: self.upload.stats().bytes_served,

@@ -33,6 +33,8 @@ pub struct Metrics {
 #[derive(Default, Clone, Debug)]
 pub struct Gauges {
     pub storage_bytes: u64,
+    /// The quota GC enforces (the file system's size when none is set).
+    pub storage_limit_bytes: u64,
     pub evictions: u64,
     pub io_engine: &'static str,
     pub uploaded_bytes: u64,
@@ -108,6 +110,12 @@ impl Metrics {
         gauge(&mut o, "shoal_tasks_active", "Downloads in progress.", started.saturating_sub(ended));
         gauge(&mut o, "shoal_tasks_cached", "Tasks in the store.", g.tasks_cached);
         gauge(&mut o, "shoal_storage_bytes", "Disk bytes used by task files.", g.storage_bytes);
+        gauge(
+            &mut o,
+            "shoal_storage_limit_bytes",
+            "The quota GC keeps task files under (the file system's size when no quota is set).",
+            g.storage_limit_bytes,
+        );
         counter(&mut o, "shoal_storage_evictions_total", "Tasks removed by GC.", g.evictions);
         gauge(&mut o, "shoal_upload_connections", "Child peers connected to the upload server.", g.upload_connections);
         let _ = write!(

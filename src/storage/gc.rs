@@ -52,6 +52,11 @@ impl Store {
         tasks.iter().map(|t| disk_bytes(t)).sum()
     }
 
+    /// What GC keeps usage under: the quota, or the file system's size when there is none.
+    pub fn limit_bytes(&self) -> u64 {
+        self.usage_and_limit().1
+    }
+
     /// The quota in force and the usage it is compared with.
     fn usage_and_limit(&self) -> (u64, u64) {
         match self.gc_limits().quota_bytes {
