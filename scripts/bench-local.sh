@@ -72,8 +72,11 @@ echo "== making $ROUNDS objects of $SIZE_MIB MiB and $CONC of $RSS_MIB MiB"
 chmod 755 "$WORK"
 mkdir -p "$WORK/www"
 OIDS=()
+# One random file per size; each object is a copy with its own random first 4 KiB (a distinct sha256).
 make_obj() { # mib -> prints oid
-  head -c "$(($1 << 20))" /dev/urandom >"$WORK/obj"
+  [ -f "$WORK/base-$1" ] || head -c "$(($1 << 20))" /dev/urandom >"$WORK/base-$1"
+  cp "$WORK/base-$1" "$WORK/obj"
+  dd if=/dev/urandom of="$WORK/obj" bs=4096 count=1 conv=notrunc status=none
   local oid; oid=$(sha256sum "$WORK/obj" | cut -d' ' -f1)
   mv "$WORK/obj" "$WORK/www/$oid"
   chmod 644 "$WORK/www/$oid"
@@ -82,6 +85,7 @@ make_obj() { # mib -> prints oid
 for _ in $(seq "$ROUNDS"); do OIDS+=("$(make_obj "$SIZE_MIB")"); done
 RSS_OIDS=()
 for _ in $(seq "$CONC"); do RSS_OIDS+=("$(make_obj "$RSS_MIB")"); done
+rm -f "$WORK"/base-*
 
 NGX_IP=127.0.0.60
 NGX_PORT=$(free_port $NGX_IP)
@@ -111,7 +115,7 @@ for i in $(seq 100); do
 done
 NGX_WORKER=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)
 ORIGIN="http://$NGX_IP:$NGX_PORT"
-origin_bytes() { awk '{s+=$3} END {print s+0}' "$WORK/nginx-access.log"; }
+origin_bytes() { awk '{s+=$3} END {printf "%.0f\n", s}' "$WORK/nginx-access.log"; }
 
 SCHED_IP=127.0.0.63
 SP=$(free_port $SCHED_IP)
@@ -132,7 +136,7 @@ start_daemon() { # name ip [extra args] -> sets <name>_PID, <name>_PROXY
   done
   printf -v "${name}_PROXY" '%s' "$ip:$pp"
 }
-a_PID=""; c_PID=""; a_PROXY=""; b_PROXY=""; c_PROXY=""
+a_PID=""; b_PID=""; c_PID=""; a_PROXY=""; b_PROXY=""; c_PROXY=""
 start_daemon a 127.0.0.61 --scheduler "$SCHED"
 start_daemon b 127.0.0.62 --scheduler "$SCHED"
 
@@ -156,6 +160,16 @@ serve() {
   c1=$(cpu_ticks "$2")
   awk -v l="$1" -v c=$((c1 - c0)) -v t="$TCK" -v m="$SIZE_MIB" 'BEGIN { printf "%s %.4f\n", l, c / t / (m / 1024) }' >>"$WORK/cpu"
 }
+# charged LABEL PID TICKS_BEFORE: appends "label cpu_s_per_GiB" (CPU PID used since TICKS_BEFORE) to $WORK/cpu
+charged() {
+  awk -v l="$1" -v c=$(($(cpu_ticks "$2") - $3)) -v t="$TCK" -v m="$SIZE_MIB" 'BEGIN { printf "%s %.4f\n", l, c / t / (m / 1024) }' >>"$WORK/cpu"
+}
+cold() { local a0; a0=$(cpu_ticks "$a_PID"); get c_cold "$1" "$a_PROXY" >/dev/null; charged c_cold_a "$a_PID" "$a0"; }
+peer() {
+  local a0 b0; a0=$(cpu_ticks "$a_PID"); b0=$(cpu_ticks "$b_PID")
+  get b_peer "$1" "$b_PROXY" >/dev/null
+  charged b_peer_a "$a_PID" "$a0"; charged b_peer_b "$b_PID" "$b0"
+}
 source_of() { curl -sS --noproxy '' -x "http://$1" -o /dev/null -D - "$2" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-shoal-source" {print $2}'; }
 wait_local() { # proxy url: until the daemon answers it as a complete local hit (up to 60 s)
   local i
@@ -174,16 +188,16 @@ for r in $(seq "$ROUNDS"); do
   get warm "$url" >/dev/null
   ob0=$(origin_bytes)
   if [ $((r % 2)) = 1 ]; then
-    get c_direct "$url" >/dev/null; get c_cold "$url" "$a_PROXY" >/dev/null
+    get c_direct "$url" >/dev/null; cold "$url"
   else
-    get c_cold "$url" "$a_PROXY" >/dev/null; get c_direct "$url" >/dev/null
+    cold "$url"; get c_direct "$url" >/dev/null
   fi
   wait_local "$a_PROXY" "$url"
   ob1=$(origin_bytes)
   if [ $((r % 2)) = 1 ]; then
-    get b_direct "$url" >/dev/null; get b_peer "$url" "$b_PROXY" >/dev/null
+    get b_direct "$url" >/dev/null; peer "$url"
   else
-    get b_peer "$url" "$b_PROXY" >/dev/null; get b_direct "$url" >/dev/null
+    peer "$url"; get b_direct "$url" >/dev/null
   fi
   ob2=$(origin_bytes)
   echo "origin_bytes_cold $(( (ob1 - ob0) - (SIZE_MIB << 20) ))" >>"$WORK/obytes"  # minus the direct GET
@@ -205,7 +219,7 @@ concurrent() {
   local pids=() i oid peak=0 v n=0
   for oid in "${RSS_OIDS[@]}"; do
     timeout 900 curl -sS -f --noproxy '' -x "http://$c_PROXY" -o /dev/null "$ORIGIN/$oid" 2>>"$WORK/conc.err" &
-    pids+=($!)
+    pids+=($!); PIDS+=($!)
   done
   # 20 samples/s while any download runs, bounded by the curls' own 900 s timeout.
   for i in $(seq 18000); do
@@ -228,7 +242,8 @@ awk -v b="$base_rss" '{printf "  %-7s peak RssAnon %.1f MiB (%s samples; idle be
 col() { awk -v l="$1" -v k="$2" '$1 == l {print $k}' "$3"; }
 med() { col "$1" "$2" "$3" | median; }
 # median over rounds of the per-round ratio label1/label2 of column k
-ratio() { paste <(col "$1" "$3" "$WORK/$4") <(col "$2" "$3" "$WORK/$4") | awk '{printf "%.4f\n", $1 / $2}' | median; }
+ratio() { paste <(col "$1" "$3" "$WORK/$4") <(col "$2" "$3" "$WORK/$4") | awk '$2 > 0 {printf "%.4f\n", $1 / $2}' | median; }
+x() { if [ -n "$1" ]; then fmt "$1" '%.2f×'; else echo "n/a"; fi; }  # a ratio, or n/a (too small to measure)
 SZ="$SIZE_MIB MiB"
 a_mbs=$(med a_local 4 "$WORK/gets"); n_mbs=$(med a_nginx 4 "$WORK/gets")
 a_cpu=$(med a_local 2 "$WORK/cpu"); n_cpu=$(med a_nginx 2 "$WORK/cpu")
@@ -246,10 +261,12 @@ met() { awk -v r="$1" -v g="$2" 'BEGIN { print (r <= g ? "met" : "missed") }'; }
   echo
   echo "| $SZ objects, median of $ROUNDS interleaved rounds | Shoal | baseline, same run | ratio (median per round) | goal |"
   echo "|---|---|---|---|---|"
-  echo "| (a) local hit through the proxy, MB/s to curl | $(fmt "$a_mbs" %.0f) | nginx sendfile $(fmt "$n_mbs" %.0f) | $(fmt "$a_rt" %.2f)× | |"
-  echo "| (a) local hit, server CPU s/GiB | $(fmt "$a_cpu" %.3f) | nginx worker $(fmt "$n_cpu" %.3f) | $(fmt "$a_cr" %.2f)× | |"
-  echo "| (b) remote-peer hit (B's proxy, pieces from A), seconds | $(fmt "$b_t" %.3f) | direct GET from nginx $(fmt "$bd_t" %.3f) | $(fmt "$b_r" %.2f)× | ≤ 1.1× $(met "$b_r" 1.1) |"
-  echo "| (c) cold through the proxy (A fetches from nginx), seconds | $(fmt "$c_t" %.3f) | direct GET from nginx $(fmt "$cd_t" %.3f) | $(fmt "$c_r" %.2f)× | ≤ 1.05× $(met "$c_r" 1.05) |"
+  echo "| (a) local hit through the proxy, MB/s to curl | $(fmt "$a_mbs" %.0f) | nginx sendfile $(fmt "$n_mbs" %.0f) | $(x "$a_rt") | |"
+  echo "| (a) local hit, server CPU s/GiB | $(fmt "$a_cpu" %.3f) | nginx worker $(fmt "$n_cpu" %.3f) | $(x "$a_cr") | |"
+  echo "| (b) remote-peer hit (B's proxy, pieces from A), seconds | $(fmt "$b_t" %.3f) | direct GET from nginx $(fmt "$bd_t" %.3f) | $(x "$b_r") | ≤ 1.1× $(met "$b_r" 1.1) |"
+  echo "| (c) cold through the proxy (A fetches from nginx), seconds | $(fmt "$c_t" %.3f) | direct GET from nginx $(fmt "$cd_t" %.3f) | $(x "$c_r") | ≤ 1.05× $(met "$c_r" 1.05) |"
+  echo "| (c) cold, daemon A CPU s/GiB (fetch, crc32c, sha256, store, stream) | $(fmt "$(med c_cold_a 2 "$WORK/cpu")" %.3f) | | | |"
+  echo "| (b) remote-peer hit, CPU s/GiB: daemon B (download, verify, store, stream) / daemon A (upload) | $(fmt "$(med b_peer_b 2 "$WORK/cpu")" %.3f) / $(fmt "$(med b_peer_a 2 "$WORK/cpu")" %.3f) | | | |"
   echo "| (c) cold, time to first byte, ms | $(fmt "$c_fb" '%.1f') | direct $(fmt "$cd_fb" '%.1f') | +$(fmt "$fb_d" '%.1f') ms | ≤ +10 ms $(met "$fb_d" 10) |"
   echo "| (d) peak RssAnon, $CONC concurrent cold downloads of $RSS_MIB MiB, MiB | $rss_cold | idle $(fmt "$base_rss" '%.0f' | awk '{printf "%.1f", $1/1024}') | | ≤ 64 MiB $(met "$rss_cold" 64) |"
   echo "| (d) peak RssAnon, $CONC concurrent local hits of $RSS_MIB MiB, MiB | $rss_hit | | | ≤ 64 MiB $(met "$rss_hit" 64) |"

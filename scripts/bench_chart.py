@@ -54,7 +54,7 @@ def local(d, ax_fig):
         colors = [SHOAL if b["name"].lower().startswith("shoal") else BASE for b in bars]
         rects = ax.bar(range(len(bars)), vals, color=colors)
         for r, v in zip(rects, vals):
-            ax.annotate(f"{v:.3g}", (r.get_x() + r.get_width() / 2, r.get_height()), ha="center", va="bottom",
+            ax.annotate(f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}", (r.get_x() + r.get_width() / 2, r.get_height()), ha="center", va="bottom",
                         fontsize=8)
         if g.get("goal") is not None:
             ax.axhline(g["goal"], color="#c03030", linestyle="dashed", linewidth=1)
@@ -97,7 +97,14 @@ def main():
         d = json.load(f)
 
     def ax_fig(n):
-        return plt.subplots(1, n, figsize=(max(6, 4 * n), 4.2))
+        if n <= 3:
+            return plt.subplots(1, n, figsize=(max(6, 4 * n), 4.2))
+        rows = (n + 2) // 3
+        fig, axes = plt.subplots(rows, 3, figsize=(12, 3.8 * rows))
+        flat = list(axes.flat)
+        for extra in flat[n:]:
+            extra.set_visible(False)
+        return fig, flat[:n]
 
     fig = {"lfs": lfs, "local": local, "swarm": swarm}[kind](d, ax_fig)
     fig.suptitle(d.get("title", ""), fontsize=10)
