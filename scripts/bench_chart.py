@@ -75,6 +75,7 @@ def swarm(d, ax_fig):
     a1.plot(range(1, len(direct) + 1), direct, "s-", color="#707070", label="direct from origin")
     if d.get("ideal"):
         a1.axhline(d["ideal"], color="#c03030", linestyle="dashed", linewidth=1, label="size / origin link rate")
+    a1.set_ylim(bottom=0)
     a1.set_xlabel("peers, sorted by completion")
     a1.set_ylabel("seconds to complete")
     a1.set_title("per-peer completion time", fontsize=9)
