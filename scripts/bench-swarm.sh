@@ -4,7 +4,10 @@
 # through its own daemon; then the same peers download it directly from the origin, in the same run.
 # Reports origin egress / file size and per-peer completion times (min / median / max), as markdown.
 #
-#   sudo scripts/bench-swarm.sh [-n PEERS] [-s SIZE_MIB] [--origin-rate 100mbit] [--peer-rate 1gbit]
+#   sudo scripts/bench-swarm.sh [-n PEERS] [-s SIZE_MIB] [--origin-rate 100mbit] [--peer-rate 1gbit] [-o OUTDIR]
+#
+# Writes results.md, data.json and chart.svg (per-peer completion times of both runs, origin bytes of
+# both) to OUTDIR (default /var/tmp/shoal-bench/bench-swarm); a chart that cannot be drawn is a warning.
 #
 # Needs root (ip netns, tc), python3 (the origin is python's http.server: Content-Length, no Range).
 # Bounded in time; namespaces and processes are removed on exit, even when interrupted. Exits non-zero
@@ -15,17 +18,21 @@ N=16
 SIZE_MIB=256
 ORIGIN_RATE=100mbit
 PEER_RATE=1gbit
+OUT=/var/tmp/shoal-bench/bench-swarm
 while [ $# -gt 0 ]; do
   case "$1" in
     -n) N=$2; shift 2 ;;
     -s) SIZE_MIB=$2; shift 2 ;;
     --origin-rate) ORIGIN_RATE=$2; shift 2 ;;
     --peer-rate) PEER_RATE=$2; shift 2 ;;
-    *) echo "usage: $0 [-n PEERS] [-s SIZE_MIB] [--origin-rate R] [--peer-rate R]" >&2; exit 2 ;;
+    -o) OUT=$2; shift 2 ;;
+    *) echo "usage: $0 [-n PEERS] [-s SIZE_MIB] [--origin-rate R] [--peer-rate R] [-o OUTDIR]" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench-swarm: needs root (ip netns, tc)" >&2; exit 1; }
 cd "$(dirname "$0")/.."
+ROOT=$PWD
+mkdir -p "$OUT"
 cargo build --release -q
 BIN=$PWD/target/release/shoal
 
@@ -111,13 +118,34 @@ export -f p2p_get direct_get in_ns; export BIN URL OID WORK P
 
 stats() { sort -n | awk '{a[NR]=$1} END {printf "%.1f / %.1f / %.1f", a[1], a[int((NR+1)/2)], a[NR]}'; }
 size=$((SIZE_MIB << 20))
-t0=$(tx); P2P=$(all_peers bash -c 'p2p_get "$0"'); p2p_bytes=$(( $(tx) - t0 ))
-t0=$(tx); DIRECT=$(all_peers bash -c 'direct_get "$0"'); direct_bytes=$(( $(tx) - t0 ))
-ideal=$(echo "scale=1; $size * 8 / $(numfmt --from=si "$(echo "${ORIGIN_RATE%bit}" | tr a-z A-Z)")" | bc)
+# $0 expands in the child bash, on purpose.
+t0=$(tx)
+# shellcheck disable=SC2016
+P2P=$(all_peers bash -c 'p2p_get "$0"')
+p2p_bytes=$(( $(tx) - t0 ))
+t0=$(tx)
+# shellcheck disable=SC2016
+DIRECT=$(all_peers bash -c 'direct_get "$0"')
+direct_bytes=$(( $(tx) - t0 ))
+ideal=$(echo "scale=1; $size * 8 / $(numfmt --from=si "$(echo "${ORIGIN_RATE%bit}" | tr '[:lower:]' '[:upper:]')")" | bc)
 
-echo
-echo "| $N peers, ${SIZE_MIB} MiB, origin link $ORIGIN_RATE, peer links $PEER_RATE | origin bytes / size | per-peer seconds min / median / max |"
-echo "|---|---|---|"
-printf "| Shoal P2P (scheduler + seed) | %.3f | %s |\n" "$(echo "scale=3; $p2p_bytes / $size" | bc)" "$(echo "$P2P" | stats)"
-printf "| direct from the origin | %.3f | %s |\n" "$(echo "scale=3; $direct_bytes / $size" | bc)" "$(echo "$DIRECT" | stats)"
-echo "| size / origin link rate | | $ideal |"
+{
+  echo
+  echo "| $N peers, ${SIZE_MIB} MiB, origin link $ORIGIN_RATE, peer links $PEER_RATE | origin bytes / size | per-peer seconds min / median / max |"
+  echo "|---|---|---|"
+  printf "| Shoal P2P (scheduler + seed) | %.3f | %s |\n" "$(echo "scale=3; $p2p_bytes / $size" | bc)" "$(echo "$P2P" | stats)"
+  printf "| direct from the origin | %.3f | %s |\n" "$(echo "scale=3; $direct_bytes / $size" | bc)" "$(echo "$DIRECT" | stats)"
+  echo "| size / origin link rate | | $ideal |"
+} | tee "$OUT/results.md"
+
+list() { awk 'NF {printf "%s%.3f", sep, $1; sep = ", "}'; }
+div() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.4f", a / b}'; }
+printf '{"title": "bench-swarm: %s peers, %s MiB, origin link %s (2-vCPU VM)", "p2p": [%s], "direct": [%s], "origin_bytes": {"p2p": %s, "direct": %s}, "ideal": %s}\n' \
+  "$N" "$SIZE_MIB" "$ORIGIN_RATE" "$(echo "$P2P" | list)" "$(echo "$DIRECT" | list)" \
+  "$(div "$p2p_bytes" "$size")" "$(div "$direct_bytes" "$size")" "$(div "$ideal" 1)" >"$OUT/data.json"
+if "$ROOT/scripts/bench-chart.sh" swarm "$OUT/data.json" "$OUT/chart.svg"; then
+  echo "chart: $OUT/chart.svg"
+else
+  echo "bench-swarm: warning: the chart was not drawn (table above and in $OUT/results.md)" >&2
+fi
+echo "results: $OUT/results.md"

@@ -1,0 +1,285 @@
+#!/usr/bin/env bash
+# The seed article's four Git LFS scenarios, with the real git + git-lfs clients and a real Git LFS server
+# (giftless under gunicorn, local storage: it streams chunked, without Content-Length, and ignores Range):
+#   direct   git-lfs straight from giftless, no proxy (the baseline of every round)
+#   cold     through daemon A's proxy, every cache empty (A goes to the origin)
+#   peer     through daemon B's proxy (own process, data dir and 127.0.0.x address, same standalone
+#            scheduler): B takes A's pieces
+#   local    through daemon A's proxy again, a fresh clone: A's cache
+# Each is a `git clone` (default; LFS files checked out by the smudge filter) or `git lfs pull` in a
+# pointer-only clone (--op pull), of a repository whose LFS files have the given sizes. git-lfs runs with
+# its default transfer settings (lfs.concurrenttransfers 8, basic adapter). Every round starts fresh
+# daemons and scheduler with empty data dirs and runs all four in turn (direct first in odd rounds, last
+# in even ones); the table gives median seconds and the median of the per-round ratios to direct.
+# A "no transfer" row times the same operation with every object already in git-lfs's store
+# (lfs.storage): git-lfs's own floor (hashing, writing the working tree) that no proxy can go under.
+#
+#   scripts/bench-lfs.sh [-s 64,256,16] [-r ROUNDS] [--op clone|pull] [-o OUTDIR]
+#
+# Needs git, git-lfs, curl and giftless (scripts/install-test-deps.sh installs them, as root) and a release
+# build. Listens on 127.0.0.2 (giftless, as lfs-origin.test) and 127.0.0.8x only; every process is stopped
+# and every file removed on exit, even when interrupted. Exits non-zero only if the set-up fails: a missed
+# goal is a figure to report. Writes results.md, data.json and chart.svg to OUTDIR
+# (default /var/tmp/shoal-bench/bench-lfs).
+set -euo pipefail
+
+SIZES=64,256,16
+ROUNDS=3
+OP=clone
+OUT=/var/tmp/shoal-bench/bench-lfs
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -s) SIZES=$2; shift 2 ;;
+    -r) ROUNDS=$2; shift 2 ;;
+    --op) OP=$2; shift 2 ;;
+    -o) OUT=$2; shift 2 ;;
+    *) echo "usage: $0 [-s MIB,MIB,...] [-r ROUNDS] [--op clone|pull] [-o OUTDIR]" >&2; exit 2 ;;
+  esac
+done
+case "$OP" in clone|pull) ;; *) echo "bench-lfs: --op clone|pull" >&2; exit 2 ;; esac
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+TOOLS=/opt/shoal-test-tools
+if ! command -v git-lfs >/dev/null || [ ! -x "$TOOLS/giftless-venv/bin/gunicorn" ] || ! getent hosts lfs-origin.test >/dev/null; then
+  echo "== installing test dependencies (git-lfs, giftless, lfs-origin.test)"
+  scripts/install-test-deps.sh
+fi
+cargo build --release -q
+BIN=$ROOT/target/release/shoal
+mkdir -p "$OUT"
+
+WORK=$(mktemp -d /var/tmp/shoal-bench-lfs.XXXXXX)
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]:-}"; do if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; fi; done
+  for p in "${PIDS[@]:-}"; do if [ -n "$p" ]; then timeout 10 tail --pid="$p" -f /dev/null 2>/dev/null || true; fi; done
+  for p in "${PIDS[@]:-}"; do if [ -n "$p" ]; then kill -9 "$p" 2>/dev/null || true; fi; done
+  if [ -n "${SHOAL_BENCH_KEEP_LOGS:-}" ]; then mkdir -p "$SHOAL_BENCH_KEEP_LOGS"; cp "$WORK"/*.log "$SHOAL_BENCH_KEEP_LOGS"/ 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"; }
+now() { date +%s%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
+median() { sort -g | awk '{a[NR]=$1} END { if (NR) print a[int((NR+1)/2)] }'; }
+wait_port() { # ip port what: up to 30 s
+  local i
+  for i in $(seq 300); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    [ "$i" = 300 ] || sleep 0.1
+  done
+  echo "bench-lfs: $3 did not listen on $1:$2" >&2; exit 1
+}
+
+# git with a private global config (git lfs install done in it), no system config and no proxy variables.
+export HOME=$WORK/home GIT_CONFIG_GLOBAL=$WORK/home/.gitconfig GIT_CONFIG_NOSYSTEM=1 GIT_TERMINAL_PROMPT=0
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY
+mkdir -p "$HOME"
+printf '[user]\n\tname = Shoal Bench\n\temail = bench@shoal.invalid\n' >"$GIT_CONFIG_GLOBAL"
+git lfs install --skip-repo >/dev/null
+
+echo "== giftless on lfs-origin.test (127.0.0.2)"
+GPORT=$(free_port 127.0.0.2)
+mkdir -p "$WORK/lfs-storage"
+# Action JWTs must outlive the advertised expires_in (900 s), or downloads get 401s.
+cat >"$WORK/giftless.yaml" <<EOF
+AUTH_PROVIDERS:
+  - giftless.auth.allow_anon:read_write
+TRANSFER_ADAPTERS:
+  basic:
+    factory: giftless.transfer.basic_streaming:factory
+    options:
+      storage_class: giftless.storage.local_storage:LocalStorage
+      storage_options:
+        path: $WORK/lfs-storage
+      action_lifetime: 900
+PRE_AUTHORIZED_ACTION_PROVIDER:
+  factory: giftless.auth.jwt:factory
+  options:
+    algorithm: HS256
+    private_key: shoal-bench-key
+    default_lifetime: 900
+EOF
+# One gunicorn worker per file, so git-lfs's concurrent downloads are served concurrently.
+NFILES=$(echo "$SIZES" | tr ',' '\n' | grep -c .)
+(cd "$WORK" && exec env GIFTLESS_CONFIG_FILE="$WORK/giftless.yaml" "$TOOLS/giftless-venv/bin/gunicorn" \
+  --no-control-socket -w "$((NFILES + 1))" -b "127.0.0.2:$GPORT" --access-logfile "$WORK/giftless-access.log" \
+  giftless.wsgi_entrypoint:app >"$WORK/giftless.log" 2>&1) &
+PIDS+=($!)
+wait_port 127.0.0.2 "$GPORT" giftless
+origin_gets() { grep -c '"GET [^"]*/objects/storage/' "$WORK/giftless-access.log" || true; }
+
+echo "== publishing a repository with LFS files of $SIZES MiB"
+git init -q -b main "$WORK/src"
+(
+  cd "$WORK/src"
+  git lfs track '*.bin' >/dev/null
+  printf '[lfs]\n\turl = http://lfs-origin.test:%s/shoal/bench\n' "$GPORT" >.lfsconfig
+  i=0
+  for mib in $(echo "$SIZES" | tr ',' ' '); do
+    i=$((i + 1))
+    head -c "$((mib << 20))" /dev/urandom >"file$i-${mib}MiB.bin"
+  done
+  sha256sum ./*.bin >"$WORK/expected.sha256"
+  git add -A && git commit -q -m "LFS objects"
+  git init -q --bare -b main "$WORK/repo.git"
+  git remote add origin "$WORK/repo.git"
+  timeout 600 git push -q origin main
+)
+rm -rf "$WORK/src"
+TOTAL_MIB=$(echo "$SIZES" | tr ',' '\n' | awk '{s+=$1} END {print s}')
+
+# Daemons and scheduler, fresh each round.
+SCHED_IP=127.0.0.82; A_IP=127.0.0.80; B_IP=127.0.0.81
+a_PROXY=""; b_PROXY=""
+start_daemon() { # name ip -> sets <name>_PROXY
+  local name=$1 ip=$2 pp up mp i
+  pp=$(free_port "$ip"); up=$(free_port "$ip"); mp=$(free_port "$ip")
+  SHOAL_LOG=info "$BIN" daemon --data-dir "$WORK/data-$name" --scheduler "$SCHED" --proxy-addr "$ip:$pp" \
+    --upload-addr "$ip:$up" --metrics-addr "$ip:$mp" 2>"$WORK/daemon-$name.log" >/dev/null &
+  PIDS+=($!)
+  eval "${name}_PID=$!"
+  for i in $(seq 200); do
+    grep -q "daemon started" "$WORK/daemon-$name.log" 2>/dev/null && break
+    [ "$i" = 200 ] && { echo "bench-lfs: daemon $name did not start" >&2; tail -n 5 "$WORK/daemon-$name.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  eval "${name}_PROXY=$ip:$pp"
+}
+stop() { # pid: SIGTERM, then wait (bounded)
+  kill "$1" 2>/dev/null || true
+  timeout 20 tail --pid="$1" -f /dev/null 2>/dev/null || kill -9 "$1" 2>/dev/null || true
+}
+fresh_cluster() {
+  if [ -n "${a_PID:-}" ]; then stop "$a_PID"; fi
+  if [ -n "${b_PID:-}" ]; then stop "$b_PID"; fi
+  if [ -n "${S_PID:-}" ]; then stop "$S_PID"; fi
+  PIDS=("${PIDS[0]}")  # giftless stays; the others were stopped above
+  rm -rf "$WORK/data-a" "$WORK/data-b"
+  local sp; sp=$(free_port $SCHED_IP)
+  SCHED=$SCHED_IP:$sp
+  "$BIN" scheduler --listen "$SCHED" 2>"$WORK/scheduler.log" >/dev/null &
+  S_PID=$!; PIDS+=("$S_PID")
+  wait_port $SCHED_IP "$sp" scheduler
+  start_daemon a $A_IP
+  start_daemon b $B_IP
+}
+
+# The timed operation: a clone (LFS files smudged) or an LFS pull into a pointer-only clone.
+# fetch DEST [PROXY]
+fetch() {
+  local dest=$1 proxy=${2:-} cfg=(-c lfs.concurrenttransfers=8)
+  [ -n "$proxy" ] && cfg+=(-c "http.proxy=http://$proxy" -c lfs.transfer.enablehrefrewrite=true)
+  if [ "$OP" = pull ]; then
+    GIT_LFS_SKIP_SMUDGE=1 git clone -q "file://$WORK/repo.git" "$dest"
+    local t0; t0=$(now)
+    (cd "$dest" && timeout 900 git "${cfg[@]}" lfs pull)
+    secs "$t0" "$(now)"
+  else
+    local t0; t0=$(now)
+    timeout 900 git "${cfg[@]}" clone -q "file://$WORK/repo.git" "$dest"
+    secs "$t0" "$(now)"
+  fi
+}
+check() { (cd "$1" && sha256sum --quiet -c "$WORK/expected.sha256") || { echo "bench-lfs: $2: files differ" >&2; exit 1; }; }
+
+SCEN=(direct cold peer local floor)
+declare -A T GETS
+run() { # scenario round
+  local s=$1 r=$2 dest="$WORK/clone-$1" g0 t
+  rm -rf "$dest"
+  g0=$(origin_gets)
+  case "$s" in
+    direct) t=$(fetch "$dest") ;;
+    cold|local) t=$(fetch "$dest" "$a_PROXY") ;;
+    peer) t=$(fetch "$dest" "$b_PROXY") ;;
+  esac
+  check "$dest" "$s"
+  T[$s]+="$t "
+  GETS[$s]+="$(($(origin_gets) - g0)) "
+  printf '  round %s %-6s %8.3f s  origin object GETs %s\n' "$r" "$s" "$t" "$(($(origin_gets) - g0))"
+  if [ "$s" = local ]; then
+    # git-lfs's floor: the same operation with every object already in the LFS store (lfs.storage points
+    # at this clone's), so nothing is transferred: hashing and writing the working tree remain.
+    local fl="$WORK/clone-floor"
+    rm -rf "$fl"
+    if [ "$OP" = pull ]; then
+      GIT_LFS_SKIP_SMUDGE=1 git clone -q "file://$WORK/repo.git" "$fl"
+      local t0; t0=$(now)
+      (cd "$fl" && timeout 300 git -c "lfs.storage=$dest/.git/lfs" lfs pull)
+    else
+      local t0; t0=$(now)
+      timeout 300 git -c "lfs.storage=$dest/.git/lfs" clone -q "file://$WORK/repo.git" "$fl"
+    fi
+    t=$(secs "$t0" "$(now)")
+    check "$fl" floor
+    rm -rf "$fl"
+    T[floor]+="$t "
+    GETS[floor]+="$(($(origin_gets) - g0)) "
+    printf '  round %s %-6s %8.3f s  (objects already in lfs.storage, no transfer)\n' "$r" floor "$t"
+  fi
+  rm -rf "$dest"
+}
+
+echo "== $ROUNDS rounds of direct / cold / peer / local, $OP, ${TOTAL_MIB} MiB in $NFILES LFS files"
+for r in $(seq "$ROUNDS"); do
+  fresh_cluster
+  if [ $((r % 2)) = 1 ]; then run direct "$r"; fi
+  run cold "$r"
+  run peer "$r"
+  run local "$r"
+  if [ $((r % 2)) = 0 ]; then run direct "$r"; fi
+done
+
+# Median seconds and median per-round ratio to direct.
+read -ra D <<<"${T[direct]}"
+declare -A MED RATIO
+for s in "${SCEN[@]}"; do
+  read -ra X <<<"${T[$s]}"
+  MED[$s]=$(printf '%s\n' "${X[@]}" | median)
+  RATIO[$s]=$(for i in "${!X[@]}"; do awk -v x="${X[$i]}" -v d="${D[$i]}" 'BEGIN { printf "%.4f\n", x / d }'; done | median)
+done
+declare -A GOAL=([direct]="" [cold]=1.05 [peer]=0.3 [local]=0.25 [floor]="")
+declare -A LABEL=(
+  [direct]="direct from giftless (no proxy)"
+  [cold]="cold: through the P2P proxy, empty caches"
+  [peer]="hit in a remote peer's cache (B gets A's pieces)"
+  [local]="hit in the local cache (same daemon, fresh clone)"
+  [floor]="no transfer: objects already in the LFS store (git-lfs floor)"
+)
+{
+  echo
+  echo "| git $OP, LFS files $SIZES MiB ($TOTAL_MIB MiB), median of $ROUNDS interleaved rounds | seconds | MB/s | ratio to direct (median per round) | goal | origin object GETs per round |"
+  echo "|---|---|---|---|---|---|"
+  for s in "${SCEN[@]}"; do
+    goal=${GOAL[$s]}
+    verdict=""
+    if [ -n "$goal" ]; then
+      verdict=$(awk -v r="${RATIO[$s]}" -v g="$goal" 'BEGIN { print (r <= g ? "≤ " g "× met" : "≤ " g "× missed") }')
+    fi
+    printf '| %s | %.2f | %.0f | %.2f× | %s | %s |\n' "${LABEL[$s]}" "${MED[$s]}" \
+      "$(awk -v m="$TOTAL_MIB" -v t="${MED[$s]}" 'BEGIN { print m * 1048576 / t / 1e6 }')" "${RATIO[$s]}" "$verdict" "${GETS[$s]% }"
+  done
+  echo
+  echo "Per-round seconds: $(for s in "${SCEN[@]}"; do printf '%s [%s] ' "$s" "${T[$s]% }"; done)"
+} | tee "$OUT/results.md"
+
+{
+  printf '{"title": "git %s of %s MiB of LFS files, median of %s rounds (2-vCPU VM)", "scenarios": [' "$OP" "$TOTAL_MIB" "$ROUNDS"
+  sep=""
+  for s in direct cold peer local floor; do
+    g=${GOAL[$s]:-null}
+    printf '%s{"name": "%s", "seconds": %s, "ratio": %s, "goal": %s}' "$sep" "$s" "${MED[$s]}" "${RATIO[$s]}" "$g"
+    sep=", "
+  done
+  printf ']}\n'
+} >"$OUT/data.json"
+if "$ROOT/scripts/bench-chart.sh" lfs "$OUT/data.json" "$OUT/chart.svg"; then
+  echo "chart: $OUT/chart.svg"
+else
+  echo "bench-lfs: warning: the chart was not drawn (table above and in $OUT/results.md)" >&2
+fi
+echo "results: $OUT/results.md"
