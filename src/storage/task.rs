@@ -201,6 +201,55 @@ impl Task {
 
     /// Writes piece `k` and publishes it. With `expected_crc` (a piece from a peer) the bytes are checked
     /// first and a mismatch writes nothing. Writing a piece that is already complete is a no-op.
+    /// crc32c (and, on the hot path, sha256) of a piece on the blocking pool: a few ms of CPU per piece that
+    /// would otherwise hold the core's runtime, which meanwhile receives the next piece and streams earlier
+    /// ones to clients. If this future is dropped while the pass runs, a digest it advanced is reset.
+    async fn crc_and_hash_off_core(
+        self: &Arc<Self>,
+        k: u32,
+        data: &Bytes,
+        expected: Option<u32>,
+    ) -> Result<(u32, bool)> {
+        enum Pass {
+            Running,
+            Done(bool),
+            Abandoned,
+        }
+        struct Pending(Arc<Task>, Arc<Mutex<Pass>>, bool);
+        impl Drop for Pending {
+            fn drop(&mut self) {
+                if !self.2 {
+                    return;
+                }
+                let mut p = lock(&self.1);
+                match *p {
+                    Pass::Running => *p = Pass::Abandoned,
+                    Pass::Done(true) => super::digest::reset(&self.0),
+                    _ => {}
+                }
+            }
+        }
+        let pass = Arc::new(Mutex::new(Pass::Running));
+        let mut pending = Pending(self.clone(), pass.clone(), true);
+        let (task, bytes) = (self.clone(), data.clone());
+        let job = tokio::task::spawn_blocking(move || {
+            let r = super::digest::crc_and_hash(&task, k, &bytes, expected);
+            let mut p = lock(&pass);
+            if matches!(*p, Pass::Abandoned) {
+                if r.1 {
+                    super::digest::reset(&task);
+                }
+            } else {
+                *p = Pass::Done(r.1);
+            }
+            r
+        });
+        let r = job.await.map_err(|e| StorageError::Invalid(format!("hashing piece {k}: {e}")))?;
+        // From here the caller's own guard owns the reset.
+        pending.2 = false;
+        Ok(r)
+    }
+
     pub async fn write_piece(self: &Arc<Self>, k: u32, data: Bytes, expected_crc: Option<u32>) -> Result<()> {
         self.check_failed()?;
         let want = self.expected_piece_len(k)?;
@@ -210,7 +259,7 @@ impl Task {
         if self.has_piece(k) {
             return Ok(());
         }
-        let (crc, hashed) = super::digest::crc_and_hash(self, k, &data, expected_crc);
+        let (crc, hashed) = self.crc_and_hash_off_core(k, &data, expected_crc).await?;
         if let Some(exp) = expected_crc {
             if exp != crc {
                 return Err(StorageError::CrcMismatch { piece: k, expected: exp, got: crc });
