@@ -1,7 +1,8 @@
 //! The Helm chart (helm/shoal): `helm lint`, `helm template` with the default values and with
 //! helm/shoal/ci/non-default-values.yaml, every rendered manifest validated offline against the Kubernetes
-//! 1.30 and 1.34 schemas (kubernetes-validate --strict), and the rendered arguments checked flag by flag and
-//! parsed by the shoal binary itself.
+//! 1.30 and 1.34 schemas (kubernetes-validate --strict), the rendered arguments checked flag by flag and
+//! parsed by the shoal binary itself, every rendered config file checked by `shoal config check`, and the
+//! config checksum annotation that rolls the pods when their config file changes.
 //!
 //! The tools come from scripts/install-helm-deps.sh (run by scripts/test.sh): helm at
 //! /opt/shoal-test-tools/bin/helm and kubernetes-validate in /opt/shoal-test-tools/venv, or wherever the
@@ -263,10 +264,10 @@ fn default_values_render_valid_manifests_with_expected_flags() {
     assert_eq!(flag(&d_args, "--metrics-addr").as_deref(), Some("0.0.0.0:65003"));
     assert_eq!(flag(&d_args, "--config").as_deref(), Some("/etc/shoal/config.yaml"));
     assert_eq!(flag(&d_args, "--io-engine").as_deref(), Some("auto"));
-    assert_eq!(flag(&d_args, "--ttl").as_deref(), Some("30d"));
-    assert_eq!(flag(&d_args, "--quota"), None, "no quota by default");
-    assert_eq!(flag(&d_args, "--upload-rate"), None, "no upload limit by default");
     assert_eq!(flag(&d_args, "--workers"), None, "one worker per CPU by default");
+    for a in [&d_args, &seed_args] {
+        assert_no_reloadable_flags(a);
+    }
     assert!(pod_spec(ds)["hostNetwork"].is_null());
     let proxy_port = d["ports"].as_array().unwrap().iter().find(|p| p["name"] == "proxy").unwrap();
     assert_eq!(proxy_port["hostPort"], 65001);
@@ -280,9 +281,9 @@ fn default_values_render_valid_manifests_with_expected_flags() {
     for c in [d, seed_c] {
         assert_eq!(env_var(c, "SHOAL_ADVERTISE_IP")["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
         assert_eq!(env_var(c, "SHOAL_IO_ENGINE")["value"], "auto");
-        // tcpSocket probes on the upload port work today; httpGet on /healthz, /readyz is the option.
-        assert_eq!(c["livenessProbe"]["tcpSocket"]["port"], "upload");
-        assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], "upload");
+        // httpGet probes by default: /healthz for liveness, /readyz for readiness, on the metrics port the
+        // daemon binds on all of the pod's addresses.
+        assert_http_probes(c);
         assert_eq!(c["securityContext"]["runAsNonRoot"], true);
         assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
@@ -302,10 +303,56 @@ fn default_values_render_valid_manifests_with_expected_flags() {
     for key in ["daemon.yaml", "seed-peer.yaml"] {
         let text = cm["data"][key].as_str().unwrap_or_else(|| panic!("ConfigMap without {key}"));
         assert_config_checks(key, text);
-        for needle in ["io_engine: auto", "ttl: 30d", "gc_interval: 60s"] {
+        for needle in ["io_engine: auto", "ttl: 30d", "gc_interval: 60s", "rules: []", "default_rules: true"] {
             assert!(text.contains(needle), "{key} lacks {needle}:\n{text}");
         }
+        let cfg = yaml(text);
+        assert!(cfg["proxy"]["filtered_query_params"].is_null(), "the daemon's built-in list by default: {text}");
+        assert_eq!(cfg["proxy"]["drain_timeout"], "20s");
     }
+    // The kubelet's SIGKILL must come well after the proxy drain (then unfinished tasks are synced).
+    for (w, key) in [(ds, "daemon.yaml"), (seed, "seed-peer.yaml")] {
+        let grace = pod_spec(w)["terminationGracePeriodSeconds"].as_u64().unwrap();
+        let drain = seconds(yaml(cm["data"][key].as_str().unwrap())["proxy"]["drain_timeout"].as_str().unwrap());
+        assert!(grace >= 2 * drain, "terminationGracePeriodSeconds {grace} not well above drain_timeout {drain}s");
+    }
+}
+
+/// A config file as JSON.
+fn yaml(text: &str) -> Value {
+    serde_yaml_ng::from_str(text).unwrap_or_else(|e| panic!("rendered config is not YAML: {e}\n{text}"))
+}
+
+/// Seconds of a duration written as `<n>s` or `<n>m`.
+fn seconds(d: &str) -> u64 {
+    match d.split_at(d.len() - 1) {
+        (n, "s") => n.parse().unwrap(),
+        (n, "m") => n.parse::<u64>().unwrap() * 60,
+        _ => panic!("unexpected duration {d}"),
+    }
+}
+
+/// The settings SIGHUP reloads come from the config file alone: a flag would override the re-read file.
+fn assert_no_reloadable_flags(args: &[String]) {
+    for name in ["--quota", "--ttl", "--gc-interval", "--upload-rate", "--high-watermark", "--low-watermark"] {
+        assert_eq!(flag(args, name), None, "{name} would pin a setting SIGHUP reloads: {args:?}");
+    }
+}
+
+/// httpGet probes on the metrics port (containerPort metrics.port), which the daemon binds on all addresses.
+fn assert_http_probes(c: &Value) {
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "metrics");
+    assert!(c["livenessProbe"]["tcpSocket"].is_null() && c["readinessProbe"]["tcpSocket"].is_null());
+    assert!(c["ports"].as_array().unwrap().iter().any(|p| p["name"] == "metrics" && p["containerPort"] == 65003));
+    assert_eq!(flag(&args(c), "--metrics-addr").as_deref(), Some("0.0.0.0:65003"));
+}
+
+/// The checksum/config annotation of a workload's pod template, if any.
+fn config_checksum(workload: &Value) -> Option<String> {
+    workload["spec"]["template"]["metadata"]["annotations"]["checksum/config"].as_str().map(String::from)
 }
 
 /// `shoal config check` accepts a rendered config file (unknown keys or bad values would stop the daemon).
@@ -338,21 +385,41 @@ fn non_default_values_render_valid_manifests_with_expected_flags() {
     for a in [&seed_args, &d_args] {
         assert_eq!(flag(a, "--scheduler"), Some(scheduler_pod_addrs(3)));
         assert_eq!(flag(a, "--io-engine").as_deref(), Some("uring"));
-        assert_eq!(flag(a, "--ttl").as_deref(), Some("7d"));
     }
     assert!(flag(&seed_args, "--seed").is_some());
     assert_eq!(flag(&d_args, "--seed"), None);
-    // Role overrides merged over the shared config, as flags too.
-    assert_eq!(flag(&seed_args, "--quota").as_deref(), Some("400GiB"));
-    assert_eq!(flag(&d_args, "--quota").as_deref(), Some("50GiB"));
-    assert_eq!(flag(&d_args, "--upload-rate").as_deref(), Some("200MB"));
-    assert_eq!(flag(&seed_args, "--upload-rate"), None);
+    // Role overrides merged over the shared config, in the config file only (SIGHUP reloads them).
+    for a in [&seed_args, &d_args] {
+        assert_no_reloadable_flags(a);
+    }
     assert_eq!(d_args.last().map(String::as_str), Some("--workers=4"), "extraArgs come last: {d_args:?}");
     let cm = find(&docs, "ConfigMap", "shoal-config");
-    assert!(cm["data"]["seed-peer.yaml"].as_str().unwrap().contains("quota: 400GiB"));
-    assert!(cm["data"]["daemon.yaml"].as_str().unwrap().contains("rate: 200MB"));
+    let seed_cfg = yaml(cm["data"]["seed-peer.yaml"].as_str().unwrap());
+    let d_cfg = yaml(cm["data"]["daemon.yaml"].as_str().unwrap());
+    assert_eq!(seed_cfg["storage"]["quota"], "400GiB");
+    assert!(seed_cfg["upload"]["rate"].is_null());
+    assert_eq!(d_cfg["storage"]["quota"], "50GiB");
+    assert_eq!(d_cfg["upload"]["rate"], "200MB");
+    for cfg in [&seed_cfg, &d_cfg] {
+        assert_eq!(cfg["storage"]["ttl"], "7d");
+        assert_eq!(cfg["storage"]["io_engine"], "uring");
+    }
     for key in ["daemon.yaml", "seed-peer.yaml"] {
         assert_config_checks(key, cm["data"][key].as_str().unwrap());
+    }
+    // Proxy rules reach both roles' files as written: a use_tls rule with its own filtered parameters, a
+    // content_digest: off rule (quoted, or YAML would read a boolean), the shared parameter list.
+    for cfg in [&seed_cfg, &d_cfg] {
+        let proxy = &cfg["proxy"];
+        let rules = proxy["rules"].as_array().expect("no proxy rules rendered");
+        assert_eq!(rules.len(), 2, "{proxy}");
+        assert_eq!(rules[0]["regex"], r"^https?://github-cloud\.githubusercontent\.com/");
+        assert_eq!(rules[0]["use_tls"], true);
+        assert_eq!(rules[0]["filtered_query_params"], serde_json::json!(["X-Amz-*", "token"]));
+        assert_eq!(rules[1]["content_digest"], "off");
+        assert_eq!(proxy["default_rules"], false);
+        assert_eq!(proxy["filtered_query_params"], serde_json::json!(["X-Goog-*", "sig"]));
+        assert_eq!(proxy["drain_timeout"], "30s");
     }
 
     // hostNetwork: proxy on the node's loopback only, cluster DNS kept, host IP advertised.
@@ -376,13 +443,14 @@ fn non_default_values_render_valid_manifests_with_expected_flags() {
     }
     assert!(container(sched, "scheduler")["securityContext"]["seccompProfile"].is_null());
 
-    // httpGet probes on the metrics port.
+    // tcpSocket probes (the option) on the upload port; the metrics port is still published on the node.
     for c in [d, container(seed, "seed-peer")] {
-        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
-        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
-        assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics");
-        assert!(c["ports"].as_array().unwrap().iter().any(|p| p["name"] == "metrics" && p["containerPort"] == 65003));
+        assert_eq!(c["livenessProbe"]["tcpSocket"]["port"], "upload");
+        assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], "upload");
+        assert!(c["livenessProbe"]["httpGet"].is_null());
     }
+    let metrics_port = d["ports"].as_array().unwrap().iter().find(|p| p["name"] == "metrics").unwrap();
+    assert_eq!(metrics_port["hostPort"], 65003, "with hostNetwork the metrics port is the node's");
 
     // The ServiceMonitor selects Services that expose a port named like its endpoint.
     let sm = find(&docs, "ServiceMonitor", "shoal");
@@ -459,6 +527,54 @@ fn dashboard_configmap_labels_and_namespace_are_configurable() {
     assert_eq!(labels["team-dashboards"], "shoal");
     assert!(labels["grafana_dashboard"].is_null(), "the default sidecar label can be removed: {labels}");
     assert!(dash["metadata"]["annotations"].is_null());
+}
+
+#[test]
+fn config_checksum_rolls_the_pods_whose_config_file_changes() {
+    let t = tools();
+    let checksums = |set: &[&str]| {
+        let mut a = Vec::new();
+        for s in set {
+            a.extend(["--set", s]);
+        }
+        let (_, docs) = render(&t, &a);
+        let d = config_checksum(find(&docs, "DaemonSet", "shoal-daemon"));
+        let s = config_checksum(find(&docs, "StatefulSet", "shoal-seed-peer"));
+        (d, s, docs)
+    };
+    let (d0, s0, docs) = checksums(&[]);
+    let (d0, s0) = (d0.expect("no checksum/config on daemon pods"), s0.expect("no checksum/config on seed peers"));
+    for c in [&d0, &s0] {
+        assert!(c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()), "not a sha256: {c}");
+    }
+    // Unchanged values render the same checksum (no rollout on a no-op upgrade); the schedulers do not
+    // read the file and carry none.
+    let (d1, s1, _) = checksums(&[]);
+    assert_eq!((d1.as_deref(), s1.as_deref()), (Some(d0.as_str()), Some(s0.as_str())));
+    assert_eq!(config_checksum(find(&docs, "StatefulSet", "shoal-scheduler")), None);
+
+    // A shared config value changes both files, so both roles roll.
+    let (d2, s2, docs) = checksums(&["config.proxy.drain_timeout=25s"]);
+    assert_ne!(d2.as_deref(), Some(d0.as_str()), "daemon checksum unchanged after a config change");
+    assert_ne!(s2.as_deref(), Some(s0.as_str()), "seed peer checksum unchanged after a config change");
+    validate(&t, &docs);
+
+    // A role's own setting rolls that role only.
+    let (d3, s3, _) = checksums(&["daemon.config.upload.rate=100MB"]);
+    assert_ne!(d3.as_deref(), Some(d0.as_str()));
+    assert_eq!(s3.as_deref(), Some(s0.as_str()), "a daemon-only change must not roll the seed peers");
+    let (d4, s4, _) = checksums(&["seedPeer.config.storage.quota=10GiB"]);
+    assert_eq!(d4.as_deref(), Some(d0.as_str()), "a seed-peer-only change must not roll the daemons");
+    assert_ne!(s4.as_deref(), Some(s0.as_str()));
+
+    // Switched off: no checksum, the pod annotations stay.
+    let (d5, s5, docs) =
+        checksums(&["rollOnConfigChange=false", "daemon.podAnnotations.team=infra", "config.upload.rate=1MB"]);
+    assert_eq!((d5, s5), (None, None));
+    let ds = find(&docs, "DaemonSet", "shoal-daemon");
+    assert_eq!(ds["spec"]["template"]["metadata"]["annotations"]["team"], "infra");
+    assert!(find(&docs, "StatefulSet", "shoal-seed-peer")["spec"]["template"]["metadata"]["annotations"].is_null());
+    validate(&t, &docs);
 }
 
 #[test]

@@ -96,7 +96,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/* Arguments of `shoal daemon` for one role. Call with (dict "ctx" $ "role" "seedPeer"|"daemon").
-     Settings that have flags today are passed as flags as well as in the config file. */}}
+     Besides the addresses, only workers and io_engine (which need a restart anyway) are passed as flags as
+     well as in the config file: flags override the file when SIGHUP re-reads it, so the reloadable settings
+     (proxy rules, upload.rate, storage quota and ttl) must come from the file alone. */}}
 {{- define "shoal.daemonArgs" -}}
 {{- $v := .ctx.Values }}
 {{- $role := get $v .role }}
@@ -124,20 +126,6 @@ app.kubernetes.io/component: {{ .component }}
 - --io-engine={{ $cfg.storage.io_engine }}
 {{- if $cfg.workers }}
 - --workers={{ int $cfg.workers }}
-{{- end }}
-{{- with $cfg.storage }}
-{{- if .quota }}
-- --quota={{ .quota }}
-{{- end }}
-{{- if .ttl }}
-- --ttl={{ .ttl }}
-{{- end }}
-{{- if .gc_interval }}
-- --gc-interval={{ .gc_interval }}
-{{- end }}
-{{- end }}
-{{- if and $cfg.upload $cfg.upload.rate }}
-- --upload-rate={{ $cfg.upload.rate }}
 {{- end }}
 {{- range $role.extraArgs }}
 - {{ . | quote }}
@@ -250,4 +238,16 @@ app.kubernetes.io/component: {{ .component }}
   hostPath:
     path: {{ .Values.seccomp.kubeletSeccompDir }}
     type: DirectoryOrCreate
+{{- end }}
+
+{{/* Pod template annotations of seed peers and daemons: the config checksum (rollOnConfigChange) and the
+     role's podAnnotations. Call with (dict "ctx" $ "role" "seedPeer"|"daemon"). */}}
+{{- define "shoal.daemonPodAnnotations" -}}
+{{- $role := get .ctx.Values .role }}
+{{- if .ctx.Values.rollOnConfigChange }}
+checksum/config: {{ include "shoal.roleConfig" . | sha256sum }}
+{{- end }}
+{{- with $role.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
