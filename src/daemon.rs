@@ -42,6 +42,7 @@ pub struct Reload {
     pub rules: crate::proxy::rules::Rules,
     pub upload_rate: Option<u64>,
     pub gc: crate::storage::GcLimits,
+    pub drain_timeout: Duration,
 }
 
 /// Re-reads the configuration; an error leaves everything as it was.
@@ -202,6 +203,7 @@ pub fn run(cfg: DaemonConfig, reload: Option<Reloader>) -> Result<(), DaemonErro
         }
     });
     drop(_core0);
+    let mut drain_timeout = cfg.drain_timeout;
     // One turn per SIGHUP; ends at SIGTERM/SIGINT.
     while let Sig::Reload = rt.block_on(signals.wait()) {
         match reload.as_ref().map(|f| f()) {
@@ -212,6 +214,7 @@ pub fn run(cfg: DaemonConfig, reload: Option<Reloader>) -> Result<(), DaemonErro
                 Ok(()) => {
                     proxy.set_rules(r.rules.clone());
                     upload.set_upload_rate(r.upload_rate);
+                    drain_timeout = r.drain_timeout;
                     tracing::info!(
                         rules = r.rules.rules().len(),
                         upload_rate = ?r.upload_rate,
@@ -223,8 +226,8 @@ pub fn run(cfg: DaemonConfig, reload: Option<Reloader>) -> Result<(), DaemonErro
             },
         }
     }
-    tracing::info!(connections = proxy.connections(), bound = ?cfg.drain_timeout, "shutting down: draining the proxy");
-    let cut = rt.block_on(proxy.drain(cfg.drain_timeout));
+    tracing::info!(connections = proxy.connections(), bound = ?drain_timeout, "shutting down: draining the proxy");
+    let cut = rt.block_on(proxy.drain(drain_timeout));
     if cut > 0 {
         tracing::warn!(connections = cut, "proxy connections still busy at the drain bound are closed");
     }

@@ -82,6 +82,7 @@ fn reload(a: &shoal::cli::DaemonArgs, path: &std::path::Path, running: &Config) 
         ("metrics", c.metrics != running.metrics),
         ("scheduler", c.scheduler != running.scheduler),
         ("storage.io_engine", c.storage.io_engine != running.storage.io_engine),
+        ("storage.gc_interval", c.storage.gc_interval != running.storage.gc_interval),
         ("engine", c.engine != running.engine),
     ]
     .into_iter()
@@ -99,6 +100,7 @@ fn reload(a: &shoal::cli::DaemonArgs, path: &std::path::Path, running: &Config) 
             low_watermark: c.storage.low_watermark,
             ttl: (!c.storage.ttl.is_zero()).then_some(c.storage.ttl),
         },
+        drain_timeout: c.proxy.drain_timeout,
     })
 }
 
