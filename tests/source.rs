@@ -6,7 +6,7 @@ mod common;
 use bytes::Bytes;
 use common::origin::{Origin, FLAVOURS};
 use common::*;
-use shoal::engine::{stream_into, EngineError, OriginClient};
+use shoal::engine::{stream_into, EngineError, IngestBudget, OriginClient};
 use std::time::Duration;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -31,7 +31,7 @@ fn every_flavour_streams_exact_bytes_into_a_task() {
             assert_eq!(resp.headers.get("etag").unwrap(), "\"test-etag\"");
             let s = spec(50, resp.content_length, piece, Some(sha256(&obj)));
             let task = store.create(&s).unwrap();
-            let n = stream_into(&task, resp, 4).await.unwrap();
+            let n = stream_into(&task, resp, 4, &IngestBudget::new(32 << 20)).await.unwrap();
             assert_eq!(n, obj.len() as u64);
             assert_eq!(task.wait_complete().await.unwrap(), sha256(&obj), "{fl:?}");
         });
@@ -84,7 +84,7 @@ fn origin_errors_and_truncation_fail_loudly() {
             }
             let resp = client.get(&origin.url("/cut"), &[], None).await.unwrap();
             let task = store.create(&spec(52, resp.content_length, piece, Some(sha256(&obj)))).unwrap();
-            let e = stream_into(&task, resp, 4).await;
+            let e = stream_into(&task, resp, 4, &IngestBudget::new(32 << 20)).await;
             assert!(
                 matches!(e, Err(EngineError::OriginBody { .. }) | Err(EngineError::Truncated { .. })),
                 "{fl:?}: {e:?}"

@@ -120,6 +120,8 @@ pub struct EngineTunables {
     pub pieces_per_parent: usize,
     pub max_parents: usize,
     pub origin_in_flight: usize,
+    #[serde(deserialize_with = "size")]
+    pub ingest_memory: u64,
     #[serde(deserialize_with = "duration")]
     pub parent_wait: Duration,
     #[serde(deserialize_with = "duration")]
@@ -184,6 +186,7 @@ impl Default for EngineTunables {
             pieces_per_parent: e.pieces_per_parent,
             max_parents: e.max_parents,
             origin_in_flight: e.origin_in_flight,
+            ingest_memory: e.ingest_memory,
             parent_wait: e.parent_wait,
             parent_stall: e.parent_stall,
             scheduler_timeout: e.scheduler_timeout,
@@ -203,6 +206,10 @@ fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         Some(Size::N(n)) => Ok(Some(n)),
         Some(Size::S(s)) => parse_size(&s).map(Some).map_err(serde::de::Error::custom),
     }
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    opt_size(d)?.ok_or_else(|| serde::de::Error::custom("a size is required (e.g. 32MiB)"))
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -265,6 +272,9 @@ impl Config {
         if self.proxy.client_timeout < Duration::from_millis(100) {
             return Err(bad("proxy.client_timeout", "must be at least 100ms"));
         }
+        if e.ingest_memory < 4 << 20 {
+            return Err(bad("engine.ingest_memory", "must be at least 4MiB (one piece)"));
+        }
         if e.parent_stall < Duration::from_millis(100) {
             return Err(bad("engine.parent_stall", "must be at least 100ms"));
         }
@@ -306,6 +316,7 @@ impl Config {
             pieces_per_parent: self.engine.pieces_per_parent,
             max_parents: self.engine.max_parents,
             origin_in_flight: self.engine.origin_in_flight,
+            ingest_memory: self.engine.ingest_memory,
             parent_wait: self.engine.parent_wait,
             parent_stall: self.engine.parent_stall,
             scheduler_timeout: self.engine.scheduler_timeout,

@@ -299,6 +299,6 @@ async fn from_origin(
     }
     publish(tx, &task, Source::Origin, Some(resp.headers.clone()));
     spawn_progress_reporter(engine, &task, true);
-    super::source::stream_into(&task, resp, engine.cfg.origin_in_flight).await?;
+    super::source::stream_into(&task, resp, engine.cfg.origin_in_flight, &engine.ingest).await?;
     Ok(())
 }

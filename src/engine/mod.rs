@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 pub use conductor::{Fetch, Source};
 pub use error::EngineError;
-pub use source::{stream_into, OriginClient, OriginResponse};
+pub use source::{stream_into, IngestBudget, OriginClient, OriginResponse};
 
 use crate::scheduler::SchedulerClient;
 use crate::storage::{Store, TaskId};
@@ -35,6 +35,8 @@ pub struct EngineConfig {
     pub max_parents: usize,
     /// Pieces written at once while streaming from the origin.
     pub origin_in_flight: usize,
+    /// Memory for piece buffers of all origin downloads together, in bytes.
+    pub ingest_memory: u64,
     /// How long a peer waits for a seed (or another back-to-source peer) to get its first pieces before
     /// going to the origin itself.
     pub parent_wait: Duration,
@@ -56,6 +58,7 @@ impl Default for EngineConfig {
             pieces_per_parent: 4,
             max_parents: 4,
             origin_in_flight: 4,
+            ingest_memory: 32 << 20,
             parent_wait: Duration::from_secs(10),
             parent_stall: Duration::from_secs(10),
             scheduler_timeout: Duration::from_secs(3),
@@ -85,6 +88,7 @@ pub struct Engine {
     pool: Arc<Pool>,
     scheduler: Option<SchedulerClient>,
     cfg: EngineConfig,
+    ingest: IngestBudget,
     active: Mutex<HashMap<TaskId, watch::Receiver<conductor::Published>>>,
     /// Parent upload address → host id, learnt from the scheduler's answers (for bad-parent reports).
     hosts: Mutex<HashMap<SocketAddr, String>>,
@@ -107,6 +111,7 @@ impl Engine {
             origin,
             pool,
             scheduler,
+            ingest: IngestBudget::new(cfg.ingest_memory),
             cfg,
             active: Mutex::new(HashMap::new()),
             hosts: Mutex::new(HashMap::new()),

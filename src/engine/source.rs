@@ -39,8 +39,9 @@ pub fn https_connector(connect_timeout: Duration) -> Result<Https, std::io::Erro
         .wrap_connector(http))
 }
 
-/// Request headers that describe the client's connection, not the object: never forwarded to an origin.
-const HOP_BY_HOP: &[&str] = &[
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the proxy's own: never
+/// forwarded in either direction (the proxy's pass-through uses this list too).
+pub const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -50,11 +51,10 @@ const HOP_BY_HOP: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "upgrade",
-    "host",
-    "range",
-    "if-range",
-    "accept-encoding",
 ];
+
+/// Client headers that a back-to-source GET sets itself: the whole object, identity-encoded, from its host.
+const SET_BY_THE_FETCH: &[&str] = &["host", "range", "if-range", "accept-encoding"];
 
 /// An HTTP(S) client for origins, shared by every task of a daemon.
 #[derive(Clone)]
@@ -107,7 +107,7 @@ impl OriginClient {
         let mut req = Request::get(uri).body(Empty::new()).map_err(|e| EngineError::InvalidHeader(e.to_string()))?;
         for (name, value) in headers {
             let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| EngineError::InvalidHeader(name.clone()))?;
-            if HOP_BY_HOP.contains(&n.as_str()) {
+            if HOP_BY_HOP.contains(&n.as_str()) || SET_BY_THE_FETCH.contains(&n.as_str()) {
                 continue;
             }
             let v = HeaderValue::from_str(value).map_err(|_| EngineError::InvalidHeader(name.clone()))?;
@@ -172,17 +172,30 @@ fn parse_content_range(v: Option<&HeaderValue>) -> Option<(u64, u64, Option<u64>
 /// Streams a 200 body into `task` from piece 0, writing up to `in_flight` pieces at once (in order, so
 /// the storage engine hashes them while they are hot). Fixes the length at the end when the origin did
 /// not announce one. Any shortfall or excess is an error: never a silently short or long object.
-pub async fn stream_into(task: &Arc<Task>, resp: OriginResponse, in_flight: usize) -> Result<u64, EngineError> {
+///
+/// Each piece buffer (being filled, or on its way to the disk) holds a reservation on `budget`, so the
+/// memory of every origin download of the daemon together stays bounded however many run at once.
+pub async fn stream_into(
+    task: &Arc<Task>,
+    resp: OriginResponse,
+    in_flight: usize,
+    budget: &IngestBudget,
+) -> Result<u64, EngineError> {
     let pl = task.piece_length() as usize;
     let expected = task.content_length();
     let mut body = resp.body;
+    let mut held = budget.reserve(pl).await;
     let mut buf = BytesMut::with_capacity(pl);
     let mut total = 0u64;
     let mut k = 0u32;
     let mut writes: VecDeque<tokio::task::JoinHandle<crate::storage::Result<()>>> = VecDeque::new();
-    let spawn_write = |k: u32, piece: Bytes| {
+    let spawn_write = |k: u32, piece: Bytes, held: Reservation| {
         let t = task.clone();
-        tokio::spawn(async move { t.write_piece(k, piece, None).await })
+        tokio::spawn(async move {
+            let r = t.write_piece(k, piece, None).await;
+            drop(held);
+            r
+        })
     };
     // Bounded by the body: every round consumes a frame or ends.
     loop {
@@ -205,12 +218,14 @@ pub async fn stream_into(task: &Arc<Task>, resp: OriginResponse, in_flight: usiz
             let take = (pl - buf.len()).min(data.len());
             buf.extend_from_slice(&data.split_to(take));
             if buf.len() == pl {
-                let piece = std::mem::replace(&mut buf, BytesMut::with_capacity(pl)).freeze();
-                writes.push_back(spawn_write(k, piece));
+                let piece = std::mem::take(&mut buf).freeze();
+                writes.push_back(spawn_write(k, piece, std::mem::replace(&mut held, Reservation { _permit: None })));
                 k += 1;
                 if writes.len() >= in_flight.max(1) {
                     join(writes.pop_front()).await?;
                 }
+                held = budget.reserve(pl).await;
+                buf = BytesMut::with_capacity(pl);
             }
         }
     }
@@ -222,12 +237,39 @@ pub async fn stream_into(task: &Arc<Task>, resp: OriginResponse, in_flight: usiz
         task.set_content_length(total)?;
     }
     if !buf.is_empty() {
-        writes.push_back(spawn_write(k, buf.freeze()));
+        writes.push_back(spawn_write(k, buf.freeze(), held));
     }
     while let Some(w) = writes.pop_front() {
         join(Some(w)).await?;
     }
     Ok(total)
+}
+
+/// Memory for piece buffers of origin downloads, shared by the whole daemon (MiB granularity).
+#[derive(Clone)]
+pub struct IngestBudget {
+    mib: Arc<tokio::sync::Semaphore>,
+    total: u32,
+}
+
+/// A piece buffer's share of the budget, returned when dropped.
+pub struct Reservation {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl IngestBudget {
+    /// `bytes` of buffers at once (at least one 4 MiB piece).
+    pub fn new(bytes: u64) -> IngestBudget {
+        let total = u32::try_from(bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX).max(4);
+        IngestBudget { mib: Arc::new(tokio::sync::Semaphore::new(total as usize)), total }
+    }
+
+    /// Waits for room for one buffer of `len` bytes; a piece larger than the whole budget takes all of it.
+    async fn reserve(&self, len: usize) -> Reservation {
+        let want = u32::try_from(len.div_ceil(1 << 20)).unwrap_or(u32::MAX).clamp(1, self.total);
+        // The semaphore is never closed, so acquiring only waits.
+        Reservation { _permit: self.mib.clone().acquire_many_owned(want).await.ok() }
+    }
 }
 
 async fn join(h: Option<tokio::task::JoinHandle<crate::storage::Result<()>>>) -> Result<(), EngineError> {
@@ -253,5 +295,23 @@ mod tests {
         assert_eq!(parse_content_range(Some(&h("bytes 0-100/100"))), None);
         assert_eq!(parse_content_range(Some(&h("items 0-1/2"))), None);
         assert_eq!(parse_content_range(None), None);
+    }
+
+    #[test]
+    fn the_ingest_budget_bounds_buffers_and_never_blocks_a_lone_large_piece() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let b = IngestBudget::new(8 << 20);
+            let (one, two) = (b.reserve(4 << 20).await, b.reserve(4 << 20).await);
+            let third = tokio::time::timeout(Duration::from_millis(50), b.reserve(4 << 20)).await;
+            assert!(third.is_err(), "a third 4 MiB buffer waits while two hold the 8 MiB");
+            drop(one);
+            let third = tokio::time::timeout(Duration::from_secs(1), b.reserve(4 << 20)).await;
+            assert!(third.is_ok(), "and goes once one is returned");
+            drop((two, third));
+            // A 64 MiB piece takes the whole budget instead of waiting forever.
+            let big = tokio::time::timeout(Duration::from_secs(1), b.reserve(64 << 20)).await;
+            assert!(big.is_ok());
+        });
     }
 }

@@ -16,20 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::respond::BodyError;
 use super::server::{text, Body};
-use crate::engine::source::Https;
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the proxy's own.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-];
+use crate::engine::source::{Https, HOP_BY_HOP};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {

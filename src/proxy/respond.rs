@@ -17,51 +17,65 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 struct Cursor {
     task: Arc<Task>,
+    /// Piece to send from, and the byte within it.
     next: u32,
+    part: u32,
     /// Byte window [start, end) of the content to send; `None` = all of it.
     window: Option<(u64, u64)>,
     done: bool,
 }
 
-/// The task's bytes, piece by piece, waiting for each piece as needed. `window` is [start, end) and
-/// requires the content length to be known (see [`wait_length`]).
+/// Largest body frame: what one connection holds in memory at a time.
+const SLICE: u32 = 1 << 20;
+
+/// The task's bytes in slices of at most [`SLICE`], waiting for each piece as needed. `window` is
+/// [start, end) and requires the content length to be known (see [`wait_length`]).
 pub fn task_body(
     task: Arc<Task>,
     window: Option<(u64, u64)>,
 ) -> StreamBody<impl futures_util::Stream<Item = Result<Frame<Bytes>, BodyError>>> {
     let pl = u64::from(task.piece_length().max(1));
-    let first = window.map_or(0, |(s, _)| (s / pl) as u32);
+    let start = window.map_or(0, |(s, _)| s);
+    let (first, part) = ((start / pl) as u32, (start % pl) as u32);
     let empty = window.is_some_and(|(s, e)| s >= e);
-    let stream =
-        futures_util::stream::unfold(Cursor { task, next: first, window, done: empty }, move |mut c| async move {
-            if c.done {
-                return None;
+    let cursor = Cursor { task, next: first, part, window, done: empty };
+    let stream = futures_util::stream::unfold(cursor, move |mut c| async move {
+        if c.done {
+            return None;
+        }
+        let k = c.next;
+        let slice = async {
+            if !wait_piece(&c.task, k).await? {
+                return Ok(None);
             }
-            match next_piece(&c.task, c.next).await {
-                Ok(Some(b)) => {
-                    Metrics::add(&metrics::global().bytes_served, b.len() as u64);
-                    let k = c.next;
+            c.task.read_piece_slice(k, c.part, SLICE).await.map(Some)
+        };
+        match slice.await {
+            Ok(Some(b)) => {
+                let off = u64::from(k) * pl + u64::from(c.part);
+                let end = off + b.len() as u64;
+                c.part += b.len() as u32;
+                if u64::from(c.part) >= pl || c.task.piece_range(k).is_some_and(|(_, l)| c.part >= l) {
                     c.next += 1;
-                    let b = match c.window {
-                        None => b,
-                        Some((s, e)) => {
-                            let off = u64::from(k) * pl;
-                            let end = off + b.len() as u64;
-                            c.done = end >= e;
-                            let from = s.saturating_sub(off).min(b.len() as u64) as usize;
-                            let to = (e.min(end).saturating_sub(off) as usize).max(from);
-                            b.slice(from..to)
-                        }
-                    };
-                    Some((Ok(Frame::data(b)), c))
+                    c.part = 0;
                 }
-                Ok(None) => None,
-                Err(e) => {
-                    c.done = true;
-                    Some((Err(Box::new(e) as BodyError), c))
-                }
+                let b = match c.window {
+                    None => b,
+                    Some((_, e)) => {
+                        c.done = end >= e;
+                        b.slice(..(e.min(end).saturating_sub(off) as usize))
+                    }
+                };
+                Metrics::add(&metrics::global().bytes_served, b.len() as u64);
+                Some((Ok(Frame::data(b)), c))
             }
-        });
+            Ok(None) => None,
+            Err(e) => {
+                c.done = true;
+                Some((Err(Box::new(e) as BodyError), c))
+            }
+        }
+    });
     StreamBody::new(stream)
 }
 
@@ -123,7 +137,8 @@ pub fn parse_range(v: &str, len: u64) -> RangeAsk {
         }
     }
 }
-async fn next_piece(task: &Arc<Task>, k: u32) -> Result<Option<Bytes>, StorageError> {
+/// Waits until piece `k` can be sent; `false` past the end of the content (the body is then complete).
+async fn wait_piece(task: &Arc<Task>, k: u32) -> Result<bool, StorageError> {
     match task.wait_piece(k).await {
         Ok(()) => {}
         // Past the end of a task whose length became known while streaming: the body is complete, and
@@ -132,7 +147,7 @@ async fn next_piece(task: &Arc<Task>, k: u32) -> Result<Option<Bytes>, StorageEr
             if task.expected_sha256().is_some() {
                 task.wait_complete().await?;
             }
-            return Ok(None);
+            return Ok(false);
         }
         Err(e) => return Err(e),
     }
@@ -141,7 +156,7 @@ async fn next_piece(task: &Arc<Task>, k: u32) -> Result<Option<Bytes>, StorageEr
         // The final bytes go out only once the whole content is proven right.
         task.wait_complete().await?;
     }
-    task.read_piece(k).await.map(Some)
+    Ok(true)
 }
 
 #[cfg(test)]

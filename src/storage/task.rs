@@ -358,6 +358,28 @@ impl Task {
         }
     }
 
+    /// Bytes `[from, from + max)` of complete piece `k` (fewer at the piece's end), so a client stream
+    /// holds a slice rather than a whole piece per connection. A piece this process has not checked yet is
+    /// read and crc-checked whole first.
+    pub async fn read_piece_slice(&self, k: u32, from: u32, max: u32) -> Result<Bytes> {
+        let (off, len) = self.stored_range(k).ok_or(StorageError::PieceMissing(k))?;
+        if from >= len {
+            return Err(StorageError::Invalid(format!("piece {k} has {len} bytes; slice at {from}")));
+        }
+        let n = max.min(len - from);
+        if !self.is_verified(k) || !self.has_piece(k) {
+            let whole = self.read_piece(k).await?;
+            return Ok(whole.slice(from as usize..(from + n) as usize));
+        }
+        let v = self
+            .io
+            .read_exact_at(&self.data, n as usize, off + u64::from(from))
+            .await
+            .map_err(|e| StorageError::io(&self.data_path, e))?;
+        self.touch();
+        Ok(Bytes::from(v))
+    }
+
     /// Reads a complete piece through the io engine, checking its crc32c.
     pub async fn read_piece(&self, k: u32) -> Result<Bytes> {
         let crc = self.meta.piece_crc(k).ok_or(StorageError::PieceMissing(k))?;
