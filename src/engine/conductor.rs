@@ -233,7 +233,11 @@ async fn from_peers(
     };
     publish(tx, &task, Source::Peer, None);
     spawn_progress_reporter(engine, &task, false);
-    let r = pieces::download(&engine.pool, &task, parents, engine.cfg.pieces_per_parent, engine.cfg.parent_stall).await;
+    // A parent fetching a large piece from a slow origin announces nothing until the piece is whole: the
+    // bound grows with the piece so that 1 MiB/s at the source still counts as progress.
+    let per_piece = Duration::from_secs(u64::from(task.piece_length()).div_ceil(1 << 20));
+    let stall = engine.cfg.parent_stall.max(per_piece);
+    let r = pieces::download(&engine.pool, &task, parents, engine.cfg.pieces_per_parent, stall).await;
     tracing::debug!(
         task = %req.task_id,
         bytes = r.bytes,
