@@ -129,20 +129,18 @@ pub fn run(cfg: DaemonConfig, reload: Option<Reloader>) -> Result<(), DaemonErro
                 while let Some(t) = triggers.recv().await {
                     let engine = engine.clone();
                     tokio::spawn(async move {
-                        let display = t
-                            .url
-                            .parse::<http::Uri>()
-                            .ok()
-                            .and_then(|u| {
-                                crate::proxy::rules::identify(&u, crate::proxy::rules::DEFAULT_FILTERED_PARAMS, true)
-                            })
-                            .map_or_else(|| t.url.clone(), |i| i.display_url);
+                        let id = t.url.parse::<http::Uri>().ok().and_then(|u| {
+                            crate::proxy::rules::identify(&u, crate::proxy::rules::DEFAULT_FILTERED_PARAMS, true)
+                        });
+                        // A task named by the digest its URL carries is verified against it here too.
+                        let expected_sha256 = id.as_ref().and_then(|i| i.digest).filter(|d| *d == t.task_id.0);
+                        let display = id.map_or_else(|| t.url.clone(), |i| i.display_url);
                         let req = FetchRequest {
                             task_id: t.task_id,
                             url: t.url,
                             headers: t.headers,
                             display_url: display,
-                            expected_sha256: None,
+                            expected_sha256,
                         };
                         match engine.fetch(req).await {
                             Ok(f) => {

@@ -344,3 +344,24 @@ fn peers_join_a_seed_that_is_still_downloading_from_a_slow_origin() {
         assert!(p.proc.count("source=\"peer\"") == 1, "{} did not get the task from a peer", p.proc.name);
     }
 }
+
+/// An origin whose bytes do not match the oid in the URL: the seed verifies what it fetched for a peer and
+/// drops it, and the peer's client fails instead of receiving a wrong body.
+#[test]
+fn a_seed_verifies_the_digest_its_trigger_url_names() {
+    let (obj, _) = object(95, 6 * MIB);
+    let oid = hex::encode(sha256(b"not these bytes"));
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let path = format!("/lfs/objects/{oid}");
+    origin.put(&path, obj);
+    let tmp = tempfile::tempdir().unwrap();
+    let sched = cluster::scheduler("127.0.0.3");
+    let seed = cluster::daemon("127.0.0.7", &[sched.addr], true, &tmp.path().join("seed"));
+    let peer = cluster::daemon("127.0.0.74", &[sched.addr], false, &tmp.path().join("peer"));
+    let out = tmp.path().join("out");
+    let (ok, err) = get(&peer, &origin.url(&path), &out, None);
+    assert!(!ok, "a body that does not match its oid must fail: {err}");
+    assert!(!out.exists());
+    seed.proc.wait_for("content digest mismatch", Duration::from_secs(30));
+    assert_eq!(seed.proc.count("task complete"), 0);
+}
