@@ -198,10 +198,9 @@ async fn embedded(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
     use crate::engine::{Engine, EngineConfig, FetchRequest};
     use crate::storage::{Store, StoreConfig};
     let uri: Uri = o.url.parse().map_err(|_| GetError::Url(o.url.clone()))?;
-    let mut filters: Vec<String> =
-        crate::proxy::rules::DEFAULT_FILTERED_PARAMS.iter().map(|s| (*s).to_owned()).collect();
-    filters.extend(extra_filtered(o)?);
-    let id = crate::proxy::rules::identify(&uri, &filters, true).ok_or_else(|| GetError::Url(o.url.clone()))?;
+    let extra = extra_filtered(o)?;
+    let id = crate::proxy::rules::identify_with(&uri, crate::proxy::rules::DEFAULT_FILTERED_PARAMS, &extra, true)
+        .ok_or_else(|| GetError::Url(o.url.clone()))?;
     let digest = parse_digest(o.digest.as_deref())?.or(id.digest);
     let task_id = match (id.digest, digest) {
         (None, Some(d)) => crate::storage::TaskId(d),

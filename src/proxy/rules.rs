@@ -109,13 +109,24 @@ const OCI_BLOB: &str = "/blobs/sha256:";
 
 /// Identity of an absolute http(s) URL.
 pub fn identify<S: AsRef<str>>(uri: &http::Uri, filters: &[S], use_digest: bool) -> Option<Identity> {
+    identify_with(uri, filters, &[], use_digest)
+}
+
+/// [`identify`] with one request's `extra` filtered parameters on top of `filters`.
+pub fn identify_with<S: AsRef<str>>(
+    uri: &http::Uri,
+    filters: &[S],
+    extra: &[String],
+    use_digest: bool,
+) -> Option<Identity> {
     let scheme = uri.scheme_str()?.to_ascii_lowercase();
     let authority = uri.authority()?.as_str().to_ascii_lowercase();
     let path = uri.path();
     let kept: Vec<&str> = uri
         .query()
         .map(|q| {
-            q.split('&').filter(|kv| !kv.is_empty() && !filtered(kv.split('=').next().unwrap_or(""), filters)).collect()
+            let dropped = |name: &str| filtered(name, filters) || filtered(name, extra);
+            q.split('&').filter(|kv| !kv.is_empty() && !dropped(kv.split('=').next().unwrap_or(""))).collect()
         })
         .unwrap_or_default();
     let mut display = format!("{scheme}://{authority}{path}");
@@ -270,14 +281,12 @@ impl Rules {
             return Route::Pass { url };
         }
         let extra = extra_filtered.unwrap_or(&[]);
-        let with_extra = |base: &[String]| [base, extra].concat();
-        let builtin: Vec<String> = DEFAULT_FILTERED_PARAMS.iter().map(|s| (*s).to_owned()).collect();
         let found = match (rule, header_digest, extra_filtered) {
             (Some(r), _, _) => {
-                identify(&url, &with_extra(&r.filtered_query_params), r.content_digest == ContentDigest::Auto)
+                identify_with(&url, &r.filtered_query_params, extra, r.content_digest == ContentDigest::Auto)
             }
-            (None, Some(_), _) => identify(&url, &with_extra(&builtin), false),
-            (None, None, Some(_)) => identify(&url, &with_extra(&builtin), true),
+            (None, Some(_), _) => identify_with(&url, DEFAULT_FILTERED_PARAMS, extra, false),
+            (None, None, Some(_)) => identify_with(&url, DEFAULT_FILTERED_PARAMS, extra, true),
             (None, None, None) => None,
         };
         let Some(mut identity) = found else { return Route::Pass { url } };
