@@ -34,10 +34,7 @@ fn daemon_cmd(a: &shoal::cli::DaemonArgs) -> anyhow::Result<()> {
     let rules = c.proxy_rules().map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?;
     let mut store = StoreConfig::new(c.data_dir.clone().unwrap_or_else(daemon::default_data_dir));
     store.io_engine = c.storage.io_engine;
-    store.quota_bytes = c.storage.quota;
-    store.high_watermark = c.storage.high_watermark;
-    store.low_watermark = c.storage.low_watermark;
-    store.ttl = (!c.storage.ttl.is_zero()).then_some(c.storage.ttl);
+    store.gc = c.gc_limits();
     let cfg = DaemonConfig {
         store,
         workers: c.workers,
@@ -91,17 +88,7 @@ fn reload(a: &shoal::cli::DaemonArgs, path: &std::path::Path, running: &Config) 
     if !restart.is_empty() {
         tracing::warn!(keys = ?restart, "SIGHUP: these changes take effect at the next start");
     }
-    Ok(daemon::Reload {
-        rules,
-        upload_rate: c.upload.rate,
-        gc: shoal::storage::GcLimits {
-            quota_bytes: c.storage.quota,
-            high_watermark: c.storage.high_watermark,
-            low_watermark: c.storage.low_watermark,
-            ttl: (!c.storage.ttl.is_zero()).then_some(c.storage.ttl),
-        },
-        drain_timeout: c.proxy.drain_timeout,
-    })
+    Ok(daemon::Reload { rules, upload_rate: c.upload.rate, gc: c.gc_limits(), drain_timeout: c.proxy.drain_timeout })
 }
 
 fn scheduler_cmd(a: &shoal::cli::SchedulerArgs) -> anyhow::Result<()> {

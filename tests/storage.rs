@@ -300,10 +300,10 @@ fn gc_ttl_and_watermarks_spare_tasks_in_use() {
     let piece = 64 << 10;
     let size = 4 * piece as u64; // 256 KiB per task
     let mut cfg = StoreConfig::new(dir.path());
-    cfg.quota_bytes = Some(10 * size);
-    cfg.high_watermark = 0.8;
-    cfg.low_watermark = 0.5;
-    cfg.ttl = Some(Duration::from_secs(3600));
+    cfg.gc.quota_bytes = Some(10 * size);
+    cfg.gc.high_watermark = 0.8;
+    cfg.gc.low_watermark = 0.5;
+    cfg.gc.ttl = Some(Duration::from_secs(3600));
     let (store, _) = Store::open(cfg).unwrap();
     let all = content(20, size as usize);
     let mut now = 1_000_000_000_000u64;

@@ -310,6 +310,17 @@ impl Config {
         Ok(Rules::new(rules))
     }
 
+    /// The storage GC limits (a `ttl` of 0 disables expiry), at start and on every reload.
+    pub fn gc_limits(&self) -> crate::storage::GcLimits {
+        let s = &self.storage;
+        crate::storage::GcLimits {
+            quota_bytes: s.quota,
+            high_watermark: s.high_watermark,
+            low_watermark: s.low_watermark,
+            ttl: (!s.ttl.is_zero()).then_some(s.ttl),
+        }
+    }
+
     /// The engine's tunables with these values.
     pub fn engine_config(&self) -> crate::engine::EngineConfig {
         crate::engine::EngineConfig {

@@ -23,6 +23,19 @@ use super::TaskId;
 pub struct StoreConfig {
     pub data_dir: PathBuf,
     pub io_engine: IoEngineChoice,
+    /// The GC limits at start ([`Store::set_gc_limits`] replaces them later).
+    pub gc: GcLimits,
+}
+
+impl StoreConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StoreConfig { data_dir: data_dir.into(), io_engine: IoEngineChoice::Auto, gc: GcLimits::default() }
+    }
+}
+
+/// The limits GC enforces; replaceable while the store runs (a configuration reload).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GcLimits {
     /// Bytes the store may use; `None` means "the file system": usage is then the file system's.
     pub quota_bytes: Option<u64>,
     /// GC starts above this fraction of the quota…
@@ -33,11 +46,9 @@ pub struct StoreConfig {
     pub ttl: Option<Duration>,
 }
 
-impl StoreConfig {
-    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        StoreConfig {
-            data_dir: data_dir.into(),
-            io_engine: IoEngineChoice::Auto,
+impl Default for GcLimits {
+    fn default() -> Self {
+        GcLimits {
             quota_bytes: None,
             high_watermark: 0.8,
             low_watermark: 0.6,
@@ -46,25 +57,7 @@ impl StoreConfig {
     }
 }
 
-/// The limits GC enforces; replaceable while the store runs (a configuration reload).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct GcLimits {
-    pub quota_bytes: Option<u64>,
-    pub high_watermark: f64,
-    pub low_watermark: f64,
-    pub ttl: Option<Duration>,
-}
-
 impl GcLimits {
-    pub fn of(cfg: &StoreConfig) -> GcLimits {
-        GcLimits {
-            quota_bytes: cfg.quota_bytes,
-            high_watermark: cfg.high_watermark,
-            low_watermark: cfg.low_watermark,
-            ttl: cfg.ttl,
-        }
-    }
-
     fn validate(&self) -> Result<()> {
         let (l, h) = (self.low_watermark, self.high_watermark);
         if !(0.0 < l && l <= h && h <= 1.0) {
@@ -112,7 +105,7 @@ pub struct LoadReport {
 impl Store {
     /// Opens (creating if needed) the data directory, picks the io engine and loads every task on disk.
     pub fn open(cfg: StoreConfig) -> Result<(Arc<Store>, LoadReport)> {
-        let limits = GcLimits::of(&cfg);
+        let limits = cfg.gc;
         limits.validate()?;
         let engine = IoEngine::select(cfg.io_engine).map_err(StorageError::UringUnavailable)?;
         let tasks_dir = cfg.data_dir.join("tasks");
