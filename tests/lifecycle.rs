@@ -96,6 +96,11 @@ fn sighup_reloads_rules_and_limits_without_dropping_connections() {
     d.proc.signal(libc::SIGHUP);
     let line = d.proc.wait_for("take effect at the next start", Duration::from_secs(10));
     assert!(line.contains("engine"), "{line}");
+    // The warning is logged while the file is read, the confirmation once it is applied: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.proc.count("rules and limits reloaded") < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(d.proc.count("rules and limits reloaded") >= 2);
     let (head, _) = request(&mut conn, &url);
     assert!(head.contains("x-shoal-source: local"), "{head}");
