@@ -52,9 +52,9 @@ pub async fn list(addr: SocketAddr) -> Result<Vec<TaskView>, TasksError> {
 
 /// One task by ID or unique prefix.
 pub async fn stat(addr: SocketAddr, key: &str) -> Result<TaskView, TasksError> {
-    // Only hex reaches the path: anything else is refused here with the daemon's own wording.
-    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(TasksError::Answer("a task ID is 64 hex digits (a prefix of at least 4 will do)".into()));
+    // Only a valid key reaches the URL path.
+    if !crate::metrics::tasks::valid_key(key) {
+        return Err(TasksError::Answer(crate::metrics::tasks::BAD_KEY.into()));
     }
     let (status, body) = get(addr, &format!("/tasks/{key}")).await?;
     match status {

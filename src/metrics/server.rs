@@ -64,11 +64,7 @@ async fn handle(
                 Lookup::Ambiguous(n) => {
                     reply(StatusCode::CONFLICT, "text/plain", format!("the prefix matches {n} tasks\n"))
                 }
-                Lookup::BadKey => reply(
-                    StatusCode::BAD_REQUEST,
-                    "text/plain",
-                    "a task ID is 64 hex digits (a prefix of at least 4 will do)\n".into(),
-                ),
+                Lookup::BadKey => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{}\n", super::tasks::BAD_KEY)),
             }
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),

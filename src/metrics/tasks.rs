@@ -64,8 +64,16 @@ pub enum Lookup {
     BadKey,
 }
 
+/// What is wrong with a key that is not a task ID or prefix.
+pub const BAD_KEY: &str = "a task ID is 64 hex digits (a prefix of at least 4 will do)";
+
+/// A full task ID or a prefix of at least 4 hex digits (nothing else reaches a lookup or a URL path).
+pub fn valid_key(key: &str) -> bool {
+    (4..=64).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 pub fn lookup(tasks: Vec<TaskView>, key: &str) -> Lookup {
-    if key.len() < 4 || key.len() > 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !valid_key(key) {
         return Lookup::BadKey;
     }
     let key = key.to_ascii_lowercase();
