@@ -4,7 +4,10 @@
 //! several writes and then awaits them keeps them all in flight. A driver task on the same runtime submits
 //! everything pushed since its last turn in one `io_uring_enter` (batched submission) and reaps completions.
 //! Buffers and the file are owned by the operation's slot until the kernel reports completion, so dropping a
-//! future never lets the kernel touch freed memory.
+//! future never lets the kernel touch freed memory. Nor does dropping the ring: when its runtime stops with
+//! operations in flight, the ring cancels them and waits for every completion before a slot is freed
+//! (see `Drop for Inner`); an operation the kernel never completes within a bound has its buffer leaked,
+//! never freed.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -56,7 +59,14 @@ pub struct Ring {
 
 thread_local! {
     static RING: RefCell<Weak<Ring>> = const { RefCell::new(Weak::new()) };
+    /// Operations this thread's rings found in flight when they closed, and waited for (for tests).
+    static AWAITED_AT_CLOSE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
+
+/// user_data of the close-time cancel request; no slot has this index.
+const CANCEL_ALL: u64 = u64::MAX;
+/// How long a closing ring waits for the kernel to finish or cancel what it still owns.
+const CLOSE_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Checks that io_uring can be set up here and supports the opcodes we use.
 pub fn probe() -> io::Result<()> {
@@ -185,6 +195,61 @@ impl Ring {
     }
 }
 
+impl Inner {
+    fn in_flight(&self) -> usize {
+        self.slots.iter().flatten().filter(|s| s.result.is_none()).count()
+    }
+}
+
+impl Drop for Inner {
+    /// The ring closes after this returns and the slots are freed with it; the kernel must own none of
+    /// their buffers by then. Every operation still in flight is cancelled (reads and writes of regular
+    /// files usually just finish; a read that would block is cancelled) and its completion reaped.
+    fn drop(&mut self) {
+        let pending = self.in_flight();
+        if pending == 0 {
+            return;
+        }
+        AWAITED_AT_CLOSE.with(|c| c.set(c.get() + pending as u64));
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any().all()).build().user_data(CANCEL_ALL);
+        // SAFETY: a cancel request carries no buffer or descriptor of ours.
+        if unsafe { self.ring.submission().push(&cancel) }.is_err() {
+            tracing::debug!("io_uring queue full at close; waiting for completions without a cancel");
+        }
+        let deadline = std::time::Instant::now() + CLOSE_BOUND;
+        let tick = types::Timespec::from(std::time::Duration::from_millis(100));
+        // Bounded by the deadline: each turn waits at most 100 ms for a completion.
+        while self.in_flight() > 0 {
+            if std::time::Instant::now() >= deadline {
+                // Freeing these buffers could let the kernel write into reused memory: leak them instead.
+                let left = self.in_flight();
+                tracing::error!(
+                    operations = left,
+                    "io_uring operations still in flight at close; their buffers are leaked"
+                );
+                std::mem::forget(std::mem::take(&mut self.slots));
+                return;
+            }
+            let args = types::SubmitArgs::new().timespec(&tick);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_uring wait at close failed");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+            reap(self);
+        }
+    }
+}
+
+/// Operations this thread's rings awaited when they closed with them in flight.
+#[cfg(test)]
+pub(crate) fn awaited_at_close() -> u64 {
+    AWAITED_AT_CLOSE.with(|c| c.get())
+}
+
 fn reap(g: &mut Inner) {
     let done: Vec<(usize, i32)> = g.ring.completion().map(|c| (c.user_data() as usize, c.result())).collect();
     for (idx, res) in done {
@@ -307,5 +372,49 @@ impl Drop for Op {
                 slot.waker = None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// A runtime that stops while the kernel still owns a read's buffer: the ring's close must cancel the
+    /// read and reap it before the buffer is freed. A pipe that nobody writes makes the read wait in the
+    /// kernel for as long as we like; afterwards, bytes written to the pipe must still be in it (no read
+    /// consumed them into freed memory).
+    #[test]
+    fn a_runtime_stopped_with_reads_in_flight_cancels_them_before_freeing_buffers() {
+        if probe().is_err() {
+            eprintln!("io_uring unavailable here: nothing to test");
+            return;
+        }
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let file = Arc::new(File::from(OwnedFd::from(reader)));
+        let before = awaited_at_close();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let ring = Ring::current().unwrap();
+            // Offset -1: "the current position", the only one a pipe has.
+            let ops: Vec<Op> = (0..4).map(|_| ring.read_at(&file, 4096, u64::MAX)).collect();
+            for op in ops {
+                tokio::spawn(op);
+            }
+            // Let the driver submit them; they then wait in the kernel for data that never comes.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        });
+        let started = std::time::Instant::now();
+        drop(rt);
+        assert!(started.elapsed() < CLOSE_BOUND, "the close waited for cancellations, not for the bound");
+        assert_eq!(awaited_at_close() - before, 4, "the four reads were still in flight at close and were awaited");
+        writer.write_all(b"canary").unwrap();
+        drop(writer);
+        let mut left = Vec::new();
+        File::from(OwnedFd::from(Arc::into_inner(file).expect("the ring released the file")))
+            .read_to_end(&mut left)
+            .unwrap();
+        assert_eq!(left, b"canary", "no cancelled read took the bytes");
     }
 }
