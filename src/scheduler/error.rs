@@ -61,8 +61,8 @@ pub enum ClientError {
 pub enum FrameError {
     #[error("empty frame")]
     Empty,
-    #[error("unsupported protocol version {0} (this side speaks {v})", v = super::frame::PROTOCOL_VERSION)]
-    Version(u8),
+    #[error("unsupported protocol version {got} (this side speaks {ours})")]
+    Version { got: u8, ours: u8 },
     #[error("undecodable envelope: {0}")]
     Decode(#[from] prost::DecodeError),
 }

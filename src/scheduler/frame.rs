@@ -38,7 +38,7 @@ pub fn encode_envelope(msg: Msg) -> Bytes {
 pub fn decode_envelope(frame: &[u8]) -> Result<Option<Msg>, FrameError> {
     let (&v, rest) = frame.split_first().ok_or(FrameError::Empty)?;
     if v != PROTOCOL_VERSION {
-        return Err(FrameError::Version(v));
+        return Err(FrameError::Version { got: v, ours: PROTOCOL_VERSION });
     }
     Ok(Envelope::decode(rest)?.msg)
 }
@@ -55,7 +55,7 @@ mod tests {
         assert_eq!(f[0], PROTOCOL_VERSION);
         assert_eq!(decode_envelope(&f).unwrap(), Some(m));
         assert!(matches!(decode_envelope(&[]), Err(FrameError::Empty)));
-        assert!(matches!(decode_envelope(&[9, 0]), Err(FrameError::Version(9))));
+        assert!(matches!(decode_envelope(&[9, 0]), Err(FrameError::Version { got: 9, .. })));
         assert!(matches!(decode_envelope(&[1, 0x0a, 0xff]), Err(FrameError::Decode(_))));
         assert_eq!(decode_envelope(&[1]).unwrap(), None);
     }
