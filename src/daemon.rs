@@ -1,6 +1,8 @@
 //! Wires one node daemon together: storage, the per-core runtimes, GC, signals and clean shutdown.
 //!
-//! Owns start-up order and shutdown order. Never implements a protocol itself. Called by main.rs.
+//! Owns start-up order and shutdown order, in three steps: [`Node::start`] wires the subsystems,
+//! [`Node::serve`] waits for signals (SIGHUP reloads), [`Node::shutdown`] drains and closes. Never
+//! implements a protocol itself. Called by main.rs.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::engine::{Engine, EngineConfig, FetchRequest};
+use crate::engine::{Engine, EngineConfig};
 use crate::metrics::server::Probe;
 use crate::metrics::Gauges;
 use crate::runtime::Cores;
@@ -85,133 +87,93 @@ pub fn run(cfg: DaemonConfig, reload: Option<Reloader>) -> Result<(), DaemonErro
     // Handlers first: a SIGTERM that arrives during start-up must still mean "stop cleanly", not death.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut signals = rt.block_on(async { Signals::install() })?;
-    let (store, _report) = Store::open(cfg.store.clone())?;
-    let cores = Cores::start(cfg.workers, "shoal-core")?;
-    // Everything that must live on a runtime is created on core 0's.
-    let _core0 = cores.handle(0).enter();
+    let node = Node::start(&cfg)?;
+    let drain_timeout = node.serve(&rt, &mut signals, reload.as_ref(), cfg.drain_timeout);
+    node.shutdown(&rt, drain_timeout);
+    Ok(())
+}
 
-    let upload_cfg = ServerConfig { upload_rate: cfg.upload_rate, ..ServerConfig::default() };
-    let upload = UploadServer::new(store.clone(), upload_cfg);
-    let (upload_addr, _accepts) = upload.start_on_cores(&cores, cfg.upload_addr)?;
+/// A running daemon: what shutdown must stop, in order.
+struct Node {
+    store: Arc<Store>,
+    cores: Cores,
+    upload: UploadServer,
+    sched: SchedulerClient,
+    proxy: crate::proxy::lifecycle::ProxyHandle,
+    /// The embedded scheduler of single-node mode; it stops when dropped.
+    _embedded: Option<crate::scheduler::SchedulerHandle>,
+}
 
-    let (scheduler_addrs, _embedded) = if cfg.schedulers.is_empty() {
-        let (addr, handle) = Scheduler::spawn_embedded()?;
-        (vec![addr.to_string()], Some(handle))
-    } else {
-        (cfg.schedulers.clone(), None)
-    };
-    let ip = cfg.advertise_ip.unwrap_or_else(|| {
-        let ip = upload_addr.ip();
-        if ip.is_unspecified() {
-            IpAddr::from([127, 0, 0, 1])
+impl Node {
+    /// Opens the store, starts the per-core runtimes, upload server, scheduler client (or an embedded
+    /// scheduler), engine, proxy, metrics endpoint and the background loops.
+    fn start(cfg: &DaemonConfig) -> Result<Node, DaemonError> {
+        let (store, _report) = Store::open(cfg.store.clone())?;
+        let cores = Cores::start(cfg.workers, "shoal-core")?;
+        // Everything that must live on a runtime is created on core 0's.
+        let _core0 = cores.handle(0).enter();
+        let upload =
+            UploadServer::new(store.clone(), ServerConfig { upload_rate: cfg.upload_rate, ..Default::default() });
+        let (upload_addr, _accepts) = upload.start_on_cores(&cores, cfg.upload_addr)?;
+        let (scheduler_addrs, embedded) = if cfg.schedulers.is_empty() {
+            let (addr, handle) = Scheduler::spawn_embedded()?;
+            (vec![addr.to_string()], Some(handle))
         } else {
-            ip
+            (cfg.schedulers.clone(), None)
+        };
+        let host = host_info(cfg, upload_addr);
+        let sched = SchedulerClient::new(scheduler_addrs.clone(), host.clone());
+        let pool = Pool::new(ClientConfig { bind_ip: Some(host.ip), ..ClientConfig::default() });
+        let engine = Engine::new(store.clone(), pool, Some(sched.clone()), cfg.engine.clone())?;
+        let proxy = crate::proxy::server::start(&cores, cfg.proxy_addr, engine.clone(), cfg.proxy.clone())?;
+        if let Some(triggers) = cfg.seed.then(|| sched.seed_triggers()).flatten() {
+            cores.spawn_on(0, engine.serve_seed_triggers(triggers));
         }
-    });
-    let host = HostInfo {
-        host_id: format!("{}-{ip}-{}", hostname(), upload_addr.port()),
-        hostname: hostname(),
-        ip,
-        upload_port: upload_addr.port(),
-        upload_capacity_bytes_per_sec: cfg.upload_rate.unwrap_or(1_250_000_000),
-        is_seed: cfg.seed,
-    };
-    let sched = SchedulerClient::new(scheduler_addrs.clone(), host.clone());
-    let pool = Pool::new(ClientConfig { bind_ip: cfg.advertise_ip.or(Some(ip)), ..ClientConfig::default() });
-    let engine = Engine::new(store.clone(), pool, Some(sched.clone()), cfg.engine.clone())?;
-    let proxy = crate::proxy::server::start(&cores, cfg.proxy_addr, engine.clone(), cfg.proxy.clone())?;
-
-    if cfg.seed {
-        if let Some(mut triggers) = sched.seed_triggers() {
-            let engine = engine.clone();
-            cores.spawn_on(0, async move {
-                // Runs until the scheduler client goes away.
-                while let Some(t) = triggers.recv().await {
-                    let engine = engine.clone();
-                    tokio::spawn(async move {
-                        let id = t.url.parse::<http::Uri>().ok().and_then(|u| {
-                            crate::proxy::rules::identify(&u, crate::proxy::rules::DEFAULT_FILTERED_PARAMS, true)
-                        });
-                        // A task named by the digest its URL carries is verified against it here too.
-                        let expected_sha256 = id.as_ref().and_then(|i| i.digest).filter(|d| *d == t.task_id.0);
-                        let display = id.map_or_else(|| t.url.clone(), |i| i.display_url);
-                        let req = FetchRequest {
-                            task_id: t.task_id,
-                            url: t.url,
-                            headers: t.headers,
-                            display_url: display,
-                            expected_sha256,
-                        };
-                        match engine.fetch(req).await {
-                            Ok(f) => {
-                                if let Err(e) = f.task.wait_complete().await {
-                                    tracing::warn!(task = %t.task_id, error = %e, "seed download failed");
-                                }
-                            }
-                            Err(e) => tracing::warn!(task = %t.task_id, error = %e, "seed download failed"),
-                        }
-                    });
-                }
-            });
-        }
+        let probe = Arc::new(DaemonProbe {
+            store: store.clone(),
+            upload: upload.clone(),
+            sched: sched.clone(),
+            embedded: embedded.is_some(),
+        });
+        let metrics_addr = crate::metrics::server::start(cfg.metrics_addr, probe)?;
+        cores.spawn_on(0, report_load(upload.clone(), sched.clone()));
+        cores.spawn_on(0, collect_garbage(store.clone(), cfg.gc_interval));
+        tracing::info!(
+            data_dir = %store.data_dir().display(),
+            io_engine = store.engine().name(),
+            cores = cores.len(),
+            proxy = %proxy.addr(),
+            upload = %upload_addr,
+            metrics = %metrics_addr,
+            schedulers = ?scheduler_addrs,
+            seed = cfg.seed,
+            "daemon started"
+        );
+        Ok(Node { store, cores, upload, sched, proxy, _embedded: embedded })
     }
-    let probe = Arc::new(DaemonProbe {
-        store: store.clone(),
-        upload: upload.clone(),
-        sched: sched.clone(),
-        embedded: cfg.schedulers.is_empty(),
-    });
-    let metrics_addr = crate::metrics::server::start(cfg.metrics_addr, probe)?;
-    let (up, s2) = (upload.clone(), sched.clone());
-    cores.spawn_on(0, async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
-        // Runs until the core stops at shutdown.
-        loop {
-            tick.tick().await;
-            let l = up.load();
-            let _ = s2
-                .report_load(PeerLoad {
-                    upload_bytes_per_sec: l.bytes_per_sec,
-                    upload_connections: l.connections as u32,
-                })
-                .await;
-        }
-    });
-    tracing::info!(
-        data_dir = %store.data_dir().display(),
-        io_engine = store.engine().name(),
-        cores = cores.len(),
-        proxy = %proxy.addr(),
-        upload = %upload_addr,
-        metrics = %metrics_addr,
-        schedulers = ?scheduler_addrs,
-        seed = cfg.seed,
-        "daemon started"
-    );
-    let gc_store = store.clone();
-    let interval = cfg.gc_interval;
-    cores.spawn_on(0, async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Runs until the core stops at shutdown.
-        loop {
-            tick.tick().await;
-            let s = gc_store.clone();
-            let _ = tokio::task::spawn_blocking(move || s.gc(crate::storage_now_ms())).await;
-        }
-    });
-    drop(_core0);
-    let mut drain_timeout = cfg.drain_timeout;
-    // One turn per SIGHUP; ends at SIGTERM/SIGINT.
-    while let Sig::Reload = rt.block_on(signals.wait()) {
-        match reload.as_ref().map(|f| f()) {
-            None => tracing::info!("SIGHUP: no configuration file to re-read"),
-            Some(Err(e)) => tracing::warn!(error = %e, "SIGHUP: configuration not reloaded; the old one stays"),
-            Some(Ok(r)) => match store.set_gc_limits(r.gc) {
+
+    /// Serves until SIGTERM/SIGINT, applying each SIGHUP's reload; returns the drain bound then in force.
+    fn serve(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        signals: &mut Signals,
+        reload: Option<&Reloader>,
+        mut drain_timeout: Duration,
+    ) -> Duration {
+        // One turn per SIGHUP; ends at SIGTERM/SIGINT.
+        while let Sig::Reload = rt.block_on(signals.wait()) {
+            let r = match reload.map(|f| f()) {
+                None => {
+                    tracing::info!("SIGHUP: no configuration file to re-read");
+                    continue;
+                }
+                Some(r) => r.and_then(|r| self.store.set_gc_limits(r.gc).map(|_| r).map_err(|e| e.to_string())),
+            };
+            match r {
                 Err(e) => tracing::warn!(error = %e, "SIGHUP: configuration not reloaded; the old one stays"),
-                Ok(()) => {
-                    proxy.set_rules(r.rules.clone());
-                    upload.set_upload_rate(r.upload_rate);
+                Ok(r) => {
+                    self.proxy.set_rules(r.rules.clone());
+                    self.upload.set_upload_rate(r.upload_rate);
                     drain_timeout = r.drain_timeout;
                     tracing::info!(
                         rules = r.rules.rules().len(),
@@ -221,21 +183,68 @@ pub fn run(cfg: DaemonConfig, reload: Option<Reloader>) -> Result<(), DaemonErro
                         "SIGHUP: rules and limits reloaded"
                     );
                 }
-            },
+            }
         }
+        drain_timeout
     }
-    tracing::info!(connections = proxy.connections(), bound = ?drain_timeout, "shutting down: draining the proxy");
-    let cut = rt.block_on(proxy.drain(drain_timeout));
-    if cut > 0 {
-        tracing::warn!(connections = cut, "proxy connections still busy at the drain bound are closed");
+
+    /// Drains the proxy up to `drain_timeout`, stops uploads, leaves the schedulers, stops the runtimes and
+    /// closes the store.
+    fn shutdown(self, rt: &tokio::runtime::Runtime, drain_timeout: Duration) {
+        let proxy = &self.proxy;
+        tracing::info!(connections = proxy.connections(), bound = ?drain_timeout, "shutting down: draining the proxy");
+        let cut = rt.block_on(proxy.drain(drain_timeout));
+        if cut > 0 {
+            tracing::warn!(connections = cut, "proxy connections still busy at the drain bound are closed");
+        }
+        self.upload.shutdown();
+        // Leave the schedulers before the runtimes stop, so nobody is sent to this node as a parent.
+        let sched = self.sched.clone();
+        let leave = self.cores.spawn_on(0, async move { sched.shutdown().await });
+        let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), leave).await });
+        self.cores.shutdown();
+        close(&self.store);
     }
-    upload.shutdown();
-    // Leave the schedulers before the runtimes stop, so nobody is sent to this node as a parent.
-    let leave = cores.spawn_on(0, async move { sched.shutdown().await });
-    let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), leave).await });
-    cores.shutdown();
-    close(&store);
-    Ok(())
+}
+
+/// Who this node is to the schedulers: its upload address as peers reach it.
+fn host_info(cfg: &DaemonConfig, upload_addr: SocketAddr) -> HostInfo {
+    let ip = cfg.advertise_ip.unwrap_or_else(|| match upload_addr.ip() {
+        ip if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        ip => ip,
+    });
+    HostInfo {
+        host_id: format!("{}-{ip}-{}", hostname(), upload_addr.port()),
+        hostname: hostname(),
+        ip,
+        upload_port: upload_addr.port(),
+        upload_capacity_bytes_per_sec: cfg.upload_rate.unwrap_or(1_250_000_000),
+        is_seed: cfg.seed,
+    }
+}
+
+/// Tells the schedulers this node's upload load every 2 s, so they rank it as a parent.
+async fn report_load(upload: UploadServer, sched: SchedulerClient) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    // Runs until the core stops at shutdown.
+    loop {
+        tick.tick().await;
+        let l = upload.load();
+        let load = PeerLoad { upload_bytes_per_sec: l.bytes_per_sec, upload_connections: l.connections as u32 };
+        let _ = sched.report_load(load).await;
+    }
+}
+
+/// Runs the store's GC every `interval` on the blocking pool.
+async fn collect_garbage(store: Arc<Store>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Runs until the core stops at shutdown.
+    loop {
+        tick.tick().await;
+        let s = store.clone();
+        let _ = tokio::task::spawn_blocking(move || s.gc(crate::storage_now_ms())).await;
+    }
 }
 
 fn close(store: &Arc<Store>) {

@@ -1,7 +1,9 @@
 //! Shoal: a P2P distribution engine for large files behind an HTTP forward proxy.
 //!
 //! Floors, top to bottom; a module uses only what stands below it, so data flows one way:
-//! `cli` → `daemon` → `proxy` → `engine` → `transfer` / `scheduler` (client) → `storage`, `runtime`.
+//! `cli` → `daemon` → `proxy` → `engine` → `transfer` / `scheduler` (client) → `storage`, `runtime`,
+//! with `config` beside `daemon`, and `upstream` (outbound HTTP) and `units` (sizes, durations) below
+//! every floor that needs them.
 
 pub mod cli;
 pub mod config;
@@ -13,6 +15,8 @@ pub mod runtime;
 pub mod scheduler;
 pub mod storage;
 pub mod transfer;
+pub mod units;
+pub mod upstream;
 
 /// Wall-clock milliseconds since the Unix epoch, the time base of task access times and GC.
 pub fn storage_now_ms() -> u64 {

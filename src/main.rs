@@ -49,7 +49,6 @@ fn daemon_cmd(a: &shoal::cli::DaemonArgs) -> anyhow::Result<()> {
         engine: c.engine_config(),
         proxy: shoal::proxy::server::ProxyConfig {
             rules,
-            zero_copy: c.proxy.zero_copy,
             header_read_timeout: c.proxy.client_timeout,
             ..Default::default()
         },
@@ -74,7 +73,6 @@ fn reload(a: &shoal::cli::DaemonArgs, path: &std::path::Path, running: &Config) 
         ("advertise_ip", c.advertise_ip != running.advertise_ip),
         ("proxy.addr", c.proxy.addr != running.proxy.addr),
         ("proxy.client_timeout", c.proxy.client_timeout != running.proxy.client_timeout),
-        ("proxy.zero_copy", c.proxy.zero_copy != running.proxy.zero_copy),
         ("upload.addr", c.upload.addr != running.upload.addr),
         ("metrics", c.metrics != running.metrics),
         ("scheduler", c.scheduler != running.scheduler),

@@ -104,6 +104,12 @@ fn seed_and_six_peers_fetch_one_object_with_one_origin_download_in_every_flavour
         eprintln!("{fl:?}: origin bytes / size = {ratio:.3}; P2P per-peer {}", stats(times.clone()));
         assert!(ratio <= 1.05, "{fl:?}: origin served {ratio:.3}× the object");
         if fi == 0 {
+            // One task's log lines can be followed across subsystems: each carries the task's span (and the
+            // seed's, on the seed).
+            let line = peers[0].proc.wait_for("task complete", Duration::from_secs(10));
+            assert!(line.contains(&format!("task{{id={oid} url=")), "{line}");
+            let line = seed.proc.wait_for("task complete", Duration::from_secs(10));
+            assert!(line.contains(&format!("seed{{task={oid}}}:task{{id={oid} url=")), "{line}");
             // The same peers straight from the origin, in the same run: the baseline for the figures.
             let before = origin.bytes_sent();
             let direct = direct_all(6, &origin.url(&path));

@@ -168,7 +168,7 @@ fn digest_mismatch_discards_the_task() {
                 task.write_piece(k, piece_of(&all, piece, k), None).await.unwrap();
             }
             let e = tokio::time::timeout(Duration::from_secs(10), task.wait_complete()).await.unwrap();
-            assert!(matches!(e, Err(StorageError::TaskFailed(ref r)) if r.contains("digest mismatch")), "{e:?}");
+            assert!(matches!(e, Err(StorageError::DigestMismatch { got, .. }) if got == sha256(&all)), "{e:?}");
         });
         assert!(matches!(task.state(), TaskState::Failed(_)));
         assert!(store.get(&id(7)).is_none(), "never served");

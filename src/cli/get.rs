@@ -22,6 +22,8 @@ pub enum GetError {
     Param(String),
     #[error("invalid header {0:?} (want 'Name: value')")]
     Header(String),
+    #[error("cannot reach the daemon at {addr}: {source}")]
+    Unreachable { addr: String, source: std::io::Error },
     #[error("cannot reach the daemon at {addr}: {reason}")]
     Daemon { addr: String, reason: String },
     #[error("server answered {status}: {message}")]
@@ -69,7 +71,9 @@ pub async fn run(o: &GetOptions) -> Result<GetReport, GetError> {
     let work = async {
         match fetch(o, &part).await {
             // Nobody listens there: a laptop without a daemon; do the download in this process.
-            Err(GetError::Daemon { reason, .. }) if reason.contains("refused") => embedded(o, &part).await,
+            Err(GetError::Unreachable { source, .. }) if source.kind() == std::io::ErrorKind::ConnectionRefused => {
+                embedded(o, &part).await
+            }
             r => r,
         }
     };
@@ -106,7 +110,9 @@ async fn fetch(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
     let v = http::HeaderValue::from_str(&list).map_err(|_| GetError::Param(list.clone()))?;
     req.headers_mut().insert("x-shoal-filtered-query-params", v);
     let daemon_err = |reason: String| GetError::Daemon { addr: o.daemon.clone(), reason };
-    let sock = tokio::net::TcpStream::connect(&o.daemon).await.map_err(|e| daemon_err(e.to_string()))?;
+    let sock = tokio::net::TcpStream::connect(&o.daemon)
+        .await
+        .map_err(|source| GetError::Unreachable { addr: o.daemon.clone(), source })?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(sock)).await.map_err(|e| daemon_err(e.to_string()))?;
     let conn = tokio::spawn(conn);
@@ -224,7 +230,7 @@ async fn embedded(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
         other => emb(other),
     })?;
     f.task.wait_complete().await.map_err(|e| match e {
-        crate::storage::StorageError::TaskFailed(r) if r.contains("digest mismatch") => GetError::Mismatch(r),
+        crate::storage::StorageError::DigestMismatch { got, .. } => GetError::Mismatch(hex::encode(got)),
         other => emb(&other),
     })?;
     let _ = std::fs::remove_file(part);

@@ -1,4 +1,4 @@
-//! Command-line interface: argument parsing and the small parsers for sizes and durations.
+//! Command-line interface: argument parsing.
 //!
 //! Owns the names of commands and flags (the contract scripts and the Helm chart rely on). Never does work
 //! itself: each command hands its options to the subsystem that runs it. Called by main.rs only.
@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::storage::IoEngineChoice;
+use crate::units::{parse_duration, parse_size};
 
 pub mod get;
 pub mod tasks;
@@ -30,7 +31,6 @@ impl DaemonArgs {
         });
         c.proxy.rules = flagged.chain(c.proxy.rules).collect();
         c.proxy.client_timeout = self.proxy_client_timeout.unwrap_or(c.proxy.client_timeout);
-        c.proxy.zero_copy = self.proxy_zero_copy.unwrap_or(c.proxy.zero_copy);
         c.proxy.drain_timeout = self.drain_timeout.unwrap_or(c.proxy.drain_timeout);
         c.upload.addr = self.upload_addr.unwrap_or(c.upload.addr);
         c.metrics.addr = self.metrics_addr.unwrap_or(c.metrics.addr);
@@ -138,9 +138,6 @@ pub struct DaemonArgs {
     /// and a client that accepts no response bytes for this long is disconnected [default: 30s].
     #[arg(long, value_parser = parse_duration)]
     pub proxy_client_timeout: Option<Duration>,
-    /// Send complete local hits with sendfile (false: stream them through hyper like misses) [default: true].
-    #[arg(long, action = clap::ArgAction::Set)]
-    pub proxy_zero_copy: Option<bool>,
     /// On SIGTERM, how long responses in flight may finish before they are closed [default: 20s].
     #[arg(long, value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
@@ -216,70 +213,4 @@ pub struct GetArgs {
     /// Give up after this long.
     #[arg(long, value_parser = parse_duration, default_value = "1h")]
     pub timeout: Duration,
-}
-
-/// Parses sizes such as `512`, `64KiB`, `10GB`, `1.5TiB` (SI and binary units; bare numbers are bytes).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        "t" | "tb" => 1_000_000_000_000,
-        "tib" => 1 << 40,
-        u => return Err(format!("unknown size unit {u:?} in {s:?}")),
-    };
-    let v = n * mult as f64;
-    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
-        return Err(format!("size out of range: {s:?}"));
-    }
-    Ok(v as u64)
-}
-
-/// Parses durations such as `90s`, `15m`, `12h`, `30d`, `250ms`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = |m: u64| n.checked_mul(m).map(Duration::from_secs).ok_or_else(|| format!("duration too large: {s:?}"));
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => secs(1),
-        "m" => secs(60),
-        "h" => secs(3600),
-        "d" => secs(86400),
-        u => Err(format!("unknown duration unit {u:?} in {s:?} (ms, s, m, h, d)")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512"), Ok(512));
-        assert_eq!(parse_size("64KiB"), Ok(65536));
-        assert_eq!(parse_size("10GB"), Ok(10_000_000_000));
-        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
-        assert!(parse_size("ten").is_err());
-        assert!(parse_size("5XB").is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86400)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("1w").is_err());
-        assert!(parse_duration("").is_err());
-    }
 }

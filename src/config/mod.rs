@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::cli::{parse_duration, parse_size};
 use crate::storage::IoEngineChoice;
+use crate::units::{parse_duration, parse_size};
 
 /// The commented default configuration.
 pub const DEFAULT_YAML: &str = include_str!("shoal.yaml");
@@ -52,7 +52,6 @@ pub struct ProxyConfig {
     pub filtered_query_params: Option<Vec<String>>,
     #[serde(deserialize_with = "duration")]
     pub client_timeout: Duration,
-    pub zero_copy: bool,
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
 }
@@ -142,7 +141,6 @@ impl Default for ProxyConfig {
             default_rules: true,
             filtered_query_params: None,
             client_timeout: Duration::from_secs(30),
-            zero_copy: true,
             drain_timeout: Duration::from_secs(20),
         }
     }

@@ -60,7 +60,7 @@ pub(super) async fn conduct(engine: Arc<Engine>, req: FetchRequest, tx: watch::S
         if let Some(t) = engine.store.get(&req.task_id) {
             if !t.is_complete() {
                 // Nothing half-fetched is kept: waiters get the failure, the next request starts afresh.
-                t.discard(e.to_string());
+                t.discard(crate::storage::FailReason::Download(e.to_string()));
             }
         }
         tx.send_modify(|p| {

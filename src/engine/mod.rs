@@ -8,7 +8,9 @@
 
 mod conductor;
 mod error;
+pub mod identity;
 mod pieces;
+mod seed;
 pub mod source;
 
 use std::collections::HashMap;
@@ -129,11 +131,8 @@ impl Engine {
     /// The task for `req`: complete locally, or being downloaded (joined if already running here).
     /// Returns once the task exists locally; its pieces keep arriving afterwards.
     pub async fn fetch(self: &Arc<Self>, req: FetchRequest) -> Result<Fetch, Arc<EngineError>> {
-        if let Some(t) = self.store.get(&req.task_id) {
-            if t.is_complete() {
-                t.touch();
-                return Ok(Fetch { task: t, source: Source::Local, origin_headers: None });
-            }
+        if let Some(task) = self.local_hit(&req.task_id) {
+            return Ok(Fetch { task, source: Source::Local, origin_headers: None });
         }
         let mut rx = {
             let mut active = lock(&self.active);
@@ -142,7 +141,12 @@ impl Engine {
                 None => {
                     let (tx, rx) = watch::channel(None);
                     active.insert(req.task_id, rx.clone());
-                    tokio::spawn(conductor::conduct(self.clone(), req.clone(), tx));
+                    // Every log line of the download, in any subsystem it calls, carries the task's span.
+                    let span = tracing::info_span!("task", id = %req.task_id, url = %req.display_url);
+                    tokio::spawn(tracing::Instrument::instrument(
+                        conductor::conduct(self.clone(), req.clone(), tx),
+                        span,
+                    ));
                     rx
                 }
             }
@@ -153,6 +157,13 @@ impl Engine {
             Some(Err(e)) => Err(e.clone()),
             None => Err(Arc::new(EngineError::Vanished)),
         }
+    }
+
+    /// The task when it is complete on this node (recorded as an access), else `None`.
+    pub fn local_hit(&self, id: &TaskId) -> Option<Arc<crate::storage::Task>> {
+        let t = self.store.get(id).filter(|t| t.is_complete())?;
+        t.touch();
+        Some(t)
     }
 
     fn finish_active(&self, id: &TaskId) {

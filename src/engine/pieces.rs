@@ -76,20 +76,25 @@ pub async fn download(
     let mut set = tokio::task::JoinSet::new();
     for (i, &p) in parents.iter().enumerate() {
         let (pool, task, shared, wake) = (pool.clone(), task.clone(), shared.clone(), wake.clone());
-        set.spawn(async move {
-            let r = parent_loop(&pool, &task, p, i, &shared, &wake, per_parent.max(1)).await;
-            let mut s = lock(&shared);
-            let bytes = match r {
-                Ok(b) => b,
-                Err(e) => {
-                    s.failures.push(ParentFailure { parent: p, reason: e.to_string() });
-                    0
-                }
-            };
-            drop(s);
-            wake.notify_waiters();
-            bytes
-        });
+        // The parent's span sits inside the task's, so a parent's log lines name both.
+        let span = tracing::debug_span!("parent", addr = %p);
+        set.spawn(tracing::Instrument::instrument(
+            async move {
+                let r = parent_loop(&pool, &task, p, i, &shared, &wake, per_parent.max(1)).await;
+                let mut s = lock(&shared);
+                let bytes = match r {
+                    Ok(b) => b,
+                    Err(e) => {
+                        s.failures.push(ParentFailure { parent: p, reason: e.to_string() });
+                        0
+                    }
+                };
+                drop(s);
+                wake.notify_waiters();
+                bytes
+            },
+            span,
+        ));
     }
     let mut bytes = 0;
     let mut stalled = false;

@@ -14,44 +14,13 @@ use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, HOST,
 use http::{HeaderMap, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::error::EngineError;
 use crate::metrics::{self, Metrics};
 use crate::storage::{Task, TaskState};
-
-pub type Https = hyper_rustls::HttpsConnector<HttpConnector>;
-
-/// The connector every outbound HTTP(S) client of the daemon uses (origins, pass-through): TCP with a
-/// connect timeout and no Nagle, TLS through rustls verifying against the system's roots (or `SSL_CERT_FILE`).
-pub fn https_connector(connect_timeout: Duration) -> Result<Https, std::io::Error> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(provider)?
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http))
-}
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the proxy's own: never
-/// forwarded in either direction (the proxy's pass-through uses this list too).
-pub const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+use crate::upstream::{error_chain, https_connector, Https, HOP_BY_HOP};
 
 /// Client headers that a back-to-source GET sets itself: the whole object, identity-encoded, from its host.
 const SET_BY_THE_FETCH: &[&str] = &["host", "range", "if-range", "accept-encoding"];
@@ -143,19 +112,6 @@ impl OriginClient {
     }
 }
 
-/// An error and its sources joined with ": ", the way logs and one-line client replies show them.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    // Bounded by the error chain's length.
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
 /// `bytes S-E/T` → (S, E, Some(T)); `bytes S-E/*` → (S, E, None).
 fn parse_content_range(v: Option<&HeaderValue>) -> Option<(u64, u64, Option<u64>)> {
     let v = v?.to_str().ok()?.strip_prefix("bytes ")?;
@@ -200,7 +156,7 @@ pub async fn stream_into(
     // Bounded by the body: every round consumes a frame or ends.
     loop {
         if let TaskState::Failed(r) = task.state() {
-            return Err(EngineError::Storage(crate::storage::StorageError::TaskFailed(r)));
+            return Err(EngineError::Storage(r.into()));
         }
         let frame = match body.frame().await {
             None => break,

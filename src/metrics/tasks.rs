@@ -36,7 +36,7 @@ impl From<&TaskInfo> for TaskView {
         let (state, failure) = match &t.state {
             TaskState::InProgress => ("in_progress", None),
             TaskState::Complete => ("complete", None),
-            TaskState::Failed(why) => ("failed", Some(why.clone())),
+            TaskState::Failed(why) => ("failed", Some(why.to_string())),
         };
         TaskView {
             id: t.id.to_hex(),

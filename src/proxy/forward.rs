@@ -7,16 +7,15 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
-use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http::header::{HeaderValue, HOST};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::respond::BodyError;
-use super::server::{text, Body};
-use crate::engine::source::{Https, HOP_BY_HOP};
+use super::respond::{text, Body, BodyError};
+use crate::upstream::{error_chain, https_connector, strip_hop_by_hop, Https};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -35,8 +34,7 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(connect_timeout: Duration, head_timeout: Duration) -> Result<Forwarder, ForwardError> {
-        let https =
-            crate::engine::source::https_connector(connect_timeout).map_err(|e| ForwardError::Tls(e.to_string()))?;
+        let https = https_connector(connect_timeout).map_err(|e| ForwardError::Tls(e.to_string()))?;
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
         Ok(Forwarder { client, connect_timeout, head_timeout })
     }
@@ -67,11 +65,9 @@ impl Forwarder {
         Response::from_parts(parts, body.map_err(|e| Box::new(e) as BodyError).boxed())
     }
 
-    /// CONNECT: dials the target, answers 200, then copies bytes both ways until either side closes.
-    pub async fn connect(&self, req: Request<Incoming>) -> Response<Body> {
-        let Some(target) = connect_target(req.uri()) else {
-            return text(StatusCode::BAD_REQUEST, "shoal: CONNECT needs host:port");
-        };
+    /// CONNECT to `target` (`host:port`, from the plan): dials it, answers 200, then copies bytes both
+    /// ways until either side closes.
+    pub async fn connect(&self, req: Request<Incoming>, target: String) -> Response<Body> {
         let dial = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(target.as_str()));
         let mut upstream = match dial.await {
             Ok(Ok(s)) => s,
@@ -95,71 +91,6 @@ impl Forwarder {
     }
 }
 
-/// `host:port` of a CONNECT request (authority form), with a port and no path.
-fn connect_target(uri: &Uri) -> Option<String> {
-    let a = uri.authority()?;
-    if uri.scheme().is_some() || a.port_u16().is_none() || a.host().is_empty() || a.as_str().contains('@') {
-        return None;
-    }
-    Some(a.as_str().to_owned())
-}
-
-/// Removes the hop-by-hop headers, including every header the Connection header names.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        h.remove(*n);
-    }
-}
-
 fn one_line(e: &dyn std::error::Error) -> String {
-    crate::engine::source::error_chain(e).lines().next().unwrap_or("").chars().take(300).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
-        let mut h = HeaderMap::new();
-        for (n, v) in [
-            ("connection", "close, X-Private"),
-            ("x-private", "1"),
-            ("keep-alive", "timeout=5"),
-            ("proxy-connection", "keep-alive"),
-            ("te", "trailers"),
-            ("trailer", "x"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "h2c"),
-            ("proxy-authorization", "Basic x"),
-            ("proxy-authenticate", "Basic"),
-            ("authorization", "Bearer t"),
-            ("range", "bytes=0-1"),
-        ] {
-            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
-        }
-        strip_hop_by_hop(&mut h);
-        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["authorization", "range"]);
-    }
-
-    #[test]
-    fn connect_targets_need_host_and_port() {
-        let t = |s: &str| s.parse::<Uri>().ok().and_then(|u| connect_target(&u));
-        assert_eq!(t("127.0.0.1:443").as_deref(), Some("127.0.0.1:443"));
-        assert_eq!(t("example.test:8443").as_deref(), Some("example.test:8443"));
-        assert_eq!(t("example.test"), None);
-        assert_eq!(t("http://example.test:80/x"), None);
-        assert_eq!(t("/path"), None);
-    }
+    error_chain(e).lines().next().unwrap_or("").chars().take(300).collect()
 }

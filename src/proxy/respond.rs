@@ -6,14 +6,29 @@
 
 use std::sync::Arc;
 
+use std::convert::Infallible;
+
 use bytes::Bytes;
-use http_body_util::StreamBody;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 
 use crate::metrics::{self, Metrics};
 use crate::storage::{StorageError, Task};
 
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every response body the proxy sends: a task's stream, an upstream's body, or a line of text.
+pub type Body = BoxBody<Bytes, BodyError>;
+
+/// A one-line text answer from the proxy itself.
+pub fn text(status: StatusCode, msg: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{msg}\n"))).map_err(|n: Infallible| match n {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
 
 struct Cursor {
     task: Arc<Task>,
@@ -88,10 +103,10 @@ pub async fn wait_length(task: &Arc<Task>) -> Result<u64, StorageError> {
             return Ok(len);
         }
         if let crate::storage::TaskState::Failed(r) = task.state() {
-            return Err(StorageError::TaskFailed(r));
+            return Err(r.into());
         }
         if rx.changed().await.is_err() {
-            return Err(StorageError::TaskFailed("task dropped".into()));
+            return Err(crate::storage::FailReason::Dropped.into());
         }
     }
 }

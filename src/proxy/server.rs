@@ -1,9 +1,11 @@
 //! The forward-proxy listener: one SO_REUSEPORT listener per core, HTTP/1.1 with keep-alive.
 //!
-//! Owns: connection settings (header size limit, header/idle timeout), routing of each request (rules.rs
-//! decides P2P or pass-through; forward.rs does pass-through and CONNECT) and the P2P response: status,
-//! headers (sent as soon as the task exists) and Range handling. The body streams as pieces complete
-//! (respond.rs). Complete local hits skip hyper and go out with sendfile (hit.rs) unless `zero_copy` is off.
+//! Owns: connection settings (header size limit, header/idle timeout, the write stall bound) and executing
+//! each request's plan (plan.rs): refusals, pass-through and CONNECT (forward.rs), and P2P responses whose
+//! head goes out as soon as the task exists and whose body streams as pieces complete (respond.rs).
+//!
+//! A sendfile responder for complete local hits was measured against this one (scripts/bench-proxy-hit.sh,
+//! docs/benchmarks.md) and removed: on this machine hyper was faster at the same CPU per GiB.
 //!
 //! Errors: an origin's error status passes through; a Shoal-side failure is 502 with a one-line reason;
 //! a request that is not a proxy request (origin-form, non-http scheme) is 400.
@@ -13,34 +15,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{HeaderValue, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, IF_RANGE, RANGE};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http::header::HeaderValue;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
 use super::forward::Forwarder;
-use super::hit;
 use super::lifecycle::{Drain, LiveRules, ProxyHandle};
-use super::respond::{parse_range, task_body, wait_length, BodyError, RangeAsk};
-use super::rules::{Route, Rules};
-use crate::engine::{Engine, EngineError, FetchRequest};
+use super::plan::{plan, reply, P2pPlan, Plan, Reply, ReplyBody, TaskFacts, PASS_HEADERS};
+use super::respond::{task_body, text, wait_length, Body};
+use super::rules::Rules;
+use super::stall::WriteStall;
+use crate::engine::{Engine, EngineError};
 use crate::runtime::{reuseport_listener, Cores};
-
-pub type Body = BoxBody<Bytes, BodyError>;
-
-/// Entity headers of an origin answer that a client should see.
-const PASS_HEADERS: &[&str] = &[
-    "content-type",
-    "etag",
-    "last-modified",
-    "cache-control",
-    "content-disposition",
-    "x-linked-etag",
-    "x-linked-size",
-];
 
 /// Settings of the proxy front.
 #[derive(Clone, Debug)]
@@ -53,8 +42,6 @@ pub struct ProxyConfig {
     pub max_header_bytes: usize,
     pub upstream_connect_timeout: Duration,
     pub upstream_head_timeout: Duration,
-    /// Answer complete local hits with sendfile on the raw connection (hit.rs) instead of through hyper.
-    pub zero_copy: bool,
 }
 
 impl Default for ProxyConfig {
@@ -65,7 +52,6 @@ impl Default for ProxyConfig {
             max_header_bytes: 64 << 10,
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_head_timeout: Duration::from_secs(120),
-            zero_copy: true,
         }
     }
 }
@@ -74,13 +60,6 @@ struct Front {
     engine: Arc<Engine>,
     rules: Arc<LiveRules>,
     forward: Forwarder,
-}
-
-pub(super) fn text(status: StatusCode, msg: &str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(format!("{msg}\n"))).map_err(|n: Infallible| match n {}).boxed());
-    *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    r
 }
 
 /// Starts one accept loop per core on `addr`; the handle reloads rules and drains connections.
@@ -130,23 +109,15 @@ pub fn start(cores: &Cores, addr: SocketAddr, engine: Arc<Engine>, cfg: ProxyCon
     Ok(ProxyHandle { addr: bound, rules, drain })
 }
 
-/// One client connection: local hits on the raw socket, the rest through hyper, until the client leaves,
-/// idles out, or a drain asks it to close after its current response.
+/// One client connection, through hyper, until the client leaves, idles out, stops reading, or a drain asks
+/// it to close after its current response.
 async fn serve_connection(
     front: Arc<Front>,
     cfg: ProxyConfig,
     sock: tokio::net::TcpStream,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let io = if cfg.zero_copy {
-        let (idle, max) = (cfg.header_read_timeout, cfg.max_header_bytes);
-        match hit::serve(sock, &front.engine, &front.rules, idle, max, &mut stop).await {
-            hit::Outcome::Done => return,
-            hit::Outcome::Hyper(io) => io,
-        }
-    } else {
-        hit::Rewind::new(sock, cfg.header_read_timeout)
-    };
+    let io = WriteStall::new(sock, cfg.header_read_timeout);
     let svc = service_fn(move |req| handle(front.clone(), req));
     // The timer is required: hyper panics on header_read_timeout without one.
     let conn = hyper::server::conn::http1::Builder::new()
@@ -165,12 +136,15 @@ async fn serve_connection(
         }
     };
     if let Err(e) = served {
-        tracing::debug!(error = %e, "proxy connection ended");
+        tracing::debug!(error = %crate::upstream::error_chain(&e), "proxy connection ended");
     }
 }
 
 async fn handle(front: Arc<Front>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let r = route(front, req).await;
+    // Host only: paths and queries may carry signed credentials.
+    let host = req.uri().host().unwrap_or("").to_owned();
+    let span = tracing::debug_span!("request", method = %req.method(), %host, task = tracing::field::Empty);
+    let r = tracing::Instrument::instrument(route(front, req), span).await;
     if let Ok(resp) = &r {
         crate::metrics::global().proxy_response(resp.status().as_u16());
     }
@@ -178,128 +152,53 @@ async fn handle(front: Arc<Front>, req: Request<Incoming>) -> Result<Response<Bo
 }
 
 async fn route(front: Arc<Front>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    if req.method() == Method::CONNECT {
-        return Ok(front.forward.connect(req).await);
-    }
-    if !matches!(req.uri().scheme_str(), Some("http") | Some("https")) || req.uri().authority().is_none() {
-        return Ok(text(
-            StatusCode::BAD_REQUEST,
-            "shoal: this is a forward proxy: the request URL must be absolute http(s)",
-        ));
-    }
-    let mut header_digest = None;
-    if let Some(v) = req.headers().get("x-shoal-digest") {
-        match v.to_str().ok().and_then(|s| s.strip_prefix("sha256:")).and_then(parse_hex32) {
-            Some(d) => header_digest = Some(d),
-            None => return Ok(text(StatusCode::BAD_REQUEST, "shoal: X-Shoal-Digest must be sha256:<64 hex>")),
+    let planned = plan(&front.rules.current(), req.method(), req.uri(), req.headers());
+    Ok(match planned {
+        Plan::Refuse { status, reason } => text(status, reason),
+        Plan::Connect { target } => front.forward.connect(req, target).await,
+        Plan::Pass { url } => front.forward.forward(req, url).await,
+        Plan::P2p(p) => {
+            tracing::Span::current().record("task", tracing::field::display(p.fetch.task_id));
+            p2p(&front.engine, *p).await
         }
-    }
-    let mut extra = None;
-    if let Some(v) = req.headers().get("x-shoal-filtered-query-params") {
-        match v.to_str().ok().and_then(super::rules::parse_extra_filtered) {
-            Some(names) => extra = Some(names),
-            None => {
-                return Ok(text(
-                    StatusCode::BAD_REQUEST,
-                    "shoal: X-Shoal-Filtered-Query-Params must be a comma-separated list of parameter names",
-                ))
-            }
-        }
-    }
-    match front.rules.current().route_with(req.method(), req.uri(), header_digest, extra.as_deref()) {
-        Route::Pass { url } => Ok(front.forward.forward(req, url).await),
-        Route::P2p { identity, url, expected_sha256 } => {
-            let fr = FetchRequest {
-                task_id: identity.task_id,
-                url: url.to_string(),
-                headers: origin_headers(&req),
-                display_url: identity.display_url,
-                expected_sha256,
-            };
-            Ok(p2p(&front.engine, fr, &req).await)
-        }
-    }
+    })
 }
 
-/// The client's headers that go to the origin on a miss (ours and the proxy's own are dropped).
-fn origin_headers(req: &Request<Incoming>) -> Vec<(String, String)> {
-    req.headers()
-        .iter()
-        .filter(|(n, _)| !n.as_str().starts_with("x-shoal-") && !n.as_str().starts_with("proxy-"))
-        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-        .collect()
-}
-
-async fn p2p(engine: &Arc<Engine>, fr: FetchRequest, req: &Request<Incoming>) -> Response<Body> {
-    let want = fr.expected_sha256;
-    let f = match engine.fetch(fr).await {
+/// Executes a P2P plan: the task's head as soon as the task exists, then its bytes as pieces land.
+async fn p2p(engine: &Arc<Engine>, p: P2pPlan) -> Response<Body> {
+    let f = match engine.fetch(p.fetch.clone()).await {
         Ok(f) => f,
         Err(e) => return error_response(&e),
     };
-    // The task may already exist under the URL's digest: content other than what the client asked for is
-    // refused before any byte goes out (its actual sha256 once complete, else the one it is held to).
-    if want.is_some_and(|w| f.task.sha256().or(f.task.expected_sha256()).is_some_and(|h| h != w)) {
-        return text(StatusCode::BAD_GATEWAY, "shoal: the content's sha256 differs from X-Shoal-Digest");
-    }
-    // If-Range names a representation we cannot compare against: the whole content is always right.
-    let range = req.headers().get(RANGE).filter(|_| !req.headers().contains_key(IF_RANGE));
-    let range = range.and_then(|v| v.to_str().ok());
     let mut len = f.task.content_length();
-    if range.is_some() && len.is_none() {
+    if p.range.is_some() && len.is_none() {
         // A range of content of unknown length can only be answered once the length is known.
         match wait_length(&f.task).await {
             Ok(l) => len = Some(l),
             Err(e) => return error_response(&EngineError::Storage(e)),
         }
     }
-    let ask = match (range, len) {
-        (Some(v), Some(l)) => parse_range(v, l),
-        _ => RangeAsk::Whole,
+    let facts = TaskFacts {
+        id: f.task.id(),
+        len,
+        sha256: f.task.sha256().or(f.task.expected_sha256()),
+        source: f.source,
+        origin_headers: f.origin_headers.as_deref(),
     };
-    let mut r = match ask {
-        RangeAsk::Unsatisfiable => {
-            let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE, "shoal: range not satisfiable");
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", len.unwrap_or(0))) {
-                r.headers_mut().insert(CONTENT_RANGE, v);
-            }
-            r
-        }
-        RangeAsk::Part(s, e) => {
-            let mut r = Response::new(BodyExt::boxed(task_body(f.task.clone(), Some((s, e + 1)))));
-            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-            let h = r.headers_mut();
-            h.insert(CONTENT_LENGTH, HeaderValue::from(e + 1 - s));
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {s}-{e}/{}", len.unwrap_or(0))) {
-                h.insert(CONTENT_RANGE, v);
-            }
-            r
-        }
-        RangeAsk::Whole => {
-            let mut r = Response::new(BodyExt::boxed(task_body(f.task.clone(), None)));
-            if let Some(len) = len {
-                r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
-            }
+    let Reply { status, headers, body } = reply(&p, &facts);
+    let mut r = match body {
+        ReplyBody::Text(msg) => text(status, msg),
+        ReplyBody::Whole | ReplyBody::Part { .. } => {
+            let window = match body {
+                ReplyBody::Part { start, end } => Some((start, end)),
+                _ => None,
+            };
+            let mut r = Response::new(BodyExt::boxed(task_body(f.task, window)));
+            *r.status_mut() = status;
             r
         }
     };
-    let h = r.headers_mut();
-    if let Some(oh) = &f.origin_headers {
-        for name in PASS_HEADERS {
-            if let Some(v) = oh.get(*name) {
-                h.insert(*name, v.clone());
-            }
-        }
-    }
-    if !h.contains_key(CONTENT_TYPE) || ask == RangeAsk::Unsatisfiable {
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    }
-    if len.is_some() {
-        h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    }
-    if let Ok(v) = HeaderValue::from_str(&f.task.id().to_hex()) {
-        h.insert("x-shoal-task-id", v);
-    }
-    h.insert("x-shoal-source", HeaderValue::from_static(f.source.as_str()));
+    r.headers_mut().extend(headers);
     r
 }
 
@@ -321,11 +220,4 @@ fn error_response(e: &EngineError) -> Response<Body> {
 
 fn one_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(300).collect()
-}
-
-pub(super) fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    (s.len() == 64).then_some(())?;
-    hex::decode_to_slice(s, &mut out).ok()?;
-    Some(out)
 }

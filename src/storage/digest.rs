@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use super::error::FailReason;
 use super::meta::{ST_COMPLETE, ST_DIRTY};
 use super::task::Task;
 
@@ -99,7 +100,7 @@ pub fn kick(task: &Arc<Task>) {
     let spawned = std::thread::Builder::new().name("shoal-sha256".into()).spawn(move || run(t, ctx));
     if let Err(e) = spawned {
         // Without a thread the task cannot complete; say so rather than hang its waiters.
-        task.fail(format!("cannot start hashing thread: {e}"));
+        task.fail(FailReason::io("starting the sha256 thread", &e));
         lock(&task.hasher).running = false;
     }
 }
@@ -148,7 +149,7 @@ fn run(task: Arc<Task>, mut ctx: Sha256) {
         };
         buf.resize(len as usize, 0);
         if let Err(e) = task.data.read_exact_at(&mut buf, off) {
-            task.fail(format!("reading piece {k} for the digest: {e}"));
+            task.fail(FailReason::io("reading a piece for the sha256", &e));
             lock(&task.hasher).running = false;
             return;
         }
@@ -166,19 +167,15 @@ fn finish(task: &Arc<Task>, ctx: Sha256) {
     let digest: [u8; 32] = ctx.finalize().into();
     if let Some(exp) = task.expected_sha256() {
         if exp != digest {
-            let reason = format!(
-                "content digest mismatch: expected sha256:{}, got sha256:{}",
-                hex::encode(exp),
-                hex::encode(digest)
-            );
-            tracing::warn!(task = %task.id(), "{reason}; task discarded");
+            let reason = FailReason::DigestMismatch { expected: exp, got: digest };
+            tracing::warn!(task = %task.id(), %reason, "task discarded");
             task.discard(reason);
             return;
         }
     }
     // Complete means durable: the bytes reach the disk before the flag that vouches for them.
     if let Err(e) = task.data.sync_data() {
-        task.fail(format!("fdatasync: {e}"));
+        task.fail(FailReason::io("fdatasync", &e));
         return;
     }
     task.meta.set_actual_sha256(&digest);

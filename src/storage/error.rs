@@ -38,12 +38,51 @@ pub enum StorageError {
     LengthConflict(u64),
     #[error("content too large: {0} bytes exceeds the piece table of a task with unknown length")]
     TooLarge(u64),
-    #[error("content digest mismatch: expected {expected}, got {got}")]
-    DigestMismatch { expected: String, got: String },
+    #[error("content digest mismatch: expected sha256:{}, got sha256:{}", hex::encode(expected), hex::encode(got))]
+    DigestMismatch { expected: [u8; 32], got: [u8; 32] },
     #[error("task failed: {0}")]
-    TaskFailed(String),
+    TaskFailed(FailReason),
+    #[error("task is not complete")]
+    NotComplete,
     #[error("invalid argument: {0}")]
     Invalid(String),
+}
+
+/// Why a task failed: what its waiters (clients streaming it, children, `shoal get`) are told, and what
+/// they match on. The task's own error for a digest mismatch is [`StorageError::DigestMismatch`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FailReason {
+    /// The whole content's sha256 is not the one the task is named or held to (the source sent wrong bytes).
+    #[error("content digest mismatch: expected sha256:{}, got sha256:{}", hex::encode(expected), hex::encode(got))]
+    DigestMismatch { expected: [u8; 32], got: [u8; 32] },
+    /// A local I/O step of this node failed (the disk, or a thread that could not start).
+    #[error("{op}: {kind}: {message}")]
+    Io { op: &'static str, kind: io::ErrorKind, message: String },
+    /// The download feeding the task failed; the engine's typed error went to its caller, this is its text
+    /// for everyone else waiting on the task.
+    #[error("download failed: {0}")]
+    Download(String),
+    /// GC or an operator removed the task while it was held.
+    #[error("removed: {0}")]
+    Removed(String),
+    /// The task's last handle went away while someone waited on it.
+    #[error("task dropped")]
+    Dropped,
+}
+
+impl FailReason {
+    pub(crate) fn io(op: &'static str, e: &io::Error) -> FailReason {
+        FailReason::Io { op, kind: e.kind(), message: e.to_string() }
+    }
+}
+
+impl From<FailReason> for StorageError {
+    fn from(r: FailReason) -> StorageError {
+        match r {
+            FailReason::DigestMismatch { expected, got } => StorageError::DigestMismatch { expected, got },
+            other => StorageError::TaskFailed(other),
+        }
+    }
 }
 
 impl StorageError {

@@ -135,7 +135,7 @@ impl Store {
             }
             tasks.remove(&t.id());
         }
-        t.discard(why);
+        t.discard(super::FailReason::Removed(why.to_owned()));
         self.evictions.fetch_add(1, Ordering::Relaxed);
         r.freed_bytes += bytes;
         bytes

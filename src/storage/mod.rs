@@ -19,7 +19,7 @@ mod task;
 mod uring;
 mod zerocopy;
 
-pub use error::{Result, StorageError};
+pub use error::{FailReason, Result, StorageError};
 pub use gc::GcReport;
 pub use id::{BadTaskId, TaskId};
 pub use io::{IoEngine, IoEngineChoice};

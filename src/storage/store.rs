@@ -307,7 +307,7 @@ impl Store {
     pub fn remove(&self, id: &TaskId, reason: &str) -> bool {
         match lock(&self.tasks).remove(id) {
             Some(t) => {
-                t.discard(reason);
+                t.discard(super::FailReason::Removed(reason.to_owned()));
                 true
             }
             None => false,

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::digest::HashState;
-use super::error::{Result, StorageError};
+use super::error::{FailReason, Result, StorageError};
 use super::io::IoEngine;
 use super::layout;
 use super::meta::{Meta, ST_COMPLETE, ST_DIRTY};
@@ -28,7 +28,7 @@ use super::TaskId;
 pub enum TaskState {
     InProgress,
     Complete,
-    Failed(String),
+    Failed(FailReason),
 }
 
 /// A snapshot for listings (`shoal ls`) and GC decisions.
@@ -63,7 +63,7 @@ pub struct Task {
     verified: Vec<AtomicU64>,
     /// Bumped on every change a waiter may care about.
     changed: watch::Sender<u64>,
-    failed: Mutex<Option<String>>,
+    failed: Mutex<Option<FailReason>>,
     pub(super) hasher: Mutex<HashState>,
     pub(super) removed: AtomicBool,
 }
@@ -187,7 +187,7 @@ impl Task {
 
     fn check_failed(&self) -> Result<()> {
         match lock(&self.failed).as_ref() {
-            Some(r) => Err(StorageError::TaskFailed(r.clone())),
+            Some(r) => Err(r.clone().into()),
             None => Ok(()),
         }
     }
@@ -433,7 +433,7 @@ impl Task {
     /// all), else a copy. Returns true when linked. `dest` must not exist.
     pub fn export_to(&self, dest: &std::path::Path) -> Result<bool> {
         if !self.is_complete() {
-            return Err(StorageError::TaskFailed("task is not complete".into()));
+            return Err(StorageError::NotComplete);
         }
         match std::fs::hard_link(&self.data_path, dest) {
             Ok(()) => Ok(true),
@@ -459,7 +459,7 @@ impl Task {
                 }
             }
             if rx.changed().await.is_err() {
-                return Err(StorageError::TaskFailed("task dropped".into()));
+                return Err(FailReason::Dropped.into());
             }
         }
     }
@@ -477,16 +477,16 @@ impl Task {
                 }
             }
             if rx.changed().await.is_err() {
-                return Err(StorageError::TaskFailed("task dropped".into()));
+                return Err(FailReason::Dropped.into());
             }
         }
     }
 
     /// Fails the task: waiters get the reason, nothing more is published. Files stay until `discard`.
-    pub fn fail(&self, reason: impl Into<String>) {
+    pub fn fail(&self, reason: FailReason) {
         let mut f = lock(&self.failed);
         if f.is_none() {
-            *f = Some(reason.into());
+            *f = Some(reason);
         }
         drop(f);
         self.notify();
@@ -495,7 +495,7 @@ impl Task {
     /// Fails the task and deletes its files, freeing the space at once; the store forgets it on its next
     /// look. Whoever still holds a handle gets errors (never a silently shortened body), since a discarded
     /// task is either failed or one that GC proved nobody was using.
-    pub fn discard(&self, reason: impl Into<String>) {
+    pub fn discard(&self, reason: FailReason) {
         if !self.removed.swap(true, Ordering::AcqRel) {
             // Unlinking alone would keep the blocks until the last descriptor closes.
             let _ = self.data.set_len(0);

@@ -200,7 +200,8 @@ impl UploadServer {
             match accepted {
                 Ok((sock, peer)) => {
                     self.shared.accepted.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(self.shared.clone().connection(sock, peer));
+                    let span = tracing::debug_span!("upload", child = %peer);
+                    tokio::spawn(tracing::Instrument::instrument(self.shared.clone().connection(sock, peer), span));
                 }
                 Err(e) => {
                     // EMFILE, ECONNABORTED and the like concern one connection or a moment, not the listener.
@@ -552,7 +553,7 @@ async fn subscription(shared: Arc<Shared>, out: mpsc::UnboundedSender<Out>, tid:
     // Each turn follows one change of the task; ends when everything was announced or the task fails.
     loop {
         if let TaskState::Failed(reason) = task.state() {
-            return end(ErrorCode::TaskFailed, reason);
+            return end(ErrorCode::TaskFailed, reason.to_string());
         }
         let len = task.content_length();
         let done = task.completed_pieces();

@@ -1,0 +1,103 @@
+//! Outbound HTTP(S) plumbing shared by every client of the daemon that talks to origins: the engine's
+//! back-to-source fetches and the proxy's pass-through.
+//!
+//! Owns: the connector (TCP with a connect timeout, rustls verifying against the system's roots), the
+//! hop-by-hop header list and its removal, and the one-line rendering of an error chain. Never: sends a
+//! request itself. Called by: engine and proxy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, CONNECTION};
+use hyper_util::client::legacy::connect::HttpConnector;
+
+pub type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The connector every outbound HTTP(S) client of the daemon uses (origins, pass-through): TCP with a
+/// connect timeout and no Nagle, TLS through rustls verifying against the system's roots (or `SSL_CERT_FILE`).
+pub fn https_connector(connect_timeout: Duration) -> Result<Https, std::io::Error> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(provider)?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the proxy's own: never
+/// forwarded in either direction (the proxy's pass-through uses this list too).
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes the hop-by-hop headers, including every header the Connection header names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+}
+
+/// An error and its sources joined with ": ", the way logs and one-line client replies show them.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    // Bounded by the error chain's length.
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::HeaderValue;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "close, X-Private"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-authenticate", "Basic"),
+            ("authorization", "Bearer t"),
+            ("range", "bytes=0-1"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["authorization", "range"]);
+    }
+}
