@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
 scripts/install-helm-deps.sh
 
+echo "== cargo fmt --check, cargo clippy (warnings are errors)"
+cargo fmt --check
+cargo clippy --release --all-targets -- -D warnings
+
 # Release mode: the storage and crash tests move tens of MiB per case and the kill -9 test times writes.
 echo "== cargo test (all engines are exercised inside each storage test)"
 cargo test --release --all-targets --no-fail-fast
