@@ -474,3 +474,38 @@ fn shoal_get_makes_any_url_a_task_and_leaves_filtered_params_out_of_its_id() {
     assert!(!o.status.success() && err.contains("invalid --filtered-query-param"), "{err}");
     assert!(!tmp.path().join("c").exists());
 }
+
+/// An origin that sends its head and then stalls fails the download within the body-idle bound (the
+/// client sees a failed transfer, never a clean short body), and the next request for the object is not
+/// pinned to the dead fetch; an origin that never answers is a 502 within the head bound.
+#[test]
+fn a_stalled_origin_fails_within_its_bounds_and_pins_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let (obj, oid) = object(79, 8 * MIB);
+    let path = format!("/lfs/objects/{oid}");
+    origin.put(&path, obj.clone());
+    origin.stall_once(&path, MIB);
+    let yaml = "engine:\n  origin_head_timeout: 1s\n  origin_idle_timeout: 1s\n";
+    let d = cluster::daemon_with("127.0.0.39", &[], false, &tmp.path().join("daemon"), yaml);
+    let url = origin.url(&path);
+
+    let t0 = Instant::now();
+    let g = curl(d.proxy, tmp.path(), &[&url]);
+    assert!(g.stderr.contains("curl: ("), "curl saw a failed transfer: {} / {}", g.status, g.stderr);
+    assert!(g.body.len() < obj.len());
+    assert!(t0.elapsed() < Duration::from_secs(10), "failed within the idle bound: {:?}", t0.elapsed());
+    d.proc.wait_for("origin body stalled", Duration::from_secs(5));
+
+    let g = curl(d.proxy, tmp.path(), &[&url]);
+    assert_eq!((g.status, g.header("x-shoal-source")), (200, Some("origin")), "{}", g.stderr);
+    assert!(g.body == obj[..], "the retry is whole");
+    assert_eq!(origin.requests(), 2);
+
+    let t0 = Instant::now();
+    let no_head = format!("/no-head/{}", "ab".repeat(32));
+    let g = curl(d.proxy, tmp.path(), &[&origin.url(&no_head)]);
+    assert_eq!(g.status, 502, "{}", g.stderr);
+    assert!(String::from_utf8_lossy(&g.body).contains("no response head"), "{:?}", String::from_utf8_lossy(&g.body));
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+}

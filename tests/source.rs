@@ -23,7 +23,7 @@ fn every_flavour_streams_exact_bytes_into_a_task() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path(), engines()[i % engines().len()]);
         rt().block_on(async {
-            let client = OriginClient::new(Duration::from_secs(5)).unwrap();
+            let client = OriginClient::new(Duration::from_secs(5), Duration::from_secs(30)).unwrap();
             let resp = client.get(&origin.url("/lfs/obj"), &[("X-Test".into(), "1".into())], None).await.unwrap();
             assert_eq!(resp.status, 200);
             assert_eq!(resp.content_length, fl.content_length.then_some(obj.len() as u64), "{fl:?}");
@@ -31,7 +31,7 @@ fn every_flavour_streams_exact_bytes_into_a_task() {
             assert_eq!(resp.headers.get("etag").unwrap(), "\"test-etag\"");
             let s = spec(50, resp.content_length, piece, Some(sha256(&obj)));
             let task = store.create(&s).unwrap();
-            let n = stream_into(&task, resp, 4, &IngestBudget::new(32 << 20)).await.unwrap();
+            let n = stream_into(&task, resp, 4, Duration::from_secs(30), &IngestBudget::new(32 << 20)).await.unwrap();
             assert_eq!(n, obj.len() as u64);
             assert_eq!(task.wait_complete().await.unwrap(), sha256(&obj), "{fl:?}");
         });
@@ -46,7 +46,7 @@ fn range_is_trusted_only_when_the_origin_proves_it() {
         let origin = Origin::start("127.0.0.1", fl);
         origin.put("/o", obj.clone());
         rt().block_on(async {
-            let client = OriginClient::new(Duration::from_secs(5)).unwrap();
+            let client = OriginClient::new(Duration::from_secs(5), Duration::from_secs(30)).unwrap();
             let resp = client.get(&origin.url("/o"), &[], Some((1000, Some(1999)))).await.unwrap();
             if fl.ranges {
                 assert_eq!(resp.status, 206);
@@ -72,7 +72,7 @@ fn origin_errors_and_truncation_fail_loudly() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path(), engines()[0]);
         rt().block_on(async {
-            let client = OriginClient::new(Duration::from_secs(5)).unwrap();
+            let client = OriginClient::new(Duration::from_secs(5), Duration::from_secs(30)).unwrap();
             for code in [404u16, 500] {
                 match client.get(&origin.url(&format!("/status/{code}")), &[], None).await {
                     Err(EngineError::OriginStatus { status, headers }) => {
@@ -84,7 +84,7 @@ fn origin_errors_and_truncation_fail_loudly() {
             }
             let resp = client.get(&origin.url("/cut"), &[], None).await.unwrap();
             let task = store.create(&spec(52, resp.content_length, piece, Some(sha256(&obj)))).unwrap();
-            let e = stream_into(&task, resp, 4, &IngestBudget::new(32 << 20)).await;
+            let e = stream_into(&task, resp, 4, Duration::from_secs(30), &IngestBudget::new(32 << 20)).await;
             assert!(
                 matches!(e, Err(EngineError::OriginBody { .. }) | Err(EngineError::Truncated { .. })),
                 "{fl:?}: {e:?}"

@@ -127,6 +127,10 @@ pub struct EngineTunables {
     pub parent_stall: Duration,
     #[serde(deserialize_with = "duration")]
     pub scheduler_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub origin_head_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub origin_idle_timeout: Duration,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -188,6 +192,8 @@ impl Default for EngineTunables {
             parent_wait: e.parent_wait,
             parent_stall: e.parent_stall,
             scheduler_timeout: e.scheduler_timeout,
+            origin_head_timeout: e.origin_head_timeout,
+            origin_idle_timeout: e.origin_idle_timeout,
         }
     }
 }
@@ -329,6 +335,8 @@ impl Config {
             parent_wait: self.engine.parent_wait,
             parent_stall: self.engine.parent_stall,
             scheduler_timeout: self.engine.scheduler_timeout,
+            origin_head_timeout: self.engine.origin_head_timeout,
+            origin_idle_timeout: self.engine.origin_idle_timeout,
             ..Default::default()
         }
     }

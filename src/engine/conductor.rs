@@ -303,6 +303,7 @@ async fn from_origin(
     }
     publish(tx, &task, Source::Origin, Some(resp.headers.clone()));
     spawn_progress_reporter(engine, &task, true);
-    super::source::stream_into(&task, resp, engine.cfg.origin_in_flight, &engine.ingest).await?;
+    let (in_flight, idle) = (engine.cfg.origin_in_flight, engine.cfg.origin_idle_timeout);
+    super::source::stream_into(&task, resp, in_flight, idle, &engine.ingest).await?;
     Ok(())
 }

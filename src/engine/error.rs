@@ -11,6 +11,10 @@ pub enum EngineError {
     OriginStatus { status: StatusCode, headers: Box<HeaderMap> },
     #[error("origin unreachable: {0}")]
     OriginConnect(String),
+    #[error("origin sent no response head within {0:?}")]
+    OriginHeadTimeout(std::time::Duration),
+    #[error("origin body stalled: no byte for {idle:?} after {received} bytes")]
+    OriginStalled { received: u64, idle: std::time::Duration },
     #[error("origin body failed after {received} bytes: {reason}")]
     OriginBody { received: u64, reason: String },
     #[error("origin body ended after {got} of {expected} bytes")]

@@ -52,6 +52,11 @@ pub struct EngineConfig {
     /// How often piece progress is reported to the scheduler during a download.
     pub progress_interval: Duration,
     pub origin_connect_timeout: Duration,
+    /// Bound on an origin's response head after the request is sent.
+    pub origin_head_timeout: Duration,
+    /// An origin body that delivers no byte for this long has stalled: the download fails (and the task
+    /// with it, so later requests start afresh instead of waiting on it).
+    pub origin_idle_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -67,6 +72,8 @@ impl Default for EngineConfig {
             max_peer_rounds: 3,
             progress_interval: Duration::from_millis(50),
             origin_connect_timeout: Duration::from_secs(10),
+            origin_head_timeout: Duration::from_secs(60),
+            origin_idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -107,7 +114,7 @@ impl Engine {
         scheduler: Option<SchedulerClient>,
         cfg: EngineConfig,
     ) -> Result<Arc<Engine>, EngineError> {
-        let origin = OriginClient::new(cfg.origin_connect_timeout)?;
+        let origin = OriginClient::new(cfg.origin_connect_timeout, cfg.origin_head_timeout)?;
         Ok(Arc::new(Engine {
             store,
             origin,

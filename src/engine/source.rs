@@ -29,6 +29,7 @@ const SET_BY_THE_FETCH: &[&str] = &["host", "range", "if-range", "accept-encodin
 #[derive(Clone)]
 pub struct OriginClient {
     client: Client<Https, Empty<Bytes>>,
+    head_timeout: Duration,
 }
 
 /// What a GET to the origin answered with a success status.
@@ -50,12 +51,13 @@ impl OriginResponse {
 }
 
 impl OriginClient {
-    /// `connect_timeout` bounds TCP connect; TLS verifies against the system's roots (or `SSL_CERT_FILE`).
-    pub fn new(connect_timeout: Duration) -> Result<OriginClient, EngineError> {
+    /// `connect_timeout` bounds TCP connect and `head_timeout` the wait for the response head; TLS verifies
+    /// against the system's roots (or `SSL_CERT_FILE`).
+    pub fn new(connect_timeout: Duration, head_timeout: Duration) -> Result<OriginClient, EngineError> {
         let https =
             https_connector(connect_timeout).map_err(|e| EngineError::OriginConnect(format!("TLS roots: {e}")))?;
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
-        Ok(OriginClient { client })
+        Ok(OriginClient { client, head_timeout })
     }
 
     /// GET `url` with the client's `headers` (hop-by-hop ones dropped) and an optional byte range.
@@ -90,7 +92,10 @@ impl OriginClient {
             };
             req.headers_mut().insert(RANGE, HeaderValue::from_str(&spec).map_err(|_| EngineError::BadRange)?);
         }
-        let resp = self.client.request(req).await.map_err(|e| EngineError::OriginConnect(error_chain(&e)))?;
+        let resp = tokio::time::timeout(self.head_timeout, self.client.request(req))
+            .await
+            .map_err(|_| EngineError::OriginHeadTimeout(self.head_timeout))?
+            .map_err(|e| EngineError::OriginConnect(error_chain(&e)))?;
         let (parts, body) = resp.into_parts();
         if !parts.status.is_success() {
             return Err(EngineError::OriginStatus { status: parts.status, headers: Box::new(parts.headers) });
@@ -127,7 +132,8 @@ fn parse_content_range(v: Option<&HeaderValue>) -> Option<(u64, u64, Option<u64>
 
 /// Streams a 200 body into `task` from piece 0, writing up to `in_flight` pieces at once (in order, so
 /// the storage engine hashes them while they are hot). Fixes the length at the end when the origin did
-/// not announce one. Any shortfall or excess is an error: never a silently short or long object.
+/// not announce one. Any shortfall or excess is an error: never a silently short or long object; so is a
+/// body that delivers nothing for `idle`.
 ///
 /// Each piece buffer (being filled, or on its way to the disk) holds a reservation on `budget`, so the
 /// memory of every origin download of the daemon together stays bounded however many run at once.
@@ -135,6 +141,7 @@ pub async fn stream_into(
     task: &Arc<Task>,
     resp: OriginResponse,
     in_flight: usize,
+    idle: Duration,
     budget: &IngestBudget,
 ) -> Result<u64, EngineError> {
     let pl = task.piece_length() as usize;
@@ -158,10 +165,11 @@ pub async fn stream_into(
         if let TaskState::Failed(r) = task.state() {
             return Err(EngineError::Storage(r.into()));
         }
-        let frame = match body.frame().await {
-            None => break,
-            Some(Ok(f)) => f,
-            Some(Err(e)) => return Err(EngineError::OriginBody { received: total, reason: error_chain(&e) }),
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(EngineError::OriginStalled { received: total, idle }),
+            Ok(None) => break,
+            Ok(Some(Ok(f))) => f,
+            Ok(Some(Err(e))) => return Err(EngineError::OriginBody { received: total, reason: error_chain(&e) }),
         };
         let Ok(mut data) = frame.into_data() else { continue };
         total += data.len() as u64;

@@ -38,6 +38,8 @@ struct State {
     truncate: Mutex<HashMap<String, usize>>,
     /// Pause before each 256 KiB frame, in microseconds: a slow origin.
     frame_delay_us: AtomicU64,
+    /// Paths whose next body stalls (sends nothing more, keeps the connection) after this many bytes.
+    stall_once: Mutex<HashMap<String, usize>>,
 }
 
 /// A running origin; dropped, it stops.
@@ -64,6 +66,10 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     st.requests.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path().to_owned();
+    if path.starts_with("/no-head/") {
+        // Accepts the request and never answers (until the origin stops).
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    }
     if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.split('/').next()?.parse::<u16>().ok()) {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut r = full(status, Bytes::from(format!("origin says {code}\n")));
@@ -87,6 +93,7 @@ async fn handle(
         }
     }
     let cut = st.truncate.lock().unwrap().get(&path).copied();
+    let stall = st.stall_once.lock().unwrap().remove(&path);
     let len = body.len();
     let st2 = st.clone();
     // Sent in 256 KiB frames, counted as they leave.
@@ -103,13 +110,23 @@ async fn handle(
         .collect();
     // Before breaking off, pause so what was sent is flushed (a real origin dies mid-body, not before it).
     let delay = std::time::Duration::from_micros(st.frame_delay_us.load(Ordering::Relaxed));
-    let stream = futures_util::StreamExt::then(futures_util::stream::iter(chunks), move |item| async move {
-        if item.is_err() {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        } else if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+    let sent_before = std::sync::Arc::new(AtomicU64::new(0));
+    let stream = futures_util::StreamExt::then(futures_util::stream::iter(chunks), move |item| {
+        let sent_before = sent_before.clone();
+        async move {
+            if let (Some(after), Ok(f)) = (stall, &item) {
+                let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                if sent_before.fetch_add(n, Ordering::Relaxed) >= after as u64 {
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                }
+            }
+            if item.is_err() {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            } else if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            item
         }
-        item
     });
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
     *r.status_mut() = status;
@@ -176,6 +193,12 @@ impl Origin {
     /// Makes `path` break off after `after` bytes.
     pub fn truncate(&self, path: &str, after: usize) {
         self.state.truncate.lock().unwrap().insert(path.to_owned(), after);
+    }
+
+    /// Makes the next body of `path` stall after `after` bytes: headers and those bytes sent, then nothing,
+    /// with the connection kept open.
+    pub fn stall_once(&self, path: &str, after: usize) {
+        self.state.stall_once.lock().unwrap().insert(path.to_owned(), after);
     }
 
     /// Slows every body down: a pause before each 256 KiB frame.
