@@ -115,8 +115,12 @@ impl Node {
         let upload =
             UploadServer::new(store.clone(), ServerConfig { upload_rate: cfg.upload_rate, ..Default::default() });
         let (upload_addr, _accepts) = upload.start_on_cores(&cores, cfg.upload_addr)?;
+        // Nothing is dialled on a client's behalf to this daemon's own listeners.
+        let own = &cfg.proxy.destinations;
+        own.add_own(upload_addr);
         let (scheduler_addrs, embedded) = if cfg.schedulers.is_empty() {
             let (addr, handle) = Scheduler::spawn_embedded()?;
+            own.add_own(addr);
             (vec![addr.to_string()], Some(handle))
         } else {
             (cfg.schedulers.clone(), None)
@@ -126,6 +130,7 @@ impl Node {
         let pool = Pool::new(ClientConfig { bind_ip: Some(host.ip), ..ClientConfig::default() });
         let engine = Engine::new(store.clone(), pool, Some(sched.clone()), cfg.engine.clone())?;
         let proxy = crate::proxy::server::start(&cores, cfg.proxy_addr, engine.clone(), cfg.proxy.clone())?;
+        own.add_own(proxy.addr());
         if let Some(triggers) = cfg.seed.then(|| sched.seed_triggers()).flatten() {
             cores.spawn_on(0, engine.serve_seed_triggers(triggers));
         }
@@ -136,6 +141,7 @@ impl Node {
             embedded: embedded.is_some(),
         });
         let metrics_addr = crate::metrics::server::start(cfg.metrics_addr, probe)?;
+        own.add_own(metrics_addr);
         cores.spawn_on(0, report_load(upload.clone(), sched.clone()));
         cores.spawn_on(0, collect_garbage(store.clone(), cfg.gc_interval));
         tracing::info!(

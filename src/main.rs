@@ -32,6 +32,7 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
 fn daemon_cmd(a: &shoal::cli::DaemonArgs) -> anyhow::Result<()> {
     let c = a.merge(load_config(a.config.as_deref())?);
     let rules = c.proxy_rules().map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?;
+    let destinations = c.destinations().map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?;
     let mut store = StoreConfig::new(c.data_dir.clone().unwrap_or_else(daemon::default_data_dir));
     store.io_engine = c.storage.io_engine;
     store.gc = c.gc_limits();
@@ -46,9 +47,10 @@ fn daemon_cmd(a: &shoal::cli::DaemonArgs) -> anyhow::Result<()> {
         seed: c.seed,
         advertise_ip: c.advertise_ip,
         upload_rate: c.upload.rate,
-        engine: c.engine_config(),
+        engine: c.engine_config(destinations.clone()),
         proxy: shoal::proxy::server::ProxyConfig {
             rules,
+            destinations,
             header_read_timeout: c.proxy.client_timeout,
             ..Default::default()
         },
@@ -79,6 +81,9 @@ fn reload(a: &shoal::cli::DaemonArgs, path: &std::path::Path, running: &Config) 
         ("storage.io_engine", c.storage.io_engine != running.storage.io_engine),
         ("storage.gc_interval", c.storage.gc_interval != running.storage.gc_interval),
         ("engine", c.engine != running.engine),
+        ("proxy.deny_destinations", c.proxy.deny_destinations != running.proxy.deny_destinations),
+        ("proxy.allow_destinations", c.proxy.allow_destinations != running.proxy.allow_destinations),
+        ("proxy.connect_ports", c.proxy.connect_ports != running.proxy.connect_ports),
     ]
     .into_iter()
     .filter_map(|(k, changed)| changed.then_some(k))

@@ -66,8 +66,12 @@ fn direct_all(n: usize, url: &str) -> Vec<Duration> {
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                     rt.block_on(async {
                         let t0 = Instant::now();
-                        let c =
-                            shoal::engine::OriginClient::new(Duration::from_secs(5), Duration::from_secs(30)).unwrap();
+                        let c = shoal::engine::OriginClient::new(
+                            Duration::from_secs(5),
+                            Duration::from_secs(30),
+                            shoal::upstream::Destinations::standard(),
+                        )
+                        .unwrap();
                         let r = c.get(url, &[], None).await.unwrap();
                         let _ = r.content_length;
                         let mut body = r.into_body();

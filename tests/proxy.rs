@@ -251,7 +251,9 @@ fn connect_tunnels_bytes_and_rejects_bad_targets() {
     let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
     let (obj, _) = object(75, 2 * MIB + 1);
     origin.put("/tunnelled.bin", obj.clone());
-    let d = daemon("127.0.0.34", tmp.path());
+    // The origin's port is random: let CONNECT reach any port (the default is 443 only).
+    let open = "proxy:\n  connect_ports: [\"1-65535\"]\n";
+    let d = cluster::daemon_with("127.0.0.34", &[], false, &tmp.path().join("daemon"), open);
 
     let g = curl(d.proxy, tmp.path(), &["-p", &origin.url("/tunnelled.bin")]);
     assert_eq!(g.status, 200, "{}", g.stderr);
@@ -280,6 +282,39 @@ fn malformed_origin_form_and_oversized_requests_are_refused() {
     // The daemon is still serving after all of that.
     let r = raw(d.proxy, b"GET /again HTTP/1.1\r\nHost: x.test\r\n\r\n");
     assert!(r.starts_with("HTTP/1.1 400"), "{r:?}");
+}
+
+/// The proxy is no open relay: denied networks, the daemon's own listeners and CONNECT ports outside the
+/// allowlist are refused with 403 and a reason, on every path (pass-through, P2P origin fetch, CONNECT),
+/// before anything is dialled. (Denied here: a loopback address the config lists, so the test never
+/// targets anything but loopback; the built-in list of link-local and metadata networks is unit-tested.)
+#[test]
+fn the_proxy_refuses_denied_destinations_its_own_listeners_and_connect_ports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let (obj, oid) = object(80, 100_000);
+    origin.put("/plain.bin", obj.clone());
+    let yaml = "proxy:\n  deny_destinations: [127.0.0.200/32, 169.254.0.0/16]\n  connect_ports: [443, \"1000-1100\"]\n";
+    let d = cluster::daemon_with("127.0.0.40", &[], false, &tmp.path().join("daemon"), yaml);
+    let forbidden = |req: String, why: &str| {
+        let r = raw(d.proxy, req.as_bytes());
+        assert!(r.starts_with("HTTP/1.1 403"), "{req:?}: {r:?}");
+        let body = r.split("\r\n\r\n").nth(1).unwrap_or("");
+        assert!(body.contains(why), "{req:?}: {r:?}");
+    };
+    forbidden("CONNECT 127.0.0.200:443 HTTP/1.1\r\nHost: 127.0.0.200:443\r\n\r\n".into(), "denied by policy");
+    forbidden(format!("CONNECT {} HTTP/1.1\r\nHost: x\r\n\r\n", origin.addr), "is not allowed");
+    forbidden("CONNECT 127.0.0.2:22 HTTP/1.1\r\nHost: 127.0.0.2:22\r\n\r\n".into(), "port 22 is not allowed");
+    forbidden("GET http://127.0.0.200:1050/x HTTP/1.1\r\nHost: 127.0.0.200:1050\r\n\r\n".into(), "denied by policy");
+    let p2p = format!("GET http://127.0.0.200:1050/lfs/objects/{oid} HTTP/1.1\r\nHost: 127.0.0.200:1050\r\n\r\n");
+    forbidden(p2p, "denied by policy");
+    forbidden(format!("GET http://{}/metrics HTTP/1.1\r\nHost: {}\r\n\r\n", d.metrics, d.metrics), "own listeners");
+    forbidden(format!("GET http://{}/x HTTP/1.1\r\nHost: {}\r\n\r\n", d.upload, d.upload), "own listeners");
+    forbidden(format!("CONNECT {} HTTP/1.1\r\nHost: x\r\n\r\n", d.proxy), "is not allowed");
+    // Everything else still passes through.
+    let g = curl(d.proxy, tmp.path(), &[&origin.url("/plain.bin")]);
+    assert_eq!(g.status, 200, "{}", g.stderr);
+    assert!(g.body == obj[..]);
 }
 
 /// Request heads with raw UTF-8, invalid UTF-8, percent-escapes, duplicate and huge headers in a P2P URL:

@@ -23,7 +23,12 @@ fn every_flavour_streams_exact_bytes_into_a_task() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path(), engines()[i % engines().len()]);
         rt().block_on(async {
-            let client = OriginClient::new(Duration::from_secs(5), Duration::from_secs(30)).unwrap();
+            let client = OriginClient::new(
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                shoal::upstream::Destinations::standard(),
+            )
+            .unwrap();
             let resp = client.get(&origin.url("/lfs/obj"), &[("X-Test".into(), "1".into())], None).await.unwrap();
             assert_eq!(resp.status, 200);
             assert_eq!(resp.content_length, fl.content_length.then_some(obj.len() as u64), "{fl:?}");
@@ -46,7 +51,12 @@ fn range_is_trusted_only_when_the_origin_proves_it() {
         let origin = Origin::start("127.0.0.1", fl);
         origin.put("/o", obj.clone());
         rt().block_on(async {
-            let client = OriginClient::new(Duration::from_secs(5), Duration::from_secs(30)).unwrap();
+            let client = OriginClient::new(
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                shoal::upstream::Destinations::standard(),
+            )
+            .unwrap();
             let resp = client.get(&origin.url("/o"), &[], Some((1000, Some(1999)))).await.unwrap();
             if fl.ranges {
                 assert_eq!(resp.status, 206);
@@ -72,7 +82,12 @@ fn origin_errors_and_truncation_fail_loudly() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path(), engines()[0]);
         rt().block_on(async {
-            let client = OriginClient::new(Duration::from_secs(5), Duration::from_secs(30)).unwrap();
+            let client = OriginClient::new(
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                shoal::upstream::Destinations::standard(),
+            )
+            .unwrap();
             for code in [404u16, 500] {
                 match client.get(&origin.url(&format!("/status/{code}")), &[], None).await {
                     Err(EngineError::OriginStatus { status, headers }) => {

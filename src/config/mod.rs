@@ -54,6 +54,20 @@ pub struct ProxyConfig {
     pub client_timeout: Duration,
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
+    /// Networks (CIDR) the daemon never connects to for a request; `None`: the built-in list.
+    pub deny_destinations: Option<Vec<String>>,
+    /// Networks (CIDR) exempt from `deny_destinations`.
+    pub allow_destinations: Vec<String>,
+    /// Ports (`443`) or port ranges (`"8000-8999"`) CONNECT may tunnel to.
+    pub connect_ports: Vec<PortSpec>,
+}
+
+/// A port or a port range as the file writes it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum PortSpec {
+    One(u16),
+    Range(String),
 }
 
 /// One proxy rule as written in the file (see the module doc of `proxy::rules`).
@@ -146,6 +160,9 @@ impl Default for ProxyConfig {
             filtered_query_params: None,
             client_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(20),
+            deny_destinations: None,
+            allow_destinations: Vec::new(),
+            connect_ports: vec![PortSpec::One(443)],
         }
     }
 }
@@ -285,7 +302,35 @@ impl Config {
         if self.upload.rate == Some(0) {
             return Err(bad("upload.rate", "must be positive (null for no limit)"));
         }
+        self.destinations().map_err(|(key, why)| bad(&key, &why))?;
         Ok(())
+    }
+
+    /// The destination policy: `proxy.deny_destinations` (or the built-in list) minus
+    /// `proxy.allow_destinations`, and `proxy.connect_ports`. An error names the key and the reason.
+    pub fn destinations(&self) -> Result<std::sync::Arc<crate::upstream::Destinations>, (String, String)> {
+        use crate::upstream::policy::{parse_ports, DEFAULT_DENY};
+        let p = &self.proxy;
+        let nets = |key: &str, list: &[String]| {
+            let parse = |(i, n): (usize, &String)| {
+                n.parse().map_err(|_| (format!("{key}[{i}]"), format!("not a CIDR network: {n:?}")))
+            };
+            list.iter().enumerate().map(parse).collect::<Result<Vec<ipnet::IpNet>, _>>()
+        };
+        let default_deny: Vec<String> = DEFAULT_DENY.iter().map(|s| (*s).to_owned()).collect();
+        let deny = nets("proxy.deny_destinations", p.deny_destinations.as_ref().unwrap_or(&default_deny))?;
+        let allow = nets("proxy.allow_destinations", &p.allow_destinations)?;
+        let mut ports = Vec::with_capacity(p.connect_ports.len());
+        for (i, spec) in p.connect_ports.iter().enumerate() {
+            let r = match spec {
+                PortSpec::One(n) => Some(*n..=*n),
+                PortSpec::Range(s) => parse_ports(s),
+            };
+            ports.push(
+                r.ok_or_else(|| (format!("proxy.connect_ports[{i}]"), "want a port or \"LOW-HIGH\"".to_owned()))?,
+            );
+        }
+        Ok(crate::upstream::Destinations::new(deny, allow, ports))
     }
 
     /// The proxy's rule set: `proxy.rules` in order, then the built-in ones unless turned off. An error
@@ -326,7 +371,10 @@ impl Config {
     }
 
     /// The engine's tunables with these values.
-    pub fn engine_config(&self) -> crate::engine::EngineConfig {
+    pub fn engine_config(
+        &self,
+        destinations: std::sync::Arc<crate::upstream::Destinations>,
+    ) -> crate::engine::EngineConfig {
         crate::engine::EngineConfig {
             pieces_per_parent: self.engine.pieces_per_parent,
             max_parents: self.engine.max_parents,
@@ -337,6 +385,7 @@ impl Config {
             scheduler_timeout: self.engine.scheduler_timeout,
             origin_head_timeout: self.engine.origin_head_timeout,
             origin_idle_timeout: self.engine.origin_idle_timeout,
+            destinations,
             ..Default::default()
         }
     }

@@ -9,6 +9,9 @@ pub enum EngineError {
     /// The origin answered with a non-success status: passed to the client as is, never cached.
     #[error("origin answered {status}")]
     OriginStatus { status: StatusCode, headers: Box<HeaderMap> },
+    /// The destination policy refuses the origin's address (the requester's fault, not the origin's).
+    #[error(transparent)]
+    Denied(crate::upstream::Denied),
     #[error("origin unreachable: {0}")]
     OriginConnect(String),
     #[error("origin sent no response head within {0:?}")]

@@ -57,6 +57,8 @@ pub struct EngineConfig {
     /// An origin body that delivers no byte for this long has stalled: the download fails (and the task
     /// with it, so later requests start afresh instead of waiting on it).
     pub origin_idle_timeout: Duration,
+    /// Where origin fetches may connect (shared with the proxy, which adds the daemon's listeners).
+    pub destinations: Arc<crate::upstream::Destinations>,
 }
 
 impl Default for EngineConfig {
@@ -74,6 +76,7 @@ impl Default for EngineConfig {
             origin_connect_timeout: Duration::from_secs(10),
             origin_head_timeout: Duration::from_secs(60),
             origin_idle_timeout: Duration::from_secs(30),
+            destinations: crate::upstream::Destinations::standard(),
         }
     }
 }
@@ -114,7 +117,7 @@ impl Engine {
         scheduler: Option<SchedulerClient>,
         cfg: EngineConfig,
     ) -> Result<Arc<Engine>, EngineError> {
-        let origin = OriginClient::new(cfg.origin_connect_timeout, cfg.origin_head_timeout)?;
+        let origin = OriginClient::new(cfg.origin_connect_timeout, cfg.origin_head_timeout, cfg.destinations.clone())?;
         Ok(Arc::new(Engine {
             store,
             origin,

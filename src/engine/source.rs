@@ -20,7 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use super::error::EngineError;
 use crate::metrics::{self, Metrics};
 use crate::storage::{Task, TaskState};
-use crate::upstream::{error_chain, https_connector, Https, HOP_BY_HOP};
+use crate::upstream::{denial_in, error_chain, https_connector, Destinations, Https, HOP_BY_HOP};
 
 /// Client headers that a back-to-source GET sets itself: the whole object, identity-encoded, from its host.
 const SET_BY_THE_FETCH: &[&str] = &["host", "range", "if-range", "accept-encoding"];
@@ -53,9 +53,13 @@ impl OriginResponse {
 impl OriginClient {
     /// `connect_timeout` bounds TCP connect and `head_timeout` the wait for the response head; TLS verifies
     /// against the system's roots (or `SSL_CERT_FILE`).
-    pub fn new(connect_timeout: Duration, head_timeout: Duration) -> Result<OriginClient, EngineError> {
-        let https =
-            https_connector(connect_timeout).map_err(|e| EngineError::OriginConnect(format!("TLS roots: {e}")))?;
+    pub fn new(
+        connect_timeout: Duration,
+        head_timeout: Duration,
+        destinations: Arc<Destinations>,
+    ) -> Result<OriginClient, EngineError> {
+        let https = https_connector(connect_timeout, destinations)
+            .map_err(|e| EngineError::OriginConnect(format!("TLS roots: {e}")))?;
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
         Ok(OriginClient { client, head_timeout })
     }
@@ -95,7 +99,10 @@ impl OriginClient {
         let resp = tokio::time::timeout(self.head_timeout, self.client.request(req))
             .await
             .map_err(|_| EngineError::OriginHeadTimeout(self.head_timeout))?
-            .map_err(|e| EngineError::OriginConnect(error_chain(&e)))?;
+            .map_err(|e| match denial_in(&e) {
+                Some(d) => EngineError::Denied(d.clone()),
+                None => EngineError::OriginConnect(error_chain(&e)),
+            })?;
         let (parts, body) = resp.into_parts();
         if !parts.status.is_success() {
             return Err(EngineError::OriginStatus { status: parts.status, headers: Box::new(parts.headers) });

@@ -4,6 +4,7 @@
 //! directions, and CONNECT tunnels (no interception: the proxy never sees inside TLS). Bodies stream both
 //! ways; nothing is buffered whole. Never: caches anything or touches the engine.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +16,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::respond::{text, Body, BodyError};
-use crate::upstream::{error_chain, https_connector, strip_hop_by_hop, Https};
+use crate::upstream::{
+    denial_in, dial, error_chain, https_connector, strip_hop_by_hop, Destinations, DialError, Https,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -27,16 +30,22 @@ pub enum ForwardError {
 #[derive(Clone)]
 pub struct Forwarder {
     client: Client<Https, Incoming>,
+    destinations: Arc<Destinations>,
     connect_timeout: Duration,
     /// Bound on waiting for an upstream's response head (the body then streams without a bound).
     head_timeout: Duration,
 }
 
 impl Forwarder {
-    pub fn new(connect_timeout: Duration, head_timeout: Duration) -> Result<Forwarder, ForwardError> {
-        let https = https_connector(connect_timeout).map_err(|e| ForwardError::Tls(e.to_string()))?;
+    pub fn new(
+        connect_timeout: Duration,
+        head_timeout: Duration,
+        destinations: Arc<Destinations>,
+    ) -> Result<Forwarder, ForwardError> {
+        let https =
+            https_connector(connect_timeout, destinations.clone()).map_err(|e| ForwardError::Tls(e.to_string()))?;
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
-        Ok(Forwarder { client, connect_timeout, head_timeout })
+        Ok(Forwarder { client, destinations, connect_timeout, head_timeout })
     }
 
     /// Sends `req` to `url` (absolute) and streams the answer back. Upstream failures are 502 (504 when the
@@ -55,6 +64,9 @@ impl Forwarder {
         let resp = match sent.await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
+                if let Some(d) = denial_in(&e) {
+                    return text(StatusCode::FORBIDDEN, &format!("shoal: {d}"));
+                }
                 let what = if e.is_connect() { "upstream connect failed" } else { "upstream request failed" };
                 return text(StatusCode::BAD_GATEWAY, &format!("shoal: {what}: {}", one_line(&e)));
             }
@@ -65,14 +77,17 @@ impl Forwarder {
         Response::from_parts(parts, body.map_err(|e| Box::new(e) as BodyError).boxed())
     }
 
-    /// CONNECT to `target` (`host:port`, from the plan): dials it, answers 200, then copies bytes both
-    /// ways until either side closes.
-    pub async fn connect(&self, req: Request<Incoming>, target: String) -> Response<Body> {
-        let dial = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(target.as_str()));
-        let mut upstream = match dial.await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return text(StatusCode::BAD_GATEWAY, &format!("shoal: connect to {target} failed: {e}")),
-            Err(_) => return text(StatusCode::BAD_GATEWAY, &format!("shoal: connect to {target} timed out")),
+    /// CONNECT to `host:port` (from the plan): dials it through the destination policy, answers 200, then
+    /// copies bytes both ways until either side closes. A refused port or address is a 403.
+    pub async fn connect(&self, req: Request<Incoming>, host: String, port: u16) -> Response<Body> {
+        let target = format!("{host}:{port}");
+        if let Err(d) = self.destinations.check_connect_port(port) {
+            return text(StatusCode::FORBIDDEN, &format!("shoal: {d}"));
+        }
+        let mut upstream = match dial(&self.destinations, &host, port, self.connect_timeout).await {
+            Ok(s) => s,
+            Err(DialError::Denied(d)) => return text(StatusCode::FORBIDDEN, &format!("shoal: {d}")),
+            Err(e) => return text(StatusCode::BAD_GATEWAY, &format!("shoal: CONNECT {target}: {e}")),
         };
         let _ = upstream.set_nodelay(true);
         tokio::spawn(async move {

@@ -33,8 +33,8 @@ pub const PASS_HEADERS: &[&str] = &[
 pub enum Plan {
     /// Answered by the proxy itself: the request is malformed or not a proxy request.
     Refuse { status: StatusCode, reason: &'static str },
-    /// CONNECT: a byte tunnel to `target` (`host:port`).
-    Connect { target: String },
+    /// CONNECT: a byte tunnel to `host:port`.
+    Connect { host: String, port: u16 },
     /// Forwarded upstream unchanged, to `url` (scheme possibly upgraded by a rule).
     Pass { url: Uri },
     /// Through the engine as a task.
@@ -60,7 +60,7 @@ const BAD_CONNECT: &str = "shoal: CONNECT needs host:port";
 pub fn plan(rules: &Rules, method: &Method, uri: &Uri, headers: &HeaderMap) -> Plan {
     if method == Method::CONNECT {
         return match connect_target(uri) {
-            Some(target) => Plan::Connect { target },
+            Some((host, port)) => Plan::Connect { host, port },
             None => Plan::Refuse { status: StatusCode::BAD_REQUEST, reason: BAD_CONNECT },
         };
     }
@@ -124,13 +124,13 @@ fn origin_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `host:port` of a CONNECT request (authority form), with a port and no path.
-pub fn connect_target(uri: &Uri) -> Option<String> {
+/// Host and port of a CONNECT request (authority form), with a port and no path.
+pub fn connect_target(uri: &Uri) -> Option<(String, u16)> {
     let a = uri.authority()?;
-    if uri.scheme().is_some() || a.port_u16().is_none() || a.host().is_empty() || a.as_str().contains('@') {
+    if uri.scheme().is_some() || a.host().is_empty() || a.as_str().contains('@') {
         return None;
     }
-    Some(a.as_str().to_owned())
+    Some((a.host().to_owned(), a.port_u16()?))
 }
 
 /// 32 bytes from exactly 64 hex digits (either case).

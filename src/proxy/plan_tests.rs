@@ -30,8 +30,9 @@ fn refused(p: &Plan) -> Option<StatusCode> {
 #[test]
 fn connect_targets_need_host_and_port() {
     let t = |s: &str| s.parse::<Uri>().ok().and_then(|u| connect_target(&u));
-    assert_eq!(t("127.0.0.1:443").as_deref(), Some("127.0.0.1:443"));
-    assert_eq!(t("example.test:8443").as_deref(), Some("example.test:8443"));
+    assert_eq!(t("127.0.0.1:443"), Some(("127.0.0.1".to_owned(), 443)));
+    assert_eq!(t("example.test:8443"), Some(("example.test".to_owned(), 8443)));
+    assert_eq!(t("[::1]:443"), Some(("[::1]".to_owned(), 443)));
     assert_eq!(t("example.test"), None);
     assert_eq!(t("http://example.test:80/x"), None);
     assert_eq!(t("/path"), None);
@@ -201,7 +202,7 @@ proptest! {
         for rules in [Rules::default(), Rules::new(vec![crate::proxy::rules::Rule::new(".").unwrap()])] {
             match plan(&rules, &method, &uri, &headers) {
                 Plan::Refuse { status, .. } => prop_assert!(status.is_client_error()),
-                Plan::Connect { target } => prop_assert_eq!(&method, Method::CONNECT, "{}", target),
+                Plan::Connect { host, .. } => prop_assert_eq!(&method, Method::CONNECT, "{}", host),
                 Plan::Pass { url } => prop_assert!(url.scheme().is_some()),
                 Plan::P2p(p) => {
                     prop_assert_eq!(&method, Method::GET);

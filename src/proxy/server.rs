@@ -35,6 +35,8 @@ use crate::runtime::{reuseport_listener, Cores};
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
     pub rules: Rules,
+    /// Where pass-through, CONNECT and (through the engine) origin fetches may connect.
+    pub destinations: Arc<crate::upstream::Destinations>,
     /// Whole request head must arrive within this, an idle keep-alive connection is closed after it, and a
     /// client that accepts no response bytes for this long is disconnected.
     pub header_read_timeout: Duration,
@@ -48,6 +50,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             rules: Rules::default(),
+            destinations: crate::upstream::Destinations::standard(),
             header_read_timeout: Duration::from_secs(30),
             max_header_bytes: 64 << 10,
             upstream_connect_timeout: Duration::from_secs(10),
@@ -64,7 +67,7 @@ struct Front {
 
 /// Starts one accept loop per core on `addr`; the handle reloads rules and drains connections.
 pub fn start(cores: &Cores, addr: SocketAddr, engine: Arc<Engine>, cfg: ProxyConfig) -> std::io::Result<ProxyHandle> {
-    let forward = Forwarder::new(cfg.upstream_connect_timeout, cfg.upstream_head_timeout)
+    let forward = Forwarder::new(cfg.upstream_connect_timeout, cfg.upstream_head_timeout, cfg.destinations.clone())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let rules = Arc::new(LiveRules::new(cfg.rules.clone()));
     let drain = Drain::new();
@@ -155,7 +158,7 @@ async fn route(front: Arc<Front>, req: Request<Incoming>) -> Result<Response<Bod
     let planned = plan(&front.rules.current(), req.method(), req.uri(), req.headers());
     Ok(match planned {
         Plan::Refuse { status, reason } => text(status, reason),
-        Plan::Connect { target } => front.forward.connect(req, target).await,
+        Plan::Connect { host, port } => front.forward.connect(req, host, port).await,
         Plan::Pass { url } => front.forward.forward(req, url).await,
         Plan::P2p(p) => {
             tracing::Span::current().record("task", tracing::field::display(p.fetch.task_id));
@@ -204,6 +207,7 @@ async fn p2p(engine: &Arc<Engine>, p: P2pPlan) -> Response<Body> {
 
 fn error_response(e: &EngineError) -> Response<Body> {
     match e {
+        EngineError::Denied(d) => text(StatusCode::FORBIDDEN, &format!("shoal: {d}")),
         EngineError::OriginStatus { status, headers } => {
             let mut r = text(*status, &format!("origin answered {status}"));
             for name in PASS_HEADERS.iter().filter(|n| **n != "content-type") {

@@ -1,31 +1,64 @@
 //! Outbound HTTP(S) plumbing shared by every client of the daemon that talks to origins: the engine's
 //! back-to-source fetches and the proxy's pass-through.
 //!
-//! Owns: the connector (TCP with a connect timeout, rustls verifying against the system's roots), the
-//! hop-by-hop header list and its removal, and the one-line rendering of an error chain. Never: sends a
-//! request itself. Called by: engine and proxy.
+//! Owns: the connector (destination policy, TCP with a connect timeout, rustls verifying against the
+//! system's roots), the destination policy itself (policy.rs), the hop-by-hop header list and its
+//! removal, and the one-line rendering of an error chain. Never: sends a request itself. Called by:
+//! engine and proxy.
 
+pub mod policy;
+
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, CONNECTION};
-use hyper_util::client::legacy::connect::HttpConnector;
+use http::Uri;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
-pub type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+pub use policy::{denial_in, dial, Denied, Destinations, DialError};
 
-/// The connector every outbound HTTP(S) client of the daemon uses (origins, pass-through): TCP with a
-/// connect timeout and no Nagle, TLS through rustls verifying against the system's roots (or `SSL_CERT_FILE`).
-pub fn https_connector(connect_timeout: Duration) -> Result<Https, std::io::Error> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
+pub type Https = hyper_rustls::HttpsConnector<Guarded>;
+
+/// TCP for hyper's clients, dialled through the destination policy.
+#[derive(Clone, Debug)]
+pub struct Guarded {
+    policy: Arc<Destinations>,
+    connect_timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for Guarded {
+    type Response = TokioIo<TcpStream>;
+    type Error = DialError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, DialError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), DialError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let (policy, timeout) = (self.policy.clone(), self.connect_timeout);
+        Box::pin(async move {
+            let host = dst.host().unwrap_or("").to_owned();
+            let port = dst.port_u16().unwrap_or(if dst.scheme_str() == Some("https") { 443 } else { 80 });
+            dial(&policy, &host, port, timeout).await.map(TokioIo::new)
+        })
+    }
+}
+
+/// The connector every outbound HTTP(S) client of the daemon uses (origins, pass-through): destinations
+/// checked by `policy`, TCP with a connect timeout and no Nagle, TLS through rustls verifying against the
+/// system's roots (or `SSL_CERT_FILE`).
+pub fn https_connector(connect_timeout: Duration, policy: Arc<Destinations>) -> Result<Https, std::io::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_native_roots(provider)?
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http))
+        .wrap_connector(Guarded { policy, connect_timeout }))
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the proxy's own: never
