@@ -286,6 +286,26 @@ fn single_node_daemon_with_embedded_scheduler_serves_the_second_get_locally() {
     let bad = format!("sha256:{}", "00".repeat(32));
     let (ok, err) = get(&node, &origin.url(&path), &tmp.path().join("c"), Some(&bad));
     assert!(!ok && !tmp.path().join("c").exists(), "{err}");
+    // A symlink planted where the part file goes is removed, never written through.
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    std::os::unix::fs::symlink(&victim, tmp.path().join("d.shoal-part")).unwrap();
+    let (ok, err) = get(&node, &origin.url(&path), &tmp.path().join("d"), None);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    assert_eq!(file_sha(&tmp.path().join("d")), oid);
+    // The data directory and its task files are the daemon's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let data_dir = tmp.path().join("n");
+    assert_eq!(mode(&data_dir), 0o700);
+    let shard = std::fs::read_dir(data_dir.join("tasks")).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(mode(&shard), 0o700);
+    for f in std::fs::read_dir(&shard).unwrap() {
+        assert_eq!(mode(&f.unwrap().path()), 0o600);
+    }
+    // /tasks answers on loopback (every client here is); the check that refuses others is unit-tested.
+    assert_eq!(cluster::http_get(node.metrics, "/tasks").0, 200);
 }
 
 #[test]

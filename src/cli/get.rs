@@ -126,7 +126,16 @@ async fn fetch(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
     }
     let expected_len: Option<u64> = header("content-length").parse().ok();
     let file_err = |source| GetError::File { path: part.to_owned(), source };
-    let mut f = tokio::fs::File::create(part).await.map_err(file_err)?;
+    // A stale part file of an earlier run goes (a link is removed, not followed); the new one is created
+    // exclusively and never through a symlink planted in its place.
+    let _ = tokio::fs::remove_file(part).await;
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(part)
+        .await
+        .map_err(file_err)?;
     let mut hasher = digest.map(|_| Sha256::new());
     let mut got = 0u64;
     let bar = progress_bar(expected_len, &header("x-shoal-source"));

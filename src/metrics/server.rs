@@ -1,5 +1,9 @@
 //! The metrics endpoint: `/metrics` (Prometheus text), `/healthz` (the process answers), `/readyz`
 //! (storage loaded and the scheduler reachable, or embedded), `/tasks` and `/tasks/<id>` (JSON, tasks.rs).
+//!
+//! `/tasks` lists URLs and file paths: it answers clients on this machine's loopback only, so the
+//! listener can face a Prometheus scraper (the chart binds it to every address) without exposing the
+//! cache's contents; `shoal ls` inside the pod or on the node reaches it through 127.0.0.1.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -40,12 +44,22 @@ fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>>
     }
 }
 
+/// Whether a client may read `/tasks`: only from this machine's loopback.
+pub fn may_list_tasks(client: SocketAddr) -> bool {
+    client.ip().to_canonical().is_loopback()
+}
+
 async fn handle(
     probe: Arc<dyn Probe>,
+    client: SocketAddr,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET {
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into()));
+    }
+    if req.uri().path().starts_with("/tasks") && !may_list_tasks(client) {
+        let why = "shoal: /tasks answers loopback clients only (run shoal ls on the node)\n";
+        return Ok(reply(StatusCode::FORBIDDEN, "text/plain", why.into()));
     }
     Ok(match req.uri().path() {
         "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", super::global().render(&probe.gauges())),
@@ -80,13 +94,13 @@ pub fn start(addr: SocketAddr, probe: Arc<dyn Probe>) -> std::io::Result<SocketA
     tokio::spawn(async move {
         // Runs until the runtime stops.
         loop {
-            let Ok((sock, _)) = l.accept().await else {
+            let Ok((sock, client)) = l.accept().await else {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
             let probe = probe.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| handle(probe.clone(), req));
+                let svc = service_fn(move |req| handle(probe.clone(), client, req));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
@@ -96,4 +110,19 @@ pub fn start(addr: SocketAddr, probe: Arc<dyn Probe>) -> std::io::Result<SocketA
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_clients_may_list_tasks() {
+        for ok in ["127.0.0.1:5", "127.9.9.9:5", "[::1]:5", "[::ffff:127.0.0.1]:5"] {
+            assert!(may_list_tasks(ok.parse().unwrap()), "{ok}");
+        }
+        for no in ["10.0.0.5:5", "192.168.1.2:5", "[fe80::1]:5", "[::ffff:10.1.2.3]:5"] {
+            assert!(!may_list_tasks(no.parse().unwrap()), "{no}");
+        }
+    }
 }

@@ -7,6 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -128,7 +129,8 @@ impl Meta {
 
         let tmp = path.with_extension("meta.tmp");
         let io = |e| StorageError::io(&tmp, e);
-        let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).map_err(io)?;
+        let mut f =
+            OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
         f.write_all(&h).map_err(io)?;
         // The piece table stays a hole until pieces complete: no disk for unknown-length reservations.
         f.set_len(file_len(HEADER_SIZE, capacity)).map_err(io)?;

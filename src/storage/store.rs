@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -109,7 +110,10 @@ impl Store {
         limits.validate()?;
         let engine = IoEngine::select(cfg.io_engine).map_err(StorageError::UringUnavailable)?;
         let tasks_dir = cfg.data_dir.join("tasks");
-        fs::create_dir_all(&tasks_dir).map_err(|e| StorageError::io(&tasks_dir, e))?;
+        private_dir(&tasks_dir)?;
+        // Task files hold other users' downloads and URLs: the data directory is the daemon's alone.
+        fs::set_permissions(&cfg.data_dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| StorageError::io(&cfg.data_dir, e))?;
         let store = Store {
             cfg,
             limits: Mutex::new(limits),
@@ -268,12 +272,13 @@ impl Store {
             None => spec.content_length.map_or(layout::UNKNOWN_LENGTH_PIECE, layout::auto_piece_length),
         };
         let (dir, meta_path, data_path) = self.paths(&spec.id);
-        fs::create_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))?;
+        private_dir(&dir)?;
         let data = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&data_path)
             .map_err(|e| StorageError::io(&data_path, e))?;
         let cleanup = |e: StorageError| {
@@ -381,4 +386,9 @@ fn preallocate(f: &std::fs::File, len: u64) -> std::io::Result<()> {
         return f.set_len(len);
     }
     Err(e)
+}
+
+/// Creates `dir` and its missing parents readable by the daemon's user only (0700).
+fn private_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| StorageError::io(dir, e))
 }

@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -438,7 +439,15 @@ impl Task {
         match std::fs::hard_link(&self.data_path, dest) {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) || e.kind() == std::io::ErrorKind::PermissionDenied => {
-                std::fs::copy(&self.data_path, dest).map_err(|e| StorageError::io(dest, e))?;
+                // A new file, never through a link someone left at `dest`.
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(dest)
+                    .map_err(|e| StorageError::io(dest, e))?;
+                let mut src = File::open(&self.data_path).map_err(|e| StorageError::io(&self.data_path, e))?;
+                std::io::copy(&mut src, &mut out).map_err(|e| StorageError::io(dest, e))?;
                 Ok(false)
             }
             Err(e) => Err(StorageError::io(dest, e)),
