@@ -52,6 +52,7 @@ fn daemon_cmd(a: &shoal::cli::DaemonArgs) -> anyhow::Result<()> {
             rules,
             destinations,
             header_read_timeout: c.proxy.client_timeout,
+            max_connections: c.proxy.max_connections,
             ..Default::default()
         },
         drain_timeout: c.proxy.drain_timeout,
@@ -75,6 +76,7 @@ fn reload(a: &shoal::cli::DaemonArgs, path: &std::path::Path, running: &Config) 
         ("advertise_ip", c.advertise_ip != running.advertise_ip),
         ("proxy.addr", c.proxy.addr != running.proxy.addr),
         ("proxy.client_timeout", c.proxy.client_timeout != running.proxy.client_timeout),
+        ("proxy.max_connections", c.proxy.max_connections != running.proxy.max_connections),
         ("upload.addr", c.upload.addr != running.upload.addr),
         ("metrics", c.metrics != running.metrics),
         ("scheduler", c.scheduler != running.scheduler),

@@ -117,6 +117,18 @@ pub fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener>
     Ok(s.into())
 }
 
+/// Settings of a long-lived peer or scheduler connection: no Nagle (small control frames), and TCP
+/// keepalive, so a peer that vanished without a FIN (power loss, a partition) is noticed by the kernel
+/// within about two minutes even while nothing is being sent.
+pub fn tune_long_lived(sock: &tokio::net::TcpStream) {
+    let _ = sock.set_nodelay(true);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(60))
+        .with_interval(std::time::Duration::from_secs(10))
+        .with_retries(6);
+    let _ = socket2::SockRef::from(sock).set_tcp_keepalive(&ka);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -544,3 +544,34 @@ fn a_stalled_origin_fails_within_its_bounds_and_pins_nothing() {
     assert!(String::from_utf8_lossy(&g.body).contains("no response head"), "{:?}", String::from_utf8_lossy(&g.body));
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 }
+
+/// Connections over `proxy.max_connections` get a 503 and are closed; the ones already open keep working.
+#[test]
+fn connections_over_the_cap_get_503_and_the_open_ones_are_unaffected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    origin.put("/small.bin", Bytes::from_static(b"small"));
+    let d =
+        cluster::daemon_with("127.0.0.41", &[], false, &tmp.path().join("daemon"), "proxy:\n  max_connections: 2\n");
+    // Two clients hold connections with half-sent heads.
+    let mut held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(d.proxy).unwrap()).collect();
+    for s in &mut held {
+        write!(s, "GET {} HTTP/1.1\r\n", origin.url("/small.bin")).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let r = raw(d.proxy, format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", origin.url("/small.bin")).as_bytes());
+    assert!(r.starts_with("HTTP/1.1 503"), "{r:?}");
+    assert!(r.contains("retry-after: 1"), "{r:?}");
+    // The held connections finish their requests normally.
+    for s in &mut held {
+        write!(s, "Host: {}\r\nConnection: close\r\n\r\n", origin.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("small"), "{out:?}");
+    }
+    // Once they are gone, new clients are served again.
+    std::thread::sleep(Duration::from_millis(300));
+    let g = curl(d.proxy, tmp.path(), &[&origin.url("/small.bin")]);
+    assert_eq!(g.status, 200, "{}", g.stderr);
+}

@@ -10,7 +10,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 use common::*;
-use shoal::storage::{StorageError, Store, StoreConfig, TaskState};
+use shoal::storage::{IoEngineChoice, StorageError, Store, StoreConfig, TaskState};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
@@ -376,10 +376,18 @@ fn disk_full_is_a_clear_error_and_the_store_keeps_working() {
     for engine in engines() {
         let store = open(&mnt, engine);
         let piece = 64 << 10;
-        // Known length: the reservation fails at creation and leaves no files behind.
-        let e = store.create(&spec(30, Some(8 << 20), piece, None));
-        assert!(matches!(e, Err(StorageError::DiskFull { .. })), "{:?}", e.err());
+        // Longer than the whole file system: refused before any reservation.
+        let e = store.create(&spec(30, Some(8 << 20), piece, None)).err();
+        assert!(matches!(e, Some(StorageError::ExceedsQuota { .. })), "{e:?}");
         assert!(store.get(&id(30)).is_none());
+        // Known length that fits the file system but not what is free: the reservation fails at creation
+        // and leaves no files behind.
+        let first = store.create(&spec(32, Some(1536 << 10), piece, None)).unwrap();
+        let e = store.create(&spec(30, Some(1536 << 10), piece, None)).err();
+        assert!(matches!(e, Some(StorageError::DiskFull { .. })), "{e:?}");
+        assert!(store.get(&id(30)).is_none());
+        drop(first);
+        assert!(store.remove(&id(32), "test"));
         // Unknown length (a chunked origin): pieces succeed until the disk fills, then a clear error.
         let t = store.create(&spec(31, None, piece, None)).unwrap();
         let all = content(31, 64 * piece as usize);
@@ -447,4 +455,26 @@ fn a_write_abandoned_after_hashing_does_not_poison_the_digest() {
             assert_eq!(stored, all);
         });
     }
+}
+
+/// A declared length that could never fit (over the quota, or the whole file system without one) is
+/// refused before anything is preallocated: a peer or origin cannot make the store reserve it.
+#[test]
+fn a_length_over_the_quota_or_the_file_system_is_refused_before_preallocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(dir.path());
+    cfg.io_engine = IoEngineChoice::Sync;
+    cfg.gc.quota_bytes = Some(1 << 20);
+    let store = Store::open(cfg).unwrap().0;
+    let e = store.create(&spec(1, Some(2 << 20), 16 << 10, None)).err();
+    assert!(
+        matches!(e, Some(StorageError::ExceedsQuota { len, limit }) if len == 2 << 20 && limit == 1 << 20),
+        "{e:?}"
+    );
+    assert!(store.create(&spec(2, Some(1 << 20), 16 << 10, None)).is_ok(), "exactly the quota fits");
+    let unbounded = open(&dir.path().join("u"), IoEngineChoice::Sync);
+    let e = unbounded.create(&spec(3, Some(u64::MAX / 2), 64 << 20, None)).err();
+    assert!(matches!(e, Some(StorageError::ExceedsQuota { .. })), "{e:?}");
+    let shard = dir.path().join("tasks").join(id(1).shard());
+    assert!(!shard.join(format!("{}.data", id(1))).exists(), "nothing was created for the refused task");
 }

@@ -52,6 +52,8 @@ pub struct ProxyConfig {
     pub filtered_query_params: Option<Vec<String>>,
     #[serde(deserialize_with = "duration")]
     pub client_timeout: Duration,
+    /// Client connections served at once; more are answered 503.
+    pub max_connections: usize,
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
     /// Networks (CIDR) the daemon never connects to for a request; `None`: the built-in list.
@@ -159,6 +161,7 @@ impl Default for ProxyConfig {
             default_rules: true,
             filtered_query_params: None,
             client_timeout: Duration::from_secs(30),
+            max_connections: 4096,
             drain_timeout: Duration::from_secs(20),
             deny_destinations: None,
             allow_destinations: Vec::new(),
@@ -298,6 +301,9 @@ impl Config {
         }
         if e.parent_stall < Duration::from_millis(100) {
             return Err(bad("engine.parent_stall", "must be at least 100ms"));
+        }
+        if self.proxy.max_connections == 0 {
+            return Err(bad("proxy.max_connections", "must be at least 1"));
         }
         if self.upload.rate == Some(0) {
             return Err(bad("upload.rate", "must be positive (null for no limit)"));

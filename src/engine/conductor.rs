@@ -237,7 +237,7 @@ async fn from_peers(
     // bound grows with the piece so that 1 MiB/s at the source still counts as progress.
     let per_piece = Duration::from_secs(u64::from(task.piece_length()).div_ceil(1 << 20));
     let stall = engine.cfg.parent_stall.max(per_piece);
-    let r = pieces::download(&engine.pool, &task, parents, engine.cfg.pieces_per_parent, stall).await;
+    let r = pieces::download(&engine.pool, &task, parents, engine.cfg.pieces_per_parent, stall, &engine.ingest).await;
     tracing::debug!(
         task = %req.task_id,
         bytes = r.bytes,
@@ -265,6 +265,11 @@ async fn geometry(
         let Ok(mut sub) = engine.pool.subscribe(p, req.task_id).await else { continue };
         let ev = tokio::time::timeout(engine.cfg.scheduler_timeout, sub.next()).await;
         if let Ok(Ok(Some(crate::transfer::SubEvent::Snapshot { content_length, piece_length, .. }))) = ev {
+            // A parent's word sizes this node's piece buffers: nothing larger than Shoal itself would pick.
+            if piece_length > crate::storage::layout::MAX_AUTO_PIECE {
+                tracing::warn!(parent = %p, piece_length, "parent declares pieces over 64 MiB; not used");
+                continue;
+            }
             return Some((content_length, piece_length));
         }
     }

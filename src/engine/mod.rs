@@ -37,7 +37,7 @@ pub struct EngineConfig {
     pub max_parents: usize,
     /// Pieces written at once while streaming from the origin.
     pub origin_in_flight: usize,
-    /// Memory for piece buffers of all origin downloads together, in bytes.
+    /// Memory for piece buffers of all downloads together (origin and peers), in bytes.
     pub ingest_memory: u64,
     /// How long a peer waits for a seed (or another back-to-source peer) to get its first pieces before
     /// going to the origin itself.

@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::source::IngestBudget;
 use crate::metrics::{self, Metrics};
 use crate::storage::Task;
 use crate::transfer::{Pool, SubEvent, TransferError};
@@ -61,6 +62,7 @@ pub async fn download(
     parents: &[SocketAddr],
     per_parent: usize,
     stall: Duration,
+    budget: &IngestBudget,
 ) -> PeerDownload {
     let missing: BTreeSet<u32> = match task.piece_count() {
         Some(n) => (0..n).filter(|&k| !task.has_piece(k)).collect(),
@@ -73,14 +75,22 @@ pub async fn download(
         progressed: Instant::now(),
     }));
     let wake = Arc::new(Notify::new());
+    let round = Arc::new(Round {
+        pool: pool.clone(),
+        task: task.clone(),
+        shared: shared.clone(),
+        wake: wake.clone(),
+        width: per_parent.max(1),
+        budget: budget.clone(),
+    });
     let mut set = tokio::task::JoinSet::new();
     for (i, &p) in parents.iter().enumerate() {
-        let (pool, task, shared, wake) = (pool.clone(), task.clone(), shared.clone(), wake.clone());
+        let (round, shared, wake) = (round.clone(), shared.clone(), wake.clone());
         // The parent's span sits inside the task's, so a parent's log lines name both.
         let span = tracing::debug_span!("parent", addr = %p);
         set.spawn(tracing::Instrument::instrument(
             async move {
-                let r = parent_loop(&pool, &task, p, i, &shared, &wake, per_parent.max(1)).await;
+                let r = parent_loop(&round, p, i).await;
                 let mut s = lock(&shared);
                 let bytes = match r {
                     Ok(b) => b,
@@ -138,16 +148,21 @@ fn is_whole(task: &Task) -> bool {
     task.piece_count().is_some_and(|n| (0..n).all(|k| task.has_piece(k)))
 }
 
-/// One parent: follow its subscription and fetch what it has, `width` pieces at a time.
-async fn parent_loop(
-    pool: &Arc<Pool>,
-    task: &Arc<Task>,
-    parent: SocketAddr,
-    me: usize,
-    shared: &Arc<Mutex<Shared>>,
-    wake: &Arc<Notify>,
+/// What every parent worker of one round shares.
+struct Round {
+    pool: Arc<Pool>,
+    task: Arc<Task>,
+    shared: Arc<Mutex<Shared>>,
+    wake: Arc<Notify>,
+    /// Pieces requested from one parent at once.
     width: usize,
-) -> Result<u64, TransferError> {
+    budget: IngestBudget,
+}
+
+/// One parent: follow its subscription and fetch what it has, `width` pieces at a time.
+async fn parent_loop(round: &Round, parent: SocketAddr, me: usize) -> Result<u64, TransferError> {
+    let Round { pool, task, shared, wake, width, budget } = round;
+    let width = *width;
     let mut sub = pool.subscribe(parent, task.id()).await?;
     let mut running = tokio::task::JoinSet::new();
     let mut sub_open = true;
@@ -160,8 +175,10 @@ async fn parent_loop(
         notified.as_mut().enable();
         while running.len() < width {
             let Some(k) = claim(shared, me, task) else { break };
-            let (pool, task) = (pool.clone(), task.clone());
+            let (pool, task, budget) = (pool.clone(), task.clone(), budget.clone());
             running.spawn(async move {
+                // The piece's buffer counts against the daemon's memory budget until it is stored.
+                let _held = budget.reserve(task.piece_length() as usize).await;
                 let t0 = std::time::Instant::now();
                 (k, pool.fetch_piece(parent, &task, k).await, t0.elapsed())
             });

@@ -236,7 +236,7 @@ impl IngestBudget {
     }
 
     /// Waits for room for one buffer of `len` bytes; a piece larger than the whole budget takes all of it.
-    async fn reserve(&self, len: usize) -> Reservation {
+    pub(super) async fn reserve(&self, len: usize) -> Reservation {
         let want = u32::try_from(len.div_ceil(1 << 20)).unwrap_or(u32::MAX).clamp(1, self.total);
         // The semaphore is never closed, so acquiring only waits.
         Reservation { _permit: self.mib.clone().acquire_many_owned(want).await.ok() }

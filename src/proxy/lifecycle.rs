@@ -57,6 +57,11 @@ impl Drain {
         Arc::new(Drain { stop: watch::channel(false).0, active: AtomicUsize::new(0), idle: Notify::new() })
     }
 
+    /// Connections open now.
+    pub(super) fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
     pub(super) fn enter(self: &Arc<Self>) -> ConnGuard {
         self.active.fetch_add(1, Ordering::AcqRel);
         ConnGuard(self.clone())

@@ -40,6 +40,8 @@ pub struct ProxyConfig {
     /// Whole request head must arrive within this, an idle keep-alive connection is closed after it, and a
     /// client that accepts no response bytes for this long is disconnected.
     pub header_read_timeout: Duration,
+    /// Client connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
     /// Largest request head (and read buffer) accepted; larger heads get 431.
     pub max_header_bytes: usize,
     pub upstream_connect_timeout: Duration,
@@ -52,6 +54,7 @@ impl Default for ProxyConfig {
             rules: Rules::default(),
             destinations: crate::upstream::Destinations::standard(),
             header_read_timeout: Duration::from_secs(30),
+            max_connections: 4096,
             max_header_bytes: 64 << 10,
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_head_timeout: Duration::from_secs(120),
@@ -100,6 +103,11 @@ pub fn start(cores: &Cores, addr: SocketAddr, engine: Arc<Engine>, cfg: ProxyCon
                     continue;
                 };
                 let _ = sock.set_nodelay(true);
+                if drain.active() >= cfg.max_connections {
+                    // Over the cap: a short 503 and close; the connections already open are not touched.
+                    tokio::spawn(refuse_busy(sock));
+                    continue;
+                }
                 let (front, cfg, guard) = (front.clone(), cfg.clone(), drain.enter());
                 let stop = drain.stopping();
                 tokio::spawn(async move {
@@ -110,6 +118,21 @@ pub fn start(cores: &Cores, addr: SocketAddr, engine: Arc<Engine>, cfg: ProxyCon
         });
     }
     Ok(ProxyHandle { addr: bound, rules, drain })
+}
+
+/// The answer to a connection over `max_connections`, written with a bound so a client that never reads
+/// cannot hold the task.
+async fn refuse_busy(mut sock: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    crate::metrics::global().proxy_response(503);
+    let msg = "shoal: too many connections to this proxy; retry later\n";
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
+         retry-after: 1\r\nconnection: close\r\n\r\n{msg}",
+        msg.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), sock.write_all(head.as_bytes())).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), sock.shutdown()).await;
 }
 
 /// One client connection, through hyper, until the client leaves, idles out, stops reading, or a drain asks

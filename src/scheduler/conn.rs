@@ -172,7 +172,7 @@ impl Conn {
             .await
             .map_err(|_| format!("connect timed out after {:?}", self.cfg.connect_timeout))?
             .map_err(|e| e.to_string())?;
-        let _ = s.set_nodelay(true);
+        crate::runtime::tune_long_lived(&s);
         let (rd, wr) = s.into_split();
         let mut wr = FramedWrite::new(wr, codec());
         let hello = self.inner.upgrade().ok_or("client dropped")?.hello(self.addr);

@@ -226,7 +226,7 @@ struct Conn {
 }
 
 async fn serve(stream: TcpStream, peer: SocketAddr, shared: SharedRef, cfg: ServerConfig) {
-    let _ = stream.set_nodelay(true);
+    crate::runtime::tune_long_lived(&stream);
     let (rd, wr) = stream.into_split();
     let mut rd = FramedRead::new(rd, codec());
     let mut wr = FramedWrite::new(wr, codec());

@@ -38,6 +38,8 @@ pub enum StorageError {
     LengthConflict(u64),
     #[error("content too large: {0} bytes exceeds the piece table of a task with unknown length")]
     TooLarge(u64),
+    #[error("content of {len} bytes exceeds the storage limit of {limit} bytes")]
+    ExceedsQuota { len: u64, limit: u64 },
     #[error("content digest mismatch: expected sha256:{}, got sha256:{}", hex::encode(expected), hex::encode(got))]
     DigestMismatch { expected: [u8; 32], got: [u8; 32] },
     #[error("task failed: {0}")]

@@ -52,6 +52,20 @@ impl Store {
         tasks.iter().map(|t| disk_bytes(t)).sum()
     }
 
+    /// Refuses content that could never fit: longer than the quota, or than the whole file system when
+    /// there is none. Checked before a task's file is preallocated, so a declared length cannot make the
+    /// store reserve what GC would have to evict everything for (or fail to find).
+    pub(super) fn check_fits(&self, len: u64) -> Result<(), super::StorageError> {
+        let limit = match self.gc_limits().quota_bytes {
+            Some(q) => q,
+            None => fs_usage(self.data_dir()).map_or(u64::MAX, |(total, _)| total),
+        };
+        match len > limit {
+            true => Err(super::StorageError::ExceedsQuota { len, limit }),
+            false => Ok(()),
+        }
+    }
+
     /// What GC keeps usage under: the quota, or the file system's size when there is none.
     pub fn limit_bytes(&self) -> u64 {
         self.usage_and_limit().1

@@ -266,6 +266,9 @@ impl Store {
     }
 
     fn create_files(&self, spec: &TaskSpec) -> Result<Arc<Task>> {
+        if let Some(len) = spec.content_length {
+            self.check_fits(len)?;
+        }
         let piece_length = match spec.piece_length {
             Some(p) if layout::valid_piece_length(p) => p,
             Some(p) => return Err(StorageError::Invalid(format!("piece length {p} is not a power of two in range"))),

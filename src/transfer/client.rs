@@ -264,7 +264,7 @@ impl Pool {
             Err(_) => return Err(TransferError::Timeout { parent, secs: timeout.as_secs_f64() }),
         };
         self.connects.fetch_add(1, Ordering::Relaxed);
-        let _ = stream.set_nodelay(true);
+        crate::runtime::tune_long_lived(&stream);
         let (rd, wr) = stream.into_split();
         let mut rd = FrameReader::new(rd, self.cfg.max_frame_len);
         let hello = match tokio::time::timeout(timeout, rd.read_frame()).await {

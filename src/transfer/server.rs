@@ -266,7 +266,7 @@ impl Shared {
     async fn connection(self: Arc<Self>, sock: TcpStream, peer: SocketAddr) {
         let active = self.active.fetch_add(1, Ordering::Relaxed) + 1;
         let _guard = ActiveGuard(&self.active);
-        let _ = sock.set_nodelay(true);
+        crate::runtime::tune_long_lived(&sock);
         let stall = self.cfg.stall_timeout;
         if active > self.cfg.max_connections {
             self.busy.fetch_add(1, Ordering::Relaxed);
