@@ -396,3 +396,35 @@ fn a_seed_verifies_the_digest_its_trigger_url_names() {
     seed.proc.wait_for("content digest mismatch", Duration::from_secs(30));
     assert_eq!(seed.proc.count("task complete"), 0);
 }
+
+/// A request whose headers carry credentials (Authorization, Cookie) is private: its headers never reach
+/// the scheduler or a seed, no seed fetches for it, the requesting node goes to the origin itself, and
+/// other members take pieces from that node as usual.
+#[test]
+fn credentials_in_headers_stay_on_the_requesting_node() {
+    let (obj, oid) = object(96, 6 * MIB);
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let path = format!("/lfs/objects/{oid}");
+    origin.put(&path, obj);
+    let tmp = tempfile::tempdir().unwrap();
+    let sched = cluster::scheduler("127.0.0.3");
+    let seed = cluster::daemon("127.0.0.8", &[sched.addr], true, &tmp.path().join("seed"));
+    let peers: Vec<Daemon> = (0..2)
+        .map(|i| cluster::daemon(&format!("127.0.0.{}", 75 + i), &[sched.addr], false, &tmp.path().join(format!("p{i}"))))
+        .collect();
+    for (i, p) in peers.iter().enumerate() {
+        let out = tmp.path().join(format!("out{i}"));
+        let o = cluster::shoal()
+            .args(["get", &origin.url(&path), "--daemon", &p.proxy.to_string(), "--timeout", "60s"])
+            .args(["-H", "Authorization: Bearer only-for-the-origin", "-O"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(err.contains(if i == 0 { "source=origin" } else { "source=peer" }), "peer {i}: {err}");
+        assert_eq!(file_sha(&out), oid);
+    }
+    assert_eq!(origin.requests(), 1, "the first peer fetched once; the second took its pieces");
+    assert_eq!(seed.proc.count("seed{task="), 0, "no seed was triggered with the requester's credentials");
+}

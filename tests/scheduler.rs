@@ -101,9 +101,10 @@ fn req(t: TaskId) -> TaskRequest {
     TaskRequest {
         task_id: t,
         url: format!("https://origin.test/obj/{t}?X-Amz-Signature=abc"),
-        headers: vec![("Authorization".into(), "Bearer s3cr3t".into()), ("Range".into(), "bytes=0-".into())],
+        headers: vec![("X-Client".into(), "c1".into()), ("Range".into(), "bytes=0-".into())],
         content_length: Some(64 << 20),
         piece_length: Some(4 << 20),
+        private: false,
     }
 }
 

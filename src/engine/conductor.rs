@@ -84,13 +84,7 @@ async fn run(engine: &Arc<Engine>, req: &FetchRequest, tx: &watch::Sender<Publis
         let decision = match &engine.scheduler {
             None => Decision::BackToSource,
             Some(s) => {
-                let sr = TaskRequest {
-                    task_id: req.task_id,
-                    url: req.url.clone(),
-                    headers: req.headers.clone(),
-                    content_length: None,
-                    piece_length: None,
-                };
+                let sr = scheduler_request(req);
                 match tokio::time::timeout(engine.cfg.scheduler_timeout, s.request_task(&sr)).await {
                     Ok(Ok(d)) => d,
                     Ok(Err(e)) => {
@@ -134,6 +128,25 @@ async fn run(engine: &Arc<Engine>, req: &FetchRequest, tx: &watch::Sender<Publis
                 return finish(engine, req, Source::Origin, started, peer_bytes).await;
             }
         }
+    }
+}
+
+/// Header names that carry a requester's credentials: they go to the origin and nowhere else.
+const CREDENTIAL_HEADERS: &[&str] = &["authorization", "cookie"];
+
+/// What the scheduler is told about a request. Credentials in headers never leave this node for a
+/// scheduler or a seed (their connections are not encrypted): such a request is private, its credential
+/// headers are left out, and no seed fetches it on this node's behalf.
+fn scheduler_request(req: &FetchRequest) -> TaskRequest {
+    let secret = |n: &str| CREDENTIAL_HEADERS.iter().any(|c| n.eq_ignore_ascii_case(c));
+    let private = req.headers.iter().any(|(n, _)| secret(n));
+    TaskRequest {
+        task_id: req.task_id,
+        url: req.url.clone(),
+        headers: req.headers.iter().filter(|(n, _)| !secret(n)).cloned().collect(),
+        content_length: None,
+        piece_length: None,
+        private,
     }
 }
 

@@ -173,8 +173,11 @@ impl State {
         let Some(task) = tasks.get_mut(&req.task_id) else {
             return Err(StateError::Invalid("task vanished".into()));
         };
-        task.url.clone_from(&req.url);
-        task.headers.clone_from(&req.headers);
+        if !req.private {
+            // What a seed would fetch with; a private request's URL and headers trigger no seed.
+            task.url.clone_from(&req.url);
+            task.headers.clone_from(&req.headers);
+        }
         task.set_shape(req.content_length, req.piece_length, None);
 
         // The elected origin fetcher asks again (a restart or a retry): it goes on fetching.
@@ -189,6 +192,10 @@ impl State {
         let parents = candidates(hosts, task, host_id, cfg.max_parents);
         let mut action = None;
         if !task.peers.values().any(|p| p.finished) && !task.source_healthy(now, cfg.stall_timeout) {
+            if req.private {
+                // Its credentials stay on the requester: it fetches, and others take pieces from it.
+                return Ok((task.elect(host_id, now), None));
+            }
             if let Some(old) = task.source.take() {
                 task.failed_sources.insert(old);
             }

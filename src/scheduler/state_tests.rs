@@ -29,9 +29,10 @@ fn req(task: TaskId, url: &str) -> TaskRequest {
     TaskRequest {
         task_id: task,
         url: url.into(),
-        headers: vec![("Authorization".into(), format!("Bearer for {url}"))],
+        headers: vec![("X-Client".into(), format!("for {url}"))],
         content_length: Some(1 << 30),
         piece_length: Some(4 << 20),
+        private: false,
     }
 }
 
@@ -193,6 +194,26 @@ fn seed_chosen_by_rendezvous_hash_and_triggered_with_the_requesters_url_and_head
     assert_eq!(ids(&d), [want]);
     let Decision::Parents(ps) = d else { unreachable!() };
     assert!(ps[0].is_seed);
+}
+
+#[test]
+fn a_private_request_triggers_no_seed_and_its_requester_fetches() {
+    let now = Instant::now();
+    let mut s = with_hosts(2);
+    for (i, id) in ["s0", "s1"].iter().enumerate() {
+        s.register(10 + i as ConnId, host(id, 1000, true));
+    }
+    let mut r = req(T, "https://o/x?sig=abc");
+    r.private = true;
+    let (d, a) = s.request_task("h0", &r, now).unwrap();
+    assert_eq!(d, Decision::BackToSource, "the credentials stay on h0, so h0 fetches");
+    assert!(a.is_none(), "no seed is triggered");
+    // Another node asking for the same task takes pieces from h0 once it has some.
+    let mut p = prog(T, 1);
+    p.back_to_source = true;
+    s.progress("h0", &p, now + Duration::from_millis(100)).unwrap();
+    let d = ask(&mut s, "h1", now + Duration::from_millis(200));
+    assert_eq!(ids(&d), ["h0"]);
 }
 
 #[test]

@@ -41,6 +41,8 @@ pub struct TaskRequest {
     pub headers: Vec<(String, String)>,
     pub content_length: Option<u64>,
     pub piece_length: Option<u32>,
+    /// The request's credentials stay on the requester: no seed fetches on its behalf.
+    pub private: bool,
 }
 
 /// A peer's report that it started a task (0 pieces) or has more pieces.
@@ -188,6 +190,7 @@ impl TaskRequest {
             headers: headers_to(&self.headers),
             content_length: self.content_length,
             piece_length: self.piece_length,
+            private: self.private,
         }
     }
 
@@ -198,6 +201,7 @@ impl TaskRequest {
             headers: headers_from(r.headers)?,
             content_length: r.content_length,
             piece_length: r.piece_length,
+            private: r.private,
         })
     }
 }
