@@ -410,7 +410,9 @@ fn credentials_in_headers_stay_on_the_requesting_node() {
     let sched = cluster::scheduler("127.0.0.3");
     let seed = cluster::daemon("127.0.0.8", &[sched.addr], true, &tmp.path().join("seed"));
     let peers: Vec<Daemon> = (0..2)
-        .map(|i| cluster::daemon(&format!("127.0.0.{}", 75 + i), &[sched.addr], false, &tmp.path().join(format!("p{i}"))))
+        .map(|i| {
+            cluster::daemon(&format!("127.0.0.{}", 75 + i), &[sched.addr], false, &tmp.path().join(format!("p{i}")))
+        })
         .collect();
     for (i, p) in peers.iter().enumerate() {
         let out = tmp.path().join(format!("out{i}"));

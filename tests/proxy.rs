@@ -575,3 +575,20 @@ fn connections_over_the_cap_get_503_and_the_open_ones_are_unaffected() {
     let g = curl(d.proxy, tmp.path(), &[&origin.url("/small.bin")]);
     assert_eq!(g.status, 200, "{}", g.stderr);
 }
+
+/// A range of a digest-named object ends cleanly only once the whole content matched its digest: an origin
+/// serving the wrong bytes for an oid makes a 206 that ends before the last piece fail too.
+#[test]
+fn a_range_of_wrong_content_never_ends_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let (wrong, _) = object(81, 9 * MIB);
+    let oid = hex::encode(sha256(b"not these bytes"));
+    let path = format!("/lfs/objects/{oid}");
+    origin.put(&path, wrong);
+    let d = daemon("127.0.0.42", tmp.path());
+    let g = curl(d.proxy, tmp.path(), &["-r", "0-1023", &origin.url(&path)]);
+    assert!(g.stderr.contains("curl: ("), "the range must not end cleanly: {} {:?}", g.status, g.stderr);
+    assert!(g.body.len() < 1024, "not the whole range: {} bytes", g.body.len());
+    d.proc.wait_for("content digest mismatch", Duration::from_secs(10));
+}
