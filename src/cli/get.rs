@@ -84,12 +84,12 @@ pub async fn run(o: &GetOptions) -> Result<GetReport, GetError> {
     r
 }
 
-async fn fetch(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
+/// The proxy request for `o`: its URL, its headers, and ours (the digest, the extra filtered names).
+fn proxy_request(o: &GetOptions) -> Result<Request<Empty<bytes::Bytes>>, GetError> {
     let uri: Uri = o.url.parse().map_err(|_| GetError::Url(o.url.clone()))?;
     if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
         return Err(GetError::Url(o.url.clone()));
     }
-    let digest = parse_digest(o.digest.as_deref())?;
     let mut req =
         Request::get(uri.clone()).body(Empty::<bytes::Bytes>::new()).map_err(|_| GetError::Url(o.url.clone()))?;
     if let Some(host) = uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()) {
@@ -109,6 +109,12 @@ async fn fetch(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
     let list = extra_filtered(o)?.join(",");
     let v = http::HeaderValue::from_str(&list).map_err(|_| GetError::Param(list.clone()))?;
     req.headers_mut().insert("x-shoal-filtered-query-params", v);
+    Ok(req)
+}
+
+async fn fetch(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
+    let digest = parse_digest(o.digest.as_deref())?;
+    let req = proxy_request(o)?;
     let daemon_err = |reason: String| GetError::Daemon { addr: o.daemon.clone(), reason };
     let sock = tokio::net::TcpStream::connect(&o.daemon)
         .await

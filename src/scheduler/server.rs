@@ -307,26 +307,7 @@ impl Conn {
         let mut g = lock(&self.shared);
         let sh = &mut *g;
         match msg {
-            Msg::RequestTask(r) => {
-                let req_id = r.req_id;
-                let req = TaskRequest::from_proto(r)?;
-                let (decision, action) = sh.state.request_task(&host, &req, now)?;
-                tracing::debug!(task = %req.task_id, %host, decision = decision_name(&decision), "task request");
-                if let Some(Action::TriggerSeed { seed_host, trigger }) = action {
-                    let sent = sh
-                        .outbound
-                        .get(&seed_host)
-                        .map(|(_, q)| q.try_send(encode_envelope(Msg::TriggerSeed(trigger.to_proto()))).is_ok());
-                    // Undelivered: the seed never reports progress, and stall detection elects another.
-                    if sent != Some(true) {
-                        tracing::warn!(seed = %seed_host, task = %req.task_id, "seed trigger not delivered");
-                    } else {
-                        tracing::debug!(seed = %seed_host, task = %req.task_id, "seed triggered");
-                    }
-                }
-                let reply = proto::RequestTaskReply { req_id, decision: Some(decision.to_proto()) };
-                Ok(Outcome::reply(Msg::RequestTaskReply(reply)))
-            }
+            Msg::RequestTask(r) => request_task(sh, &host, r, now),
             Msg::TaskProgress(p) => {
                 sh.state.progress(&host, &TaskProgress::from_proto(p)?, now)?;
                 Ok(Outcome::none())
@@ -429,4 +410,27 @@ fn decision_name(d: &crate::scheduler::Decision) -> &'static str {
         crate::scheduler::Decision::BackToSource => "back-to-source",
         crate::scheduler::Decision::Wait { .. } => "wait",
     }
+}
+
+/// A peer asks where to get a task: the state decides; a seed trigger it implies goes out on the seed's
+/// queue; the decision is the reply.
+fn request_task(sh: &mut Shared, host: &str, r: proto::RequestTask, now: Instant) -> Result<Outcome, StateError> {
+    let req_id = r.req_id;
+    let req = TaskRequest::from_proto(r)?;
+    let (decision, action) = sh.state.request_task(host, &req, now)?;
+    tracing::debug!(task = %req.task_id, %host, decision = decision_name(&decision), "task request");
+    if let Some(Action::TriggerSeed { seed_host, trigger }) = action {
+        let sent = sh
+            .outbound
+            .get(&seed_host)
+            .map(|(_, q)| q.try_send(encode_envelope(Msg::TriggerSeed(trigger.to_proto()))).is_ok());
+        // Undelivered: the seed never reports progress, and stall detection elects another.
+        if sent != Some(true) {
+            tracing::warn!(seed = %seed_host, task = %req.task_id, "seed trigger not delivered");
+        } else {
+            tracing::debug!(seed = %seed_host, task = %req.task_id, "seed triggered");
+        }
+    }
+    let reply = proto::RequestTaskReply { req_id, decision: Some(decision.to_proto()) };
+    Ok(Outcome::reply(Msg::RequestTaskReply(reply)))
 }
