@@ -53,6 +53,9 @@ fn default_values_render_valid_manifests_with_expected_flags() {
     // Schedulers: headless Service, one replica, listening on the port the daemons are given.
     let svc = find(&docs, "Service", "shoal-scheduler");
     assert_eq!(svc["spec"]["clusterIP"], "None");
+    // Plain TCP, not gRPC: a mesh must not parse it as HTTP/2.
+    assert_eq!(svc["spec"]["ports"][0]["name"], "tcp-scheduler");
+    assert_eq!(svc["spec"]["ports"][0]["appProtocol"], "tcp");
     let sched = find(&docs, "StatefulSet", "shoal-scheduler");
     assert_eq!(sched["spec"]["serviceName"], "shoal-scheduler");
     assert_eq!(sched["spec"]["replicas"], 1);
@@ -156,6 +159,21 @@ fn non_default_values_render_valid_manifests_with_expected_flags() {
 
     // Three schedulers, each named in every daemon's --scheduler list.
     assert_eq!(find(&docs, "StatefulSet", "shoal-scheduler")["spec"]["replicas"], 3);
+    // NetworkPolicies: the scheduler port admits the release's pods only; metrics the monitoring namespace.
+    let np = find(&docs, "NetworkPolicy", "shoal-scheduler");
+    let rule = &np["spec"]["ingress"][0];
+    assert_eq!(rule["ports"][0]["port"], "tcp-scheduler");
+    assert_eq!(rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"], "shoal");
+    let np = find(&docs, "NetworkPolicy", "shoal-daemon");
+    let ports: Vec<&str> =
+        np["spec"]["ingress"].as_array().unwrap().iter().map(|r| r["ports"][0]["port"].as_str().unwrap()).collect();
+    assert_eq!(ports, ["upload", "metrics", "proxy"]);
+    assert_eq!(
+        np["spec"]["ingress"][1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    assert!(np["spec"]["ingress"][2].get("from").is_none_or(|f| f.is_null()), "the proxy admits anyone by default");
+    find(&docs, "NetworkPolicy", "shoal-seed-peer");
     let seed = find(&docs, "StatefulSet", "shoal-seed-peer");
     let ds = find(&docs, "DaemonSet", "shoal-daemon");
     let seed_args = args(container(seed, "seed-peer"));
