@@ -77,6 +77,7 @@ async fn ingest(store: &Arc<Store>, n: u8, data: &[Bytes], in_flight: usize, shu
         content_length: Some(SIZE),
         piece_length: Some(PIECE),
         expected_sha256: None,
+        digest_announced: false,
     };
     store.remove(&spec.id, "bench");
     let task = store.create(&spec).unwrap();

@@ -75,6 +75,7 @@ fn spec(id: TaskId) -> TaskSpec {
         content_length: Some(LEN),
         piece_length: Some(PIECE),
         expected_sha256: None,
+        digest_announced: false,
     }
 }
 

@@ -430,3 +430,58 @@ fn credentials_in_headers_stay_on_the_requesting_node() {
     assert_eq!(origin.requests(), 1, "the first peer fetched once; the second took its pieces");
     assert_eq!(seed.proc.count("seed{task="), 0, "no seed was triggered with the requester's credentials");
 }
+
+/// A parent that serves wrong bytes with a matching crc32c (a rogue member) cannot make a child accept a
+/// task named by its URL: the child holds the peers' bytes to the sha256 that the back-to-source node
+/// announced through the scheduler, and its client sees a failed transfer, never a clean wrong body.
+#[test]
+fn a_rogue_parent_with_matching_crc_cannot_pass_wrong_bytes_for_a_url_named_task() {
+    let (obj, _) = object(97, 12 * MIB);
+    let want = hex::encode(sha256(&obj));
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    origin.put("/files/model.bin", obj);
+    let url = origin.url("/files/model.bin?v=1");
+    let tmp = tempfile::tempdir().unwrap();
+    let sched = cluster::scheduler("127.0.0.3");
+    let node = |i: u8| {
+        cluster::daemon(&format!("127.0.0.{}", 85 + i), &[sched.addr], false, &tmp.path().join(format!("n{i}")))
+    };
+    let (a, b, c) = (node(0), node(1), node(2));
+    let fetch = |d: &Daemon, name: &str| {
+        let out = tmp.path().join(name);
+        let (ok, err) = get(d, &url, &out, None);
+        (ok, err, out)
+    };
+    let (ok, err, out) = fetch(&a, "a");
+    assert!(ok && err.contains("source=origin"), "{err}");
+    assert_eq!(file_sha(&out), want);
+    // B takes A's pieces and completes against the digest A announced.
+    let (ok, err, out) = fetch(&b, "b");
+    assert!(ok && err.contains("source=peer"), "{err}");
+    assert_eq!(file_sha(&out), want);
+    drop(a);
+    // B turns rogue: piece 0 gets other bytes and a crc32c that matches them.
+    let shard = std::fs::read_dir(b.data_dir.join("tasks")).unwrap().next().unwrap().unwrap().path();
+    let file = |ext: &str| {
+        std::fs::read_dir(&shard)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == ext))
+            .unwrap()
+    };
+    let (data, meta) = (file("data"), file("meta"));
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[10] ^= 0xff;
+    let piece = 4 * MIB;
+    let crc = crc32c::crc32c(&bytes[..piece]);
+    std::fs::write(&data, &bytes).unwrap();
+    let mut m = std::fs::read(&meta).unwrap();
+    m[4096..4104].copy_from_slice(&((1u64 << 32) | u64::from(crc)).to_le_bytes());
+    std::fs::write(&meta, &m).unwrap();
+    // C can only take pieces from B now.
+    let (ok, err, out) = fetch(&c, "c");
+    assert!(!ok, "wrong bytes must not be accepted: {err}");
+    assert!(!out.exists(), "no file from a failed download");
+    c.proc.wait_for("content digest mismatch", Duration::from_secs(10));
+    assert_eq!(origin.requests(), 1, "only A went to the origin");
+}

@@ -123,7 +123,7 @@ fn prog(t: TaskId, pieces: u32) -> TaskProgress {
 async fn parents(c: &SchedulerClient, t: TaskId) -> Vec<Parent> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let d = c.request_task(&req(t)).await;
+        let d = c.request_task(&req(t)).await.map(|a| a.decision);
         match d {
             Ok(Decision::Parents(p)) if !p.is_empty() => return p,
             Ok(Decision::Wait { .. }) | Err(ClientError::Unavailable { .. }) if Instant::now() < deadline => {
@@ -147,13 +147,13 @@ async fn binary_returns_parents_and_stops_on_sigterm() {
     let mut s = start(free_port());
     let a = client(&[s.addr], "a", 4001);
     let b = client(&[s.addr], "b", 4002);
-    assert_eq!(a.request_task(&req(tid(1))).await.unwrap(), Decision::BackToSource);
-    assert!(matches!(b.request_task(&req(tid(1))).await.unwrap(), Decision::Wait { .. }), "one origin fetch");
+    assert_eq!(a.request_task(&req(tid(1))).await.unwrap().decision, Decision::BackToSource);
+    assert!(matches!(b.request_task(&req(tid(1))).await.unwrap().decision, Decision::Wait { .. }), "one origin fetch");
     a.task_progress(&prog(tid(1), 1)).await.unwrap();
     let p = parents(&b, tid(1)).await;
     assert_eq!(p.len(), 1);
     assert_eq!((p[0].host_id.as_str(), p[0].addr()), ("a", "127.0.0.1:4001".parse().unwrap()));
-    assert_eq!(b.request_task(&req(tid(2))).await.unwrap(), Decision::BackToSource, "tasks are independent");
+    assert_eq!(b.request_task(&req(tid(2))).await.unwrap().decision, Decision::BackToSource, "tasks are independent");
 
     // Ranking uses reported load; a parent reported bad is never offered to that child again.
     let c = client(&[s.addr], "c", 4003);
@@ -191,9 +191,9 @@ async fn restarted_scheduler_is_rebuilt_from_re_announcements() {
     let addr = s.addr;
     let a = client(&[addr], "a", 4001);
     let b = client(&[addr], "b", 4002);
-    assert_eq!(a.request_task(&req(tid(1))).await.unwrap(), Decision::BackToSource);
+    assert_eq!(a.request_task(&req(tid(1))).await.unwrap().decision, Decision::BackToSource);
     a.task_progress(&prog(tid(1), 2)).await.unwrap();
-    b.task_finished(tid(3), 64 << 20, 4 << 20).await.unwrap();
+    b.task_finished(tid(3), 64 << 20, 4 << 20, None).await.unwrap();
     assert_eq!(parents(&b, tid(1)).await[0].host_id, "a");
 
     drop(s); // SIGKILL: all state is gone
@@ -213,7 +213,7 @@ async fn restarted_scheduler_is_rebuilt_from_re_announcements() {
     assert!(p[0].finished && p[0].host_id == "b", "b re-announced its finished task: {p:?}");
     let fresh = client(&[addr], "e", 4005);
     assert!(
-        matches!(fresh.request_task(&req(tid(1))).await.unwrap(), Decision::Parents(_)),
+        matches!(fresh.request_task(&req(tid(1))).await.unwrap().decision, Decision::Parents(_)),
         "a is still the task's origin fetcher, so nobody else is sent to the origin"
     );
 }
@@ -231,7 +231,7 @@ async fn two_schedulers_split_tasks_by_rendezvous_hash() {
         let (o1, o2) = (c1.scheduler_for(&t).await.unwrap(), c2.scheduler_for(&t).await.unwrap());
         assert_eq!(o1, o2, "every client sends a task to the same scheduler");
         owners.push(o1);
-        assert_eq!(c1.request_task(&req(t)).await.unwrap(), Decision::BackToSource);
+        assert_eq!(c1.request_task(&req(t)).await.unwrap().decision, Decision::BackToSource);
         c1.task_progress(&prog(t, 1)).await.unwrap();
     }
     let on1 = owners.iter().filter(|&&o| o == s1.addr).count();
@@ -240,7 +240,11 @@ async fn two_schedulers_split_tasks_by_rendezvous_hash() {
         assert_eq!(parents(&c2, t).await[0].host_id, "c1");
         let (mine, other) = if owner == s1.addr { (&p1, &p2) } else { (&p2, &p1) };
         assert_eq!(parents(mine, t).await[0].host_id, "c1", "the owner knows the task");
-        assert_eq!(other.request_task(&req(t)).await.unwrap(), Decision::BackToSource, "the other never saw it");
+        assert_eq!(
+            other.request_task(&req(t)).await.unwrap().decision,
+            Decision::BackToSource,
+            "the other never saw it"
+        );
     }
 }
 
@@ -276,7 +280,7 @@ fn expect_error_then_close(mut s: TcpStream, what: &str) {
 async fn malformed_and_oversized_frames_close_only_that_connection() {
     let s = start(free_port());
     let a = client(&[s.addr], "a", 4001);
-    assert_eq!(a.request_task(&req(tid(1))).await.unwrap(), Decision::BackToSource);
+    assert_eq!(a.request_task(&req(tid(1))).await.unwrap().decision, Decision::BackToSource);
     a.task_progress(&prog(tid(1), 1)).await.unwrap();
     let b = client(&[s.addr], "b", 4002);
     assert_eq!(parents(&b, tid(1)).await[0].host_id, "a");
@@ -358,7 +362,7 @@ async fn embedded_scheduler_triggers_a_seed_with_the_requesters_url_and_headers(
 
     let p = client(&[addr], "p", 4001);
     let r = req(tid(1));
-    assert!(matches!(p.request_task(&r).await.unwrap(), Decision::Wait { .. }), "the seed fetches, p waits");
+    assert!(matches!(p.request_task(&r).await.unwrap().decision, Decision::Wait { .. }), "the seed fetches, p waits");
     let t = tokio::time::timeout(Duration::from_secs(5), triggers.recv()).await.unwrap().unwrap();
     assert_eq!((t.task_id, &t.url, &t.headers), (r.task_id, &r.url, &r.headers));
     assert_eq!((t.content_length, t.piece_length), (r.content_length, r.piece_length));
@@ -371,7 +375,7 @@ async fn embedded_scheduler_triggers_a_seed_with_the_requesters_url_and_headers(
     // The seed goes away: its pieces with it, and the next requester fetches from the origin itself.
     seed.shutdown().await;
     until("the seed to leave", || h.host_count() == 1).await;
-    assert_eq!(p.request_task(&r).await.unwrap(), Decision::BackToSource);
+    assert_eq!(p.request_task(&r).await.unwrap().decision, Decision::BackToSource);
     assert_eq!(h.task_summary(&tid(1)).unwrap().source.as_deref(), Some("p"));
     h.shutdown().await;
     until("p to notice", || !p.is_connected(addr)).await;
@@ -384,7 +388,7 @@ async fn tasks_move_to_their_new_owner_when_the_scheduler_set_changes() {
     let c = client(&[a1], "c", 4001);
     let tasks: Vec<TaskId> = (0..16).map(tid).collect();
     for &t in &tasks {
-        assert_eq!(c.request_task(&req(t)).await.unwrap(), Decision::BackToSource);
+        assert_eq!(c.request_task(&req(t)).await.unwrap().decision, Decision::BackToSource);
         c.task_progress(&prog(t, 3)).await.unwrap();
     }
     until("every task on the only scheduler", || h1.task_ids().len() == tasks.len()).await;
@@ -416,7 +420,7 @@ fn client_futures_are_send() {
     let r = req(tid(1));
     send(c.request_task(&r));
     send(c.task_progress(&prog(tid(1), 1)));
-    send(c.task_finished(tid(1), 1, 1));
+    send(c.task_finished(tid(1), 1, 1, None));
     send(c.task_failed(tid(1), "x"));
     send(c.leave_task(tid(1)));
     send(c.report_bad_parent(tid(1), "p", "x"));
@@ -436,7 +440,7 @@ fn embedded_scheduler_on_one_core_serves_clients_on_another() {
     let got = rt.block_on(cores.spawn_on(1, async move {
         let a = client(&[addr], "a", 4001);
         let b = client(&[addr], "b", 4002);
-        assert_eq!(a.request_task(&req(tid(1))).await.unwrap(), Decision::BackToSource);
+        assert_eq!(a.request_task(&req(tid(1))).await.unwrap().decision, Decision::BackToSource);
         a.task_progress(&prog(tid(1), 1)).await.unwrap();
         let p = parents(&b, tid(1)).await;
         a.shutdown().await;

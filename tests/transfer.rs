@@ -33,6 +33,7 @@ fn spec(id: TaskId, len: u64, piece: u32) -> TaskSpec {
         content_length: Some(len),
         piece_length: Some(piece),
         expected_sha256: None,
+        digest_announced: false,
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use super::error::EngineError;
 use super::{pieces, Engine, FetchRequest};
 use crate::metrics::{self, Metrics};
-use crate::scheduler::{Decision, TaskProgress, TaskRequest};
+use crate::scheduler::{Answer, Decision, TaskProgress, TaskRequest};
 use crate::storage::{Task, TaskSpec};
 
 /// Where this node got (or is getting) the bytes.
@@ -81,32 +81,25 @@ async fn run(engine: &Arc<Engine>, req: &FetchRequest, tx: &watch::Sender<Publis
     // Bounded: each round either finishes, goes to the origin, or waits within `parent_wait`, and peer
     // rounds are capped.
     loop {
-        let decision = match &engine.scheduler {
-            None => Decision::BackToSource,
-            Some(s) => {
-                let sr = scheduler_request(req);
-                match tokio::time::timeout(engine.cfg.scheduler_timeout, s.request_task(&sr)).await {
-                    Ok(Ok(d)) => d,
-                    Ok(Err(e)) => {
-                        tracing::warn!(task = %req.task_id, error = %e, "scheduler unreachable; going to the origin");
-                        Decision::BackToSource
-                    }
-                    Err(_) => {
-                        tracing::warn!(task = %req.task_id, "scheduler did not answer in time; going to the origin");
-                        Decision::BackToSource
-                    }
-                }
-            }
-        };
+        let Answer { decision, sha256 } = ask_scheduler(engine, req).await;
         tracing::debug!(task = %req.task_id, ?decision, rounds, waited_ms = waited.as_millis() as u64, "scheduler decision");
         match decision {
             Decision::Parents(ps) if rounds < engine.cfg.max_peer_rounds => {
                 engine.remember_parents(&ps);
                 let addrs: Vec<_> = ps.iter().take(engine.cfg.max_parents).map(|p| p.addr()).collect();
-                let (round, bytes) = from_peers(engine, req, &addrs, tx).await?;
+                let (round, bytes) = from_peers(engine, req, &addrs, tx, sha256).await?;
                 peer_bytes += bytes;
                 match round {
-                    PeerRound::Whole => return finish(engine, req, Source::Peer, started, peer_bytes).await,
+                    PeerRound::Whole if digest_announced(engine, req).await => {
+                        return finish(engine, req, Source::Peer, started, peer_bytes).await
+                    }
+                    PeerRound::Whole => {
+                        // Nobody vouches for the peers' bytes: fetch the object from the origin instead.
+                        tracing::warn!(task = %req.task_id, "its source never announced the digest; refetching");
+                        engine.store.remove(&req.task_id, "no digest announced for its pieces from peers");
+                        from_origin(engine, req, tx).await?;
+                        return finish(engine, req, Source::Origin, started, peer_bytes).await;
+                    }
                     // The parents have not started the task yet (a seed just triggered): that is waiting,
                     // not a failed round.
                     PeerRound::NotStarted if waited < engine.cfg.parent_wait => {
@@ -129,6 +122,45 @@ async fn run(engine: &Arc<Engine>, req: &FetchRequest, tx: &watch::Sender<Publis
             }
         }
     }
+}
+
+/// Where to get the task, and its content digest once its source announced it. No scheduler, or one that
+/// does not answer in time: the origin.
+async fn ask_scheduler(engine: &Arc<Engine>, req: &FetchRequest) -> Answer {
+    let back_to_source = Answer { decision: Decision::BackToSource, sha256: None };
+    let Some(s) = &engine.scheduler else { return back_to_source };
+    match tokio::time::timeout(engine.cfg.scheduler_timeout, s.request_task(&scheduler_request(req))).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            tracing::warn!(task = %req.task_id, error = %e, "scheduler unreachable; going to the origin");
+            back_to_source
+        }
+        Err(_) => {
+            tracing::warn!(task = %req.task_id, "scheduler did not answer in time; going to the origin");
+            back_to_source
+        }
+    }
+}
+
+/// A task taken from peers by its URL completes only against the sha256 its back-to-source peer
+/// announced (its parents' crc32c are their own word). Asks the scheduler for it until it comes, for at
+/// most `parent_stall`: the source finishes moments after the last piece reaches anyone. False if it
+/// never came.
+async fn digest_announced(engine: &Arc<Engine>, req: &FetchRequest) -> bool {
+    let Some(task) = engine.store.get(&req.task_id) else { return true };
+    let deadline = Instant::now() + engine.cfg.parent_stall;
+    // Bounded by the deadline.
+    while task.awaits_digest() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        if let Some(d) = ask_scheduler(engine, req).await.sha256 {
+            task.announce_sha256(d);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    true
 }
 
 /// Header names that carry a requester's credentials: they go to the origin and nowhere else.
@@ -161,7 +193,8 @@ async fn finish(
     task.wait_complete().await?;
     if let Some(s) = &engine.scheduler {
         let _ = s.task_progress(&progress(&task, source == Source::Origin)).await;
-        let _ = s.task_finished(task.id(), task.content_length().unwrap_or(0), task.piece_length()).await;
+        let (len, pl) = (task.content_length().unwrap_or(0), task.piece_length());
+        let _ = s.task_finished(task.id(), len, pl, task.sha256()).await;
     }
     let size = task.content_length().unwrap_or(0);
     // The origin stream is one whole GET, so an origin finish counts the whole size from there.
@@ -228,6 +261,7 @@ async fn from_peers(
     req: &FetchRequest,
     parents: &[std::net::SocketAddr],
     tx: &watch::Sender<Published>,
+    announced: Option<[u8; 32]>,
 ) -> Result<(PeerRound, u64), EngineError> {
     let task = match engine.store.get(&req.task_id) {
         Some(t) => t,
@@ -240,10 +274,15 @@ async fn from_peers(
                 content_length: len,
                 piece_length: Some(pl),
                 expected_sha256: req.expected_sha256,
+                // Peers' bytes of a task named by its URL are held to the sha256 its source announces.
+                digest_announced: req.expected_sha256.is_none(),
             };
             engine.store.get_or_create(&spec)?.0
         }
     };
+    if let Some(d) = announced {
+        task.announce_sha256(d);
+    }
     publish(tx, &task, Source::Peer, None);
     spawn_progress_reporter(engine, &task, false);
     // A parent fetching a large piece from a slow origin announces nothing until the piece is whole: the
@@ -311,8 +350,14 @@ async fn from_origin(
         content_length: resp.content_length,
         piece_length: None,
         expected_sha256: req.expected_sha256,
+        digest_announced: false,
     };
-    let (task, _) = engine.store.get_or_create(&spec)?;
+    let (mut task, _) = engine.store.get_or_create(&spec)?;
+    if task.awaits_digest() {
+        // Pieces from peers that nobody vouches for: the origin's bytes replace them all.
+        engine.store.remove(&req.task_id, "refetched from the origin");
+        task = engine.store.get_or_create(&spec)?.0;
+    }
     if task.content_length().is_some() && task.content_length() != resp.content_length && resp.content_length.is_some()
     {
         // A leftover from an earlier, different object: start clean.

@@ -69,7 +69,7 @@ pub fn task_body(
             // later found wrong.
             let off = u64::from(k) * pl + u64::from(c.part);
             let ends_window = c.window.is_some_and(|(_, e)| off + b.len() as u64 >= e);
-            if ends_window && c.task.expected_sha256().is_some() {
+            if ends_window && c.task.verifies_content() {
                 c.task.wait_complete().await?;
             }
             Ok::<_, StorageError>(Some(b))
@@ -168,7 +168,7 @@ async fn wait_piece(task: &Arc<Task>, k: u32) -> Result<bool, StorageError> {
         // Past the end of a task whose length became known while streaming: the body is complete, and
         // ends cleanly only if the content is proven right.
         Err(StorageError::PieceOutOfRange { .. }) => {
-            if task.expected_sha256().is_some() {
+            if task.verifies_content() {
                 task.wait_complete().await?;
             }
             return Ok(false);
@@ -176,7 +176,7 @@ async fn wait_piece(task: &Arc<Task>, k: u32) -> Result<bool, StorageError> {
         Err(e) => return Err(e),
     }
     let last = task.piece_count().is_some_and(|n| k + 1 == n);
-    if last && task.expected_sha256().is_some() {
+    if last && task.verifies_content() {
         // The final bytes go out only once the whole content is proven right.
         task.wait_complete().await?;
     }

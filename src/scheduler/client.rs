@@ -20,7 +20,7 @@ use super::error::ClientError;
 use super::frame::encode_envelope;
 use super::hash::rendezvous_pick;
 use super::proto::{self, envelope::Msg};
-use super::types::{Decision, HostInfo, PeerLoad, SeedTrigger, TaskProgress, TaskRequest};
+use super::types::{Answer, Decision, HostInfo, PeerLoad, SeedTrigger, TaskProgress, TaskRequest};
 use crate::storage::TaskId;
 
 /// Timeouts and limits of the client; the defaults suit a LAN.
@@ -144,7 +144,7 @@ impl SchedulerClient {
 
     /// Asks the task's scheduler where to download it from. Fails within `request_timeout`; every error
     /// means "no decision" and the engine should go to the origin.
-    pub async fn request_task(&self, req: &TaskRequest) -> Result<Decision, ClientError> {
+    pub async fn request_task(&self, req: &TaskRequest) -> Result<Answer, ClientError> {
         let t = self.inner.cfg.request_timeout;
         let mut addr = None;
         let r = tokio::time::timeout(t, self.request_inner(req, &mut addr)).await;
@@ -157,11 +157,7 @@ impl SchedulerClient {
         }
     }
 
-    async fn request_inner(
-        &self,
-        req: &TaskRequest,
-        addr_out: &mut Option<SocketAddr>,
-    ) -> Result<Decision, ClientError> {
+    async fn request_inner(&self, req: &TaskRequest, addr_out: &mut Option<SocketAddr>) -> Result<Answer, ClientError> {
         let addr = self.scheduler_for(&req.task_id).await?;
         *addr_out = Some(addr);
         let req_id = self.inner.next_req.fetch_add(1, Ordering::Relaxed);
@@ -172,7 +168,7 @@ impl SchedulerClient {
         let (reply, rx) = oneshot::channel();
         conn.send(Cmd::Request { req_id, frame, reply }).await.map_err(|_| ClientError::Closed)?;
         let d = rx.await.map_err(|_| ClientError::Unavailable { addr, reason: "connection closed".into() })??;
-        if d == Decision::BackToSource {
+        if d.decision == Decision::BackToSource {
             let mut b = self.inner.book();
             b.sources.insert(req.task_id);
             if let Some(e) = b.announced.get_mut(&req.task_id) {
@@ -192,13 +188,17 @@ impl SchedulerClient {
         self.announce(p.task_id, encode_envelope(Msg::TaskProgress(p.to_proto()))).await
     }
 
+    /// The task is whole here; `sha256` is its content digest, which the scheduler keeps when this host
+    /// fetched it from the origin.
     pub async fn task_finished(
         &self,
         task_id: TaskId,
         content_length: u64,
         piece_length: u32,
+        sha256: Option<[u8; 32]>,
     ) -> Result<(), ClientError> {
-        let m = proto::TaskFinished { task_id: task_id.0.to_vec(), content_length, piece_length };
+        let sha256 = sha256.map(|d| d.to_vec()).unwrap_or_default();
+        let m = proto::TaskFinished { task_id: task_id.0.to_vec(), content_length, piece_length, sha256 };
         self.announce(task_id, encode_envelope(Msg::TaskFinished(m))).await
     }
 

@@ -24,12 +24,12 @@ use super::client::{ClientConfig, Inner};
 use super::error::ClientError;
 use super::frame::{codec, decode_envelope, encode_envelope};
 use super::proto::{self, envelope::Msg};
-use super::types::{Decision, SeedTrigger};
+use super::types::{Answer, Decision, SeedTrigger};
 
 /// Commands queued to a connection; beyond this many, one-way reports are dropped.
 const CMD_QUEUE: usize = 1024;
 
-type Reply = oneshot::Sender<Result<Decision, ClientError>>;
+type Reply = oneshot::Sender<Result<Answer, ClientError>>;
 type Rd = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
 type Wr = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
 
@@ -266,7 +266,9 @@ impl Conn {
         match msg {
             Msg::RequestTaskReply(r) => {
                 if let Some(reply) = pending.remove(&r.req_id) {
+                    let sha256 = <[u8; 32]>::try_from(r.sha256.as_slice()).ok();
                     let d = Decision::from_proto(r.decision)
+                        .map(|decision| Answer { decision, sha256 })
                         .map_err(|e| ClientError::Protocol { addr: self.addr, reason: e.to_string() });
                     let _ = reply.send(d);
                 }

@@ -37,4 +37,4 @@ pub use frame::{decode_envelope, encode_envelope, MAX_FRAME_LEN, PROTOCOL_VERSIO
 pub use hash::{rendezvous_pick, rendezvous_score};
 pub use server::{run_standalone, Scheduler, SchedulerHandle, ServerConfig};
 pub use state::{Action, State, StateConfig, TaskSummary};
-pub use types::{Decision, HostInfo, Parent, PeerLoad, SeedTrigger, TaskProgress, TaskRequest};
+pub use types::{Answer, Decision, HostInfo, Parent, PeerLoad, SeedTrigger, TaskProgress, TaskRequest};

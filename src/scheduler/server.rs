@@ -314,7 +314,8 @@ impl Conn {
             }
             Msg::TaskFinished(f) => {
                 let id = task_id_from(&f.task_id)?;
-                sh.state.finished(&host, id, f.content_length, f.piece_length, now)?;
+                let sha256 = <[u8; 32]>::try_from(f.sha256.as_slice()).ok();
+                sh.state.finished(&host, id, f.content_length, f.piece_length, sha256, now)?;
                 Ok(Outcome::none())
             }
             Msg::TaskFailed(f) => {
@@ -431,6 +432,7 @@ fn request_task(sh: &mut Shared, host: &str, r: proto::RequestTask, now: Instant
             tracing::debug!(seed = %seed_host, task = %req.task_id, "seed triggered");
         }
     }
-    let reply = proto::RequestTaskReply { req_id, decision: Some(decision.to_proto()) };
+    let sha256 = sh.state.task_sha256(&req.task_id).map(|d| d.to_vec()).unwrap_or_default();
+    let reply = proto::RequestTaskReply { req_id, decision: Some(decision.to_proto()), sha256 };
     Ok(Outcome::reply(Msg::RequestTaskReply(reply)))
 }

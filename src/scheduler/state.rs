@@ -100,6 +100,8 @@ struct Task {
     excluded: HashMap<String, HashSet<String>>,
     /// child → when it was first told to wait (cleared once it gets parents).
     waiting_since: HashMap<String, Instant>,
+    /// The content's sha256 as a back-to-source peer reported it when it finished.
+    sha256: Option<[u8; 32]>,
 }
 
 /// Hosts and tasks. One instance per scheduler, behind the server's lock.
@@ -276,6 +278,7 @@ impl State {
         task_id: TaskId,
         content_length: u64,
         piece_length: u32,
+        sha256: Option<[u8; 32]>,
         now: Instant,
     ) -> Result<(), StateError> {
         self.join(host_id, task_id, now)?;
@@ -284,6 +287,10 @@ impl State {
         let count = task.piece_count;
         task.waiting_since.remove(host_id);
         if let Some(peer) = task.peers.get_mut(host_id) {
+            // Only the node that read the origin speaks for the content; children only repeat it.
+            if peer.back_to_source && task.sha256.is_none() {
+                task.sha256 = sha256;
+            }
             peer.finished = true;
             peer.last_progress = now;
             if let Some(c) = count {
@@ -291,6 +298,11 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// The content's sha256 as the task's back-to-source peer reported it, once it finished.
+    pub fn task_sha256(&self, task_id: &TaskId) -> Option<[u8; 32]> {
+        self.tasks.get(task_id).and_then(|t| t.sha256)
     }
 
     /// The peer gave up on the task: it is no longer a parent, and no longer its origin fetcher.

@@ -80,7 +80,7 @@ fn parents_ranked_by_free_capacity_then_connections_then_pieces() {
     s.progress("c", &prog(T, 5), now).unwrap();
     s.progress("d", &prog(T, 1), now).unwrap();
     s.progress("e", &prog(T, 0), now).unwrap(); // no piece yet: never a parent
-    s.finished("f", T, 1 << 30, 4 << 20, now).unwrap();
+    s.finished("f", T, 1 << 30, 4 << 20, None, now).unwrap();
     // d has the most capacity but uses most of it; b has more connections than a and c; a has more pieces than c.
     s.report_load("d", PeerLoad { upload_bytes_per_sec: 4500, upload_connections: 1 }).unwrap();
     s.report_load("b", PeerLoad { upload_bytes_per_sec: 0, upload_connections: 3 }).unwrap();
@@ -364,7 +364,7 @@ mod random_ops {
                         let _ = s.progress(&name(h), &p, now);
                     }
                     Op::Finished(h, t) => {
-                        let _ = s.finished(&name(h), task(t), 1 << 30, 4 << 20, now);
+                        let _ = s.finished(&name(h), task(t), 1 << 30, 4 << 20, None, now);
                     }
                     Op::Failed(h, t) => {
                         let _ = s.failed(&name(h), task(t));

@@ -93,6 +93,14 @@ pub enum Decision {
     Wait { retry_after: Duration },
 }
 
+/// What a task request gets back: the decision, and the content's sha256 once the task's back-to-source
+/// peer reported it (what a child holds the pieces it took from peers to).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub decision: Decision,
+    pub sha256: Option<[u8; 32]>,
+}
+
 /// Sent to a seed peer: fetch this task from the origin with exactly this URL and these headers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SeedTrigger {

@@ -30,6 +30,7 @@ pub struct HashState {
 
 /// Called when a complete piece turns out corrupt: the digest must be recomputed over the refetched bytes.
 pub fn reset(task: &Task) {
+    lock(&task.announced).parked = None;
     let mut h = lock(&task.hasher);
     if h.running {
         h.restart = true;
@@ -165,6 +166,20 @@ fn run(task: Arc<Task>, mut ctx: Sha256) {
 
 fn finish(task: &Arc<Task>, ctx: Sha256) {
     let digest: [u8; 32] = ctx.finalize().into();
+    {
+        // Nothing to compare with yet: the task waits, incomplete, until its source announces the digest.
+        let mut a = task.announced.lock().unwrap_or_else(|p| p.into_inner());
+        if task.meta.digest_announced && task.meta.expected_sha256.is_none() && a.expected.is_none() {
+            a.parked = Some(digest);
+            return;
+        }
+    }
+    settle(task, digest);
+}
+
+/// Completes a task whose whole content hashed to `digest`, if it matches what the task is held to;
+/// otherwise discards it.
+pub(super) fn settle(task: &Arc<Task>, digest: [u8; 32]) {
     if let Some(exp) = task.expected_sha256() {
         if exp != digest {
             let reason = FailReason::DigestMismatch { expected: exp, got: digest };

@@ -41,6 +41,7 @@ const OFF_LAST_ACCESS: usize = 3120;
 /// create_flags bits.
 const CF_LENGTH_KNOWN: u32 = 1;
 const CF_EXPECTED_DIGEST: u32 = 2;
+const CF_DIGEST_ANNOUNCED: u32 = 4;
 /// state bits.
 pub const ST_DIRTY: u32 = 1;
 pub const ST_COMPLETE: u32 = 2;
@@ -57,6 +58,8 @@ pub struct NewMeta<'a> {
     pub content_length: Option<u64>,
     pub piece_length: u32,
     pub expected_sha256: Option<[u8; 32]>,
+    /// The expected sha256 is announced later by the task's source (see [`Meta::digest_announced`]).
+    pub digest_announced: bool,
     pub created_ms: u64,
 }
 
@@ -69,6 +72,9 @@ pub struct Meta {
     pub piece_length: u32,
     pub capacity: u32,
     pub expected_sha256: Option<[u8; 32]>,
+    /// Created from peers without a digest to check against: the content must match a sha256 announced
+    /// later by its source before the task may complete (create flag bit 2).
+    pub digest_announced: bool,
     pub created_ms: u64,
 }
 
@@ -113,6 +119,9 @@ impl Meta {
         if m.expected_sha256.is_some() {
             cf |= CF_EXPECTED_DIGEST;
         }
+        if m.digest_announced && m.expected_sha256.is_none() {
+            cf |= CF_DIGEST_ANNOUNCED;
+        }
         put32(&mut h, OFF_CREATE_FLAGS, cf);
         put32(&mut h, OFF_URL_LEN, url.len() as u32);
         put64(&mut h, OFF_CREATED, m.created_ms);
@@ -135,7 +144,8 @@ impl Meta {
         // The piece table stays a hole until pieces complete: no disk for unknown-length reservations.
         f.set_len(file_len(HEADER_SIZE, capacity)).map_err(io)?;
         std::fs::rename(&tmp, path).map_err(|e| StorageError::io(path, e))?;
-        Self::map(f, path, m.id, url.to_owned(), m.piece_length, capacity, m.expected_sha256, m.created_ms)
+        let announced = cf & CF_DIGEST_ANNOUNCED != 0;
+        Self::map(f, path, m.id, url.to_owned(), m.piece_length, capacity, (m.expected_sha256, announced), m.created_ms)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -146,14 +156,24 @@ impl Meta {
         url: String,
         piece_length: u32,
         capacity: u32,
-        expected_sha256: Option<[u8; 32]>,
+        (expected_sha256, digest_announced): (Option<[u8; 32]>, bool),
         created_ms: u64,
     ) -> Result<Meta> {
         let map = MmapRaw::map_raw(&f).map_err(|e| StorageError::io(path, e))?;
         if map.len() as u64 != file_len(HEADER_SIZE, capacity) {
             return Err(bad(path, "file changed size while mapping"));
         }
-        Ok(Meta { map, path: path.to_owned(), id, url, piece_length, capacity, expected_sha256, created_ms })
+        Ok(Meta {
+            map,
+            path: path.to_owned(),
+            id,
+            url,
+            piece_length,
+            capacity,
+            expected_sha256,
+            digest_announced,
+            created_ms,
+        })
     }
 
     /// Opens and validates an existing metadata file. Every inconsistency is an error, never a panic.
@@ -207,7 +227,8 @@ impl Meta {
         let url =
             std::str::from_utf8(&h[OFF_URL..OFF_URL + url_len]).map_err(|_| bad(path, "url is not utf-8"))?.to_owned();
         let created = get64(&h, OFF_CREATED);
-        let meta = Self::map(f, path, id, url, piece_length, capacity, expected, created)?;
+        let announced = cf & CF_DIGEST_ANNOUNCED != 0;
+        let meta = Self::map(f, path, id, url, piece_length, capacity, (expected, announced), created)?;
         meta.check_consistent(cf & CF_LENGTH_KNOWN != 0)?;
         Ok(meta)
     }
@@ -391,6 +412,7 @@ mod tests {
                 content_length: len,
                 piece_length: 1 << 16,
                 expected_sha256: Some([9; 32]),
+                digest_announced: false,
                 created_ms: 5,
             },
         )

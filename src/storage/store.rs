@@ -78,6 +78,9 @@ pub struct TaskSpec {
     /// `None` chooses from the content length (see layout.rs).
     pub piece_length: Option<u32>,
     pub expected_sha256: Option<[u8; 32]>,
+    /// No expected digest yet, but the content must match one announced later by the task's source
+    /// ([`Task::announce_sha256`]) before it completes: a task fetched from peers by its URL.
+    pub digest_announced: bool,
 }
 
 pub struct Store {
@@ -300,6 +303,7 @@ impl Store {
                 content_length: spec.content_length,
                 piece_length,
                 expected_sha256: spec.expected_sha256,
+                digest_announced: spec.digest_announced,
                 created_ms: now_ms(),
             },
         )

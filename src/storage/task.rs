@@ -49,6 +49,13 @@ pub struct TaskInfo {
     pub data_path: PathBuf,
 }
 
+/// The digest announcement of a task created with `digest_announced`.
+#[derive(Default)]
+pub(super) struct Announced {
+    pub(super) expected: Option<[u8; 32]>,
+    pub(super) parked: Option<[u8; 32]>,
+}
+
 pub struct Task {
     pub(super) id: TaskId,
     pub(super) meta: Meta,
@@ -65,6 +72,9 @@ pub struct Task {
     /// Bumped on every change a waiter may care about.
     changed: watch::Sender<u64>,
     failed: Mutex<Option<FailReason>>,
+    /// For a task whose digest is announced later: the announced sha256, and the one the hashing pass
+    /// computed while none was announced yet (the task then waits, incomplete, for the announcement).
+    pub(super) announced: Mutex<Announced>,
     pub(super) hasher: Mutex<HashState>,
     pub(super) removed: AtomicBool,
 }
@@ -92,6 +102,7 @@ impl Task {
             hash_turn: tokio::sync::Mutex::new(()),
             changed: watch::channel(0).0,
             failed: Mutex::new(None),
+            announced: Mutex::new(Announced::default()),
             hasher: Mutex::new(HashState::default()),
             removed: AtomicBool::new(false),
         })
@@ -113,8 +124,48 @@ impl Task {
         self.meta.piece_length
     }
 
+    /// The sha256 the content must have: named at creation, or announced since by the task's source.
     pub fn expected_sha256(&self) -> Option<[u8; 32]> {
-        self.meta.expected_sha256
+        self.meta.expected_sha256.or_else(|| lock(&self.announced).expected)
+    }
+
+    /// Whether the content is checked against a digest before the task completes (named at creation, or
+    /// to be announced by its source): a response must then not end before the task is complete.
+    pub fn verifies_content(&self) -> bool {
+        self.meta.expected_sha256.is_some() || self.meta.digest_announced
+    }
+
+    /// Whether the task still waits for its source to announce the digest it must match.
+    pub fn awaits_digest(&self) -> bool {
+        self.meta.expected_sha256.is_none() && self.meta.digest_announced && lock(&self.announced).expected.is_none()
+    }
+
+    /// The sha256 the task's source announced. A task created with `digest_announced` completes only once
+    /// its content matches it (a mismatch discards the task: a parent sent wrong bytes). Ignored for other
+    /// tasks and after a first announcement.
+    pub fn announce_sha256(self: &Arc<Self>, d: [u8; 32]) {
+        if !self.meta.digest_announced || self.meta.expected_sha256.is_some() {
+            return;
+        }
+        let parked = {
+            let mut a = lock(&self.announced);
+            if a.expected.is_some() {
+                return;
+            }
+            a.expected = Some(d);
+            a.parked.take()
+        };
+        if let Some(got) = parked {
+            // Hashed already: settle now (fdatasync included), off the caller's thread.
+            let t = self.clone();
+            let spawned = std::thread::Builder::new().name("shoal-sha256".into()).spawn(move || {
+                super::digest::settle(&t, got);
+            });
+            if let Err(e) = spawned {
+                self.fail(FailReason::io("starting the sha256 thread", &e));
+            }
+        }
+        self.notify();
     }
 
     /// Known once the content length is.

@@ -57,6 +57,7 @@ pub fn spec(n: u8, len: Option<u64>, piece: u32, expected: Option<[u8; 32]>) -> 
         content_length: len,
         piece_length: Some(piece),
         expected_sha256: expected,
+        digest_announced: false,
     }
 }
 
