@@ -26,6 +26,10 @@ pub struct HashState {
     finished: bool,
     /// A piece already hashed was found corrupt: start over once it is fetched again.
     restart: bool,
+    /// The crc32c of each piece as it was hashed. A hot-path pass hashes a piece before it is stored; if
+    /// that write is then abandoned and the piece stored later with other bytes, the digest would not be
+    /// the stored content's. Finishing checks these against the stored crcs and starts over on a mismatch.
+    crcs: Vec<u32>,
 }
 
 /// Called when a complete piece turns out corrupt: the digest must be recomputed over the refetched bytes.
@@ -78,6 +82,7 @@ pub fn crc_and_hash(task: &Task, k: u32, data: &[u8], expected: Option<u32>) -> 
     if ok {
         h.next = k + 1;
         h.ctx = Some(advanced);
+        h.crcs.push(crc);
     } else {
         h.ctx = Some(ctx);
     }
@@ -114,6 +119,7 @@ fn run(task: Arc<Task>, mut ctx: Sha256) {
             let mut h = lock(&task.hasher);
             if std::mem::take(&mut h.restart) {
                 h.next = 0;
+                h.crcs.clear();
                 ctx = Sha256::default();
             }
             let k = h.next;
@@ -124,6 +130,13 @@ fn run(task: Arc<Task>, mut ctx: Sha256) {
                     h.ctx = Some(ctx);
                     h.running = false;
                     return;
+                }
+                // Every piece stored must be the one that was hashed; otherwise hash the stored ones.
+                if (0..count).any(|i| h.crcs.get(i as usize).copied() != task.piece_crc(i)) {
+                    h.next = 0;
+                    h.crcs.clear();
+                    ctx = Sha256::default();
+                    continue;
                 }
                 h.finished = true;
                 h.running = false;
@@ -160,7 +173,9 @@ fn run(task: Arc<Task>, mut ctx: Sha256) {
             continue;
         }
         ctx.update(&buf);
-        lock(&task.hasher).next = k + 1;
+        let mut h = lock(&task.hasher);
+        h.next = k + 1;
+        h.crcs.push(crc);
     }
 }
 

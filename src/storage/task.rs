@@ -281,7 +281,10 @@ impl Task {
                 let mut p = lock(&self.1);
                 match *p {
                     Pass::Running => *p = Pass::Abandoned,
-                    Pass::Done(true) => super::digest::reset(&self.0),
+                    Pass::Done(true) => {
+                        super::digest::reset(&self.0);
+                        super::digest::kick(&self.0);
+                    }
                     _ => {}
                 }
             }
@@ -295,7 +298,9 @@ impl Task {
             let mut p = lock(&pass);
             if matches!(*p, Pass::Abandoned) {
                 if r.1 {
+                    // The pieces may all be in by now: start the pass over them again.
                     super::digest::reset(&task);
+                    super::digest::kick(&task);
                 }
             } else {
                 *p = Pass::Done(r.1);
@@ -529,6 +534,9 @@ impl Task {
         let mut rx = self.subscribe();
         // A task reloaded after a restart with all its pieces needs one hashing pass to complete.
         super::digest::kick(self);
+        // Ends with completion or failure; a quiet second re-kicks the hashing pass, so a digest reset
+        // that raced with the last write (an abandoned write's reset lands after every kick) cannot leave
+        // a whole task waiting forever.
         loop {
             self.check_failed()?;
             if self.is_complete() {
@@ -536,8 +544,10 @@ impl Task {
                     return Ok(d);
                 }
             }
-            if rx.changed().await.is_err() {
-                return Err(FailReason::Dropped.into());
+            match tokio::time::timeout(std::time::Duration::from_secs(1), rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(FailReason::Dropped.into()),
+                Err(_) => super::digest::kick(self),
             }
         }
     }
