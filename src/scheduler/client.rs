@@ -10,50 +10,19 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::conn::{spawn_conn, Cmd, ConnHandle};
+pub use super::conn::ClientConfig;
+use super::conn::{spawn_conn, Cmd, ConnHandle, ConnOwner};
 use super::error::ClientError;
 use super::frame::encode_envelope;
 use super::hash::rendezvous_pick;
 use super::proto::{self, envelope::Msg};
 use super::types::{Answer, Decision, HostInfo, PeerLoad, SeedTrigger, TaskProgress, TaskRequest};
 use crate::storage::TaskId;
-
-/// Timeouts and limits of the client; the defaults suit a LAN.
-#[derive(Clone, Debug)]
-pub struct ClientConfig {
-    /// A request without an answer by then fails with [`ClientError::Timeout`] (the engine then goes to the
-    /// origin), including the time to connect.
-    pub request_timeout: Duration,
-    pub connect_timeout: Duration,
-    /// Reconnect delays double from `backoff_min` up to `backoff_max`.
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
-    /// An idle connection sends a Ping this often (well within the server's idle timeout).
-    pub keepalive: Duration,
-    /// How long a DNS answer for the scheduler list is used before it is resolved again.
-    pub resolve_every: Duration,
-    /// A write to the scheduler that cannot complete by then drops the connection.
-    pub write_timeout: Duration,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        ClientConfig {
-            request_timeout: Duration::from_secs(2),
-            connect_timeout: Duration::from_secs(1),
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(5),
-            keepalive: Duration::from_secs(20),
-            resolve_every: Duration::from_secs(30),
-            write_timeout: Duration::from_secs(5),
-        }
-    }
-}
 
 /// Seed triggers not yet taken by the engine; more are dropped (the scheduler recovers through its stall
 /// detection).
@@ -100,7 +69,7 @@ impl Inner {
 
     /// The frames that rebuild this host's state at `addr` after a (re)connect: Register, last Load, every
     /// task announced there.
-    pub(super) fn hello(&self, addr: SocketAddr) -> Vec<Bytes> {
+    fn hello_frames(&self, addr: SocketAddr) -> Vec<Bytes> {
         let mut v = vec![encode_envelope(Msg::Register(self.host.to_proto()))];
         let b = self.book();
         v.extend(b.load.clone());
@@ -109,11 +78,25 @@ impl Inner {
     }
 
     /// A seed trigger arrived: remember that this host fetches the task, and hand it to the engine.
-    pub(super) fn on_trigger(&self, t: SeedTrigger) {
+    fn take_trigger(&self, t: SeedTrigger) {
         self.book().sources.insert(t.task_id);
         if self.triggers.try_send(t).is_err() {
             tracing::warn!("seed trigger dropped: the engine is not taking them");
         }
+    }
+}
+
+impl ConnOwner for Inner {
+    fn config(&self) -> ClientConfig {
+        self.cfg.clone()
+    }
+
+    fn hello(&self, addr: SocketAddr) -> Vec<Bytes> {
+        self.hello_frames(addr)
+    }
+
+    fn on_trigger(&self, t: SeedTrigger) {
+        self.take_trigger(t)
     }
 }
 
@@ -397,7 +380,8 @@ impl SchedulerClient {
         if let Some(c) = b.conns.get(&addr).filter(|c| !c.is_dead()) {
             return Ok(c.clone());
         }
-        let c = spawn_conn(addr, Arc::downgrade(&self.inner));
+        let owner: std::sync::Weak<dyn ConnOwner> = Arc::downgrade(&self.inner) as _;
+        let c = spawn_conn(addr, owner);
         b.conns.insert(addr, c.clone());
         Ok(c)
     }

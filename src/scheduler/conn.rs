@@ -20,7 +20,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use super::client::{ClientConfig, Inner};
 use super::error::ClientError;
 use super::frame::{codec, decode_envelope, encode_envelope};
 use super::proto::{self, envelope::Msg};
@@ -74,10 +73,52 @@ impl ConnHandle {
     }
 }
 
-pub(super) fn spawn_conn(addr: SocketAddr, inner: Weak<Inner>) -> ConnHandle {
+/// Timeouts and limits of the client; the defaults suit a LAN.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// A request without an answer by then fails with [`ClientError::Timeout`] (the engine then goes to the
+    /// origin), including the time to connect.
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Reconnect delays double from `backoff_min` up to `backoff_max`.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// An idle connection sends a Ping this often (well within the server's idle timeout).
+    pub keepalive: Duration,
+    /// How long a DNS answer for the scheduler list is used before it is resolved again.
+    pub resolve_every: Duration,
+    /// A write to the scheduler that cannot complete by then drops the connection.
+    pub write_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            request_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            keepalive: Duration::from_secs(20),
+            resolve_every: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a connection asks of the client that owns it (the client implements it; this file does not
+/// depend on the client's internals).
+pub(super) trait ConnOwner: Send + Sync + 'static {
+    fn config(&self) -> ClientConfig;
+    /// The frames that rebuild this host's state at `addr` after a (re)connect.
+    fn hello(&self, addr: SocketAddr) -> Vec<Bytes>;
+    /// A seed trigger arrived on the connection.
+    fn on_trigger(&self, t: SeedTrigger);
+}
+
+pub(super) fn spawn_conn(addr: SocketAddr, inner: Weak<dyn ConnOwner>) -> ConnHandle {
     let (tx, rx) = mpsc::channel(CMD_QUEUE);
     let connected = Arc::new(AtomicBool::new(false));
-    let cfg = inner.upgrade().map(|i| i.cfg.clone()).unwrap_or_default();
+    let cfg = inner.upgrade().map(|i| i.config()).unwrap_or_default();
     tokio::spawn(Conn { addr, inner, rx, connected: connected.clone(), cfg }.run());
     ConnHandle { tx, connected }
 }
@@ -86,7 +127,7 @@ struct Conn {
     addr: SocketAddr,
     /// Weak: the client owns its connections, not the reverse; when the last client clone is dropped the
     /// command queue closes and this task ends.
-    inner: Weak<Inner>,
+    inner: Weak<dyn ConnOwner>,
     rx: mpsc::Receiver<Cmd>,
     connected: Arc<AtomicBool>,
     cfg: ClientConfig,
