@@ -94,9 +94,8 @@ async fn run(engine: &Arc<Engine>, req: &FetchRequest, tx: &watch::Sender<Publis
                         return finish(engine, req, Source::Peer, started, peer_bytes).await
                     }
                     PeerRound::Whole => {
-                        // Nobody vouches for the peers' bytes: fetch the object from the origin instead.
+                        // Nobody vouches for the peers' bytes: from_origin replaces them with the origin's.
                         tracing::warn!(task = %req.task_id, "its source never announced the digest; refetching");
-                        engine.store.remove(&req.task_id, "no digest announced for its pieces from peers");
                         from_origin(engine, req, tx).await?;
                         return finish(engine, req, Source::Origin, started, peer_bytes).await;
                     }

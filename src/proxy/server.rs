@@ -212,18 +212,17 @@ async fn p2p(engine: &Arc<Engine>, p: P2pPlan) -> Response<Body> {
         origin_headers: f.origin_headers.as_deref(),
     };
     let Reply { status, headers, body } = reply(&p, &facts);
-    let mut r = match body {
-        ReplyBody::Text(msg) => text(status, msg),
-        ReplyBody::Whole | ReplyBody::Part { .. } => {
-            let window = match body {
-                ReplyBody::Part { start, end } => Some((start, end)),
-                _ => None,
-            };
-            let mut r = Response::new(BodyExt::boxed(task_body(f.task, window)));
-            *r.status_mut() = status;
-            r
-        }
+    let window = match body {
+        ReplyBody::Text(msg) => return with_headers(text(status, msg), headers),
+        ReplyBody::Whole => None,
+        ReplyBody::Part { start, end } => Some((start, end)),
     };
+    let mut r = Response::new(BodyExt::boxed(task_body(f.task, window)));
+    *r.status_mut() = status;
+    with_headers(r, headers)
+}
+
+fn with_headers(mut r: Response<Body>, headers: http::HeaderMap) -> Response<Body> {
     r.headers_mut().extend(headers);
     r
 }
