@@ -11,6 +11,7 @@ use std::time::Duration;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::engine::{Engine, EngineConfig};
+use crate::membership::{ClusterKey, HostIdentity};
 use crate::metrics::server::Probe;
 use crate::metrics::Gauges;
 use crate::runtime::Cores;
@@ -36,6 +37,9 @@ pub struct DaemonConfig {
     pub proxy: crate::proxy::server::ProxyConfig,
     /// How long in-flight proxy responses may run after SIGTERM before they are cut.
     pub drain_timeout: Duration,
+    /// The cluster secret's file (`cluster.secret_file`): required with `schedulers`; a single node
+    /// without one generates its own key in memory.
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 /// What SIGHUP may change without a restart.
@@ -60,6 +64,13 @@ pub enum DaemonError {
     Scheduler(#[from] crate::scheduler::ServerError),
     #[error("engine: {0}")]
     Engine(#[from] crate::engine::EngineError),
+    #[error("membership: {0}")]
+    Membership(#[from] crate::membership::LoadError),
+    #[error(
+        "a cluster member needs the cluster secret: set cluster.secret_file (or --cluster-secret-file) to a \
+         file holding the secret every scheduler and daemon shares (`shoal secret generate` makes one)"
+    )]
+    SecretRequired,
 }
 
 fn hostname() -> String {
@@ -109,25 +120,33 @@ impl Node {
     /// scheduler), engine, proxy, metrics endpoint and the background loops.
     fn start(cfg: &DaemonConfig) -> Result<Node, DaemonError> {
         let (store, _report) = Store::open(cfg.store.clone())?;
+        let (key, identity) = membership(cfg, &store)?;
         let cores = Cores::start(cfg.workers, "shoal-core")?;
         // Everything that must live on a runtime is created on core 0's.
         let _core0 = cores.handle(0).enter();
-        let upload =
-            UploadServer::new(store.clone(), ServerConfig { upload_rate: cfg.upload_rate, ..Default::default() });
+        let membership = Some(key.clone());
+        let upload_cfg =
+            ServerConfig { upload_rate: cfg.upload_rate, membership: membership.clone(), ..Default::default() };
+        let upload = UploadServer::new(store.clone(), upload_cfg);
         let (upload_addr, _accepts) = upload.start_on_cores(&cores, cfg.upload_addr)?;
         // Nothing is dialled on a client's behalf to this daemon's own listeners.
         let own = &cfg.proxy.destinations;
         own.add_own(upload_addr);
         let (scheduler_addrs, embedded) = if cfg.schedulers.is_empty() {
-            let (addr, handle) = Scheduler::spawn_embedded()?;
+            let (addr, handle) = Scheduler::spawn_embedded(membership.clone())?;
             own.add_own(addr);
             (vec![addr.to_string()], Some(handle))
         } else {
             (cfg.schedulers.clone(), None)
         };
-        let host = host_info(cfg, upload_addr);
-        let sched = SchedulerClient::new(scheduler_addrs.clone(), host.clone());
-        let pool = Pool::new(ClientConfig { bind_ip: Some(host.ip), ..ClientConfig::default() });
+        let host = host_info(cfg, upload_addr, &identity);
+        let sched_cfg = crate::scheduler::ClientConfig {
+            membership: membership.clone(),
+            identity: Some(identity),
+            ..Default::default()
+        };
+        let sched = SchedulerClient::with_config(scheduler_addrs.clone(), host.clone(), sched_cfg);
+        let pool = Pool::new(ClientConfig { bind_ip: Some(host.ip), membership, ..ClientConfig::default() });
         let engine = Engine::new(store.clone(), pool, Some(sched.clone()), cfg.engine.clone())?;
         let proxy = crate::proxy::server::start(&cores, cfg.proxy_addr, engine.clone(), cfg.proxy.clone())?;
         own.add_own(proxy.addr());
@@ -213,14 +232,30 @@ impl Node {
     }
 }
 
-/// Who this node is to the schedulers: its upload address as peers reach it.
-fn host_info(cfg: &DaemonConfig, upload_addr: SocketAddr) -> HostInfo {
+/// The cluster key (the configured secret; generated for a single node without one) and this host's
+/// identity, kept in the data directory so the host ID survives restarts.
+fn membership(cfg: &DaemonConfig, store: &Store) -> Result<(ClusterKey, Arc<HostIdentity>), DaemonError> {
+    let key = match (&cfg.cluster_secret_file, cfg.schedulers.is_empty()) {
+        (Some(p), _) => ClusterKey::load(p)?,
+        (None, true) => ClusterKey::generate()?,
+        (None, false) => return Err(DaemonError::SecretRequired),
+    };
+    let identity = HostIdentity::load_or_create(&store.data_dir().join(IDENTITY_FILE))?;
+    Ok((key, Arc::new(identity)))
+}
+
+/// This host's Ed25519 key in the data directory (storage-format.md).
+pub const IDENTITY_FILE: &str = "identity.key";
+
+/// Who this node is to the schedulers: its upload address as peers reach it, and a host ID that ends with
+/// its identity key's fingerprint (the scheduler refuses a registration that cannot prove it).
+fn host_info(cfg: &DaemonConfig, upload_addr: SocketAddr, identity: &HostIdentity) -> HostInfo {
     let ip = cfg.advertise_ip.unwrap_or_else(|| match upload_addr.ip() {
         ip if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
         ip => ip,
     });
     HostInfo {
-        host_id: format!("{}-{ip}-{}", hostname(), upload_addr.port()),
+        host_id: identity.host_id(&hostname()),
         hostname: hostname(),
         ip,
         upload_port: upload_addr.port(),

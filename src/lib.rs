@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod membership;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use shoal::cli::{Cli, Command, ConfigCommand};
+use shoal::cli::{Cli, Command, ConfigCommand, SecretCommand};
 use shoal::config::Config;
 use shoal::daemon::{self, DaemonConfig};
 use shoal::storage::StoreConfig;
@@ -56,6 +56,7 @@ fn daemon_cmd(a: &shoal::cli::DaemonArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         drain_timeout: c.proxy.drain_timeout,
+        cluster_secret_file: c.cluster.secret_file.clone(),
     };
     let reload = a.config.clone().map(|path| {
         let (args, running) = (a.clone(), c.clone());
@@ -80,6 +81,7 @@ fn reload(a: &shoal::cli::DaemonArgs, path: &std::path::Path, running: &Config) 
         ("upload.addr", c.upload.addr != running.upload.addr),
         ("metrics", c.metrics != running.metrics),
         ("scheduler", c.scheduler != running.scheduler),
+        ("cluster.secret_file", c.cluster != running.cluster),
         ("storage.io_engine", c.storage.io_engine != running.storage.io_engine),
         ("storage.gc_interval", c.storage.gc_interval != running.storage.gc_interval),
         ("engine", c.engine != running.engine),
@@ -99,7 +101,15 @@ fn reload(a: &shoal::cli::DaemonArgs, path: &std::path::Path, running: &Config) 
 fn scheduler_cmd(a: &shoal::cli::SchedulerArgs) -> anyhow::Result<()> {
     let c = load_config(a.config.as_deref())?;
     let listen = a.listen.unwrap_or(c.scheduler.listen);
-    shoal::scheduler::run_standalone(listen, shoal::scheduler::ServerConfig::default()).map_err(Into::into)
+    let Some(path) = a.cluster_secret_file.clone().or(c.cluster.secret_file) else {
+        anyhow::bail!(
+            "a scheduler needs the cluster secret: --cluster-secret-file (or cluster.secret_file) naming a file \
+             every daemon shares (`shoal secret generate` makes one)"
+        );
+    };
+    let key = shoal::membership::ClusterKey::load(&path)?;
+    let cfg = shoal::scheduler::ServerConfig { membership: Some(key), ..Default::default() };
+    shoal::scheduler::run_standalone(listen, cfg).map_err(Into::into)
 }
 
 fn get(a: shoal::cli::GetArgs) -> anyhow::Result<()> {
@@ -162,6 +172,9 @@ fn main() -> ExitCode {
         }
         Command::Config(ConfigCommand::Check { file }) => {
             Config::load(&file).map(|_| println!("{}: ok", file.display())).map_err(Into::into)
+        }
+        Command::Secret(SecretCommand::Generate) => {
+            shoal::membership::generate_secret().map(|s| println!("{s}")).map_err(Into::into)
         }
         Command::Get(a) => get(a),
         Command::Ls(a) => tasks_cmd(&a.daemon, None),

@@ -1,11 +1,14 @@
 //! The scheduler as it runs: the real `shoal scheduler` binary (and the embedded one) with in-process
 //! clients. Everything talks over 127.0.0.1; every wait is bounded; every process is killed by a guard.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use shoal::membership::{ClusterKey, HostIdentity, Role, Session};
 
 use shoal::scheduler::proto::{self, envelope::Msg};
 use shoal::scheduler::{
@@ -37,6 +40,8 @@ fn start(port: u16) -> Sched {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
         .args(["scheduler", "--listen", &addr.to_string()])
+        .arg("--cluster-secret-file")
+        .arg(secret_file())
         .env("SHOAL_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -67,9 +72,37 @@ fn start(port: u16) -> Sched {
     panic!("scheduler on port {port} never started");
 }
 
+const SECRET: &str = "scheduler-tests-cluster-secret-0123456789abcdef";
+
+/// The cluster secret every scheduler and client of these tests shares, in a file for the binary.
+fn secret_file() -> &'static std::path::Path {
+    static F: OnceLock<tempfile::TempPath> = OnceLock::new();
+    F.get_or_init(|| {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(SECRET.as_bytes()).unwrap();
+        f.into_temp_path()
+    })
+}
+
+fn key() -> ClusterKey {
+    ClusterKey::from_secret(SECRET.as_bytes()).unwrap()
+}
+
+/// One identity per host name for the whole test binary, so a name always registers the same host ID.
+fn ident(name: &str) -> Arc<HostIdentity> {
+    static IDS: OnceLock<Mutex<HashMap<String, Arc<HostIdentity>>>> = OnceLock::new();
+    let mut m = IDS.get_or_init(Default::default).lock().unwrap();
+    m.entry(name.to_owned()).or_insert_with(|| Arc::new(HostIdentity::generate().unwrap())).clone()
+}
+
+/// The host ID the host called `name` registers with.
+fn hid(name: &str) -> String {
+    ident(name).host_id(name)
+}
+
 fn host(id: &str, upload_port: u16, is_seed: bool) -> HostInfo {
     HostInfo {
-        host_id: id.into(),
+        host_id: hid(id),
         hostname: id.into(),
         ip: "127.0.0.1".parse().unwrap(),
         upload_port,
@@ -90,7 +123,16 @@ fn fast() -> ClientConfig {
 
 fn client(addrs: &[SocketAddr], id: &str, upload_port: u16) -> SchedulerClient {
     let addrs = addrs.iter().map(SocketAddr::to_string).collect();
-    SchedulerClient::with_config(addrs, host(id, upload_port, false), fast())
+    SchedulerClient::with_config(addrs, host(id, upload_port, false), member(id, fast()))
+}
+
+/// `cfg` as a member of the tests' cluster, registering as `name`.
+fn member(name: &str, cfg: ClientConfig) -> ClientConfig {
+    ClientConfig { membership: Some(key()), identity: Some(ident(name)), ..cfg }
+}
+
+fn embedded() -> (SocketAddr, shoal::scheduler::SchedulerHandle) {
+    Scheduler::spawn_embedded(Some(key())).unwrap()
 }
 
 fn tid(n: u8) -> TaskId {
@@ -152,7 +194,7 @@ async fn binary_returns_parents_and_stops_on_sigterm() {
     a.task_progress(&prog(tid(1), 1)).await.unwrap();
     let p = parents(&b, tid(1)).await;
     assert_eq!(p.len(), 1);
-    assert_eq!((p[0].host_id.as_str(), p[0].addr()), ("a", "127.0.0.1:4001".parse().unwrap()));
+    assert_eq!((p[0].host_id.as_str(), p[0].addr()), (hid("a").as_str(), "127.0.0.1:4001".parse().unwrap()));
     assert_eq!(b.request_task(&req(tid(2))).await.unwrap().decision, Decision::BackToSource, "tasks are independent");
 
     // Ranking uses reported load; a parent reported bad is never offered to that child again.
@@ -161,12 +203,12 @@ async fn binary_returns_parents_and_stops_on_sigterm() {
     a.report_load(shoal::scheduler::PeerLoad { upload_bytes_per_sec: 1 << 29, upload_connections: 9 }).await.unwrap();
     let d = client(&[s.addr], "d", 4004);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while parents(&d, tid(1)).await.iter().map(|p| p.host_id.as_str()).collect::<Vec<_>>() != ["c", "a"] {
+    while parents(&d, tid(1)).await.iter().map(|p| p.host_id.clone()).collect::<Vec<_>>() != [hid("c"), hid("a")] {
         assert!(Instant::now() < deadline, "the busier parent never ranked second");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    d.report_bad_parent(tid(1), "c", "crc mismatch").await.unwrap();
-    while parents(&d, tid(1)).await.iter().any(|p| p.host_id == "c") {
+    d.report_bad_parent(tid(1), &hid("c"), "crc mismatch").await.unwrap();
+    while parents(&d, tid(1)).await.iter().any(|p| p.host_id == hid("c")) {
         assert!(Instant::now() < deadline, "the bad parent was offered again");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -194,7 +236,7 @@ async fn restarted_scheduler_is_rebuilt_from_re_announcements() {
     assert_eq!(a.request_task(&req(tid(1))).await.unwrap().decision, Decision::BackToSource);
     a.task_progress(&prog(tid(1), 2)).await.unwrap();
     b.task_finished(tid(3), 64 << 20, 4 << 20, None).await.unwrap();
-    assert_eq!(parents(&b, tid(1)).await[0].host_id, "a");
+    assert_eq!(parents(&b, tid(1)).await[0].host_id, hid("a"));
 
     drop(s); // SIGKILL: all state is gone
     let c = client(&[addr], "c", 4003);
@@ -208,9 +250,9 @@ async fn restarted_scheduler_is_rebuilt_from_re_announcements() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let d = client(&[addr], "d", 4004);
     let p = parents(&d, tid(1)).await;
-    assert_eq!(p.iter().map(|p| p.host_id.as_str()).collect::<Vec<_>>(), ["a"], "a re-announced its 2 pieces");
+    assert_eq!(p.iter().map(|p| p.host_id.clone()).collect::<Vec<_>>(), [hid("a")], "a re-announced its 2 pieces");
     let p = parents(&d, tid(3)).await;
-    assert!(p[0].finished && p[0].host_id == "b", "b re-announced its finished task: {p:?}");
+    assert!(p[0].finished && p[0].host_id == hid("b"), "b re-announced its finished task: {p:?}");
     let fresh = client(&[addr], "e", 4005);
     assert!(
         matches!(fresh.request_task(&req(tid(1))).await.unwrap().decision, Decision::Parents(_)),
@@ -237,9 +279,9 @@ async fn two_schedulers_split_tasks_by_rendezvous_hash() {
     let on1 = owners.iter().filter(|&&o| o == s1.addr).count();
     assert!(on1 > 0 && on1 < tasks.len(), "both schedulers own tasks ({on1} of {} on the first)", tasks.len());
     for (&t, &owner) in tasks.iter().zip(&owners) {
-        assert_eq!(parents(&c2, t).await[0].host_id, "c1");
+        assert_eq!(parents(&c2, t).await[0].host_id, hid("c1"));
         let (mine, other) = if owner == s1.addr { (&p1, &p2) } else { (&p2, &p1) };
-        assert_eq!(parents(mine, t).await[0].host_id, "c1", "the owner knows the task");
+        assert_eq!(parents(mine, t).await[0].host_id, hid("c1"), "the owner knows the task");
         assert_eq!(
             other.request_task(&req(t)).await.unwrap().decision,
             Decision::BackToSource,
@@ -249,13 +291,26 @@ async fn two_schedulers_split_tasks_by_rendezvous_hash() {
 }
 
 /// Writes one raw frame (length prefix included) and returns the stream.
-fn raw(addr: SocketAddr, frames: &[&[u8]]) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
+/// A blocking connection that passed the membership handshake, and its session.
+async fn raw_conn(addr: SocketAddr) -> (TcpStream, Session) {
+    let mut t = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let session = shoal::membership::connect(&mut t, &key(), Role::Scheduler, Duration::from_secs(5)).await.unwrap();
+    let s = t.into_std().unwrap();
+    s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    (s, session)
+}
+
+fn send(s: &mut TcpStream, frames: &[&[u8]]) {
     for f in frames {
         s.write_all(&(f.len() as u32).to_be_bytes()).unwrap();
         s.write_all(f).unwrap();
     }
+}
+
+async fn raw(addr: SocketAddr, frames: &[&[u8]]) -> TcpStream {
+    let (mut s, _) = raw_conn(addr).await;
+    send(&mut s, frames);
     s
 }
 
@@ -283,26 +338,30 @@ async fn malformed_and_oversized_frames_close_only_that_connection() {
     assert_eq!(a.request_task(&req(tid(1))).await.unwrap().decision, Decision::BackToSource);
     a.task_progress(&prog(tid(1), 1)).await.unwrap();
     let b = client(&[s.addr], "b", 4002);
-    assert_eq!(parents(&b, tid(1)).await[0].host_id, "a");
+    assert_eq!(parents(&b, tid(1)).await[0].host_id, hid("a"));
 
     // Oversized: refused from the length prefix alone.
-    let mut big = raw(s.addr, &[]);
+    let mut big = raw(s.addr, &[]).await;
     big.write_all(&((MAX_FRAME_LEN as u32) + 1).to_be_bytes()).unwrap();
     big.write_all(&[1; 64]).unwrap();
     expect_error_then_close(big, "oversized");
-    expect_error_then_close(raw(s.addr, &[&[9, 0, 0]]), "unknown version");
-    expect_error_then_close(raw(s.addr, &[&[1, 0x0a, 0xff, 0xff, 0xff]]), "undecodable protobuf");
-    expect_error_then_close(raw(s.addr, &[&[]]), "empty frame");
+    expect_error_then_close(raw(s.addr, &[&[9, 0, 0]]).await, "unknown version");
+    expect_error_then_close(raw(s.addr, &[&[1, 0x0a, 0xff, 0xff, 0xff]]).await, "undecodable protobuf");
+    expect_error_then_close(raw(s.addr, &[&[]]).await, "empty frame");
     let early = encode_envelope(Msg::RequestTask(req(tid(1)).to_proto(5)));
-    expect_error_then_close(raw(s.addr, &[&early]), "request before register");
+    expect_error_then_close(raw(s.addr, &[&early]).await, "request before register");
 
     // Invalid fields are refused without closing; the connection goes on.
-    let reg = encode_envelope(Msg::Register(host("raw", 4009, false).to_proto()));
+    let (mut r, session) = raw_conn(s.addr).await;
+    let mut reg = host("raw", 4009, false).to_proto();
+    reg.identity_key = ident("raw").public_key();
+    reg.identity_proof = ident("raw").prove(&session, &reg.host_id);
+    let reg = encode_envelope(Msg::Register(reg));
     let mut bad = req(tid(1)).to_proto(7);
     bad.task_id.pop();
     let bad = encode_envelope(Msg::RequestTask(bad));
     let good = encode_envelope(Msg::RequestTask(req(tid(1)).to_proto(8)));
-    let mut r = raw(s.addr, &[&reg, &bad, &good]);
+    send(&mut r, &[&reg, &bad, &good]);
     match read_msg(&mut r) {
         Some(Msg::Error(e)) => assert!(!e.fatal && e.req_id == 7, "{e:?}"),
         other => panic!("expected a refusal of request 7, got {other:?}"),
@@ -311,14 +370,14 @@ async fn malformed_and_oversized_frames_close_only_that_connection() {
         Some(Msg::RequestTaskReply(rep)) => {
             assert_eq!(rep.req_id, 8);
             let Some(proto::request_task_reply::Decision::Parents(p)) = rep.decision else { panic!("{rep:?}") };
-            assert_eq!(p.parents[0].host_id, "a");
+            assert_eq!(p.parents[0].host_id, hid("a"));
         }
         other => panic!("expected the reply to request 8, got {other:?}"),
     }
 
     // Everyone else is untouched.
     assert!(a.is_connected(s.addr));
-    assert_eq!(parents(&b, tid(1)).await[0].host_id, "a");
+    assert_eq!(parents(&b, tid(1)).await[0].host_id, hid("a"));
 }
 
 #[tokio::test]
@@ -346,7 +405,7 @@ async fn unreachable_or_silent_scheduler_fails_fast_with_typed_errors() {
     });
     let mut cfg = fast();
     cfg.request_timeout = Duration::from_millis(300);
-    let c = SchedulerClient::with_config(vec![silent.to_string()], host("a", 1, false), cfg);
+    let c = SchedulerClient::with_config(vec![silent.to_string()], host("a", 1, false), member("a", cfg));
     let e = c.request_task(&req(tid(1))).await.unwrap_err();
     assert!(matches!(e, ClientError::Timeout { addr, .. } if addr == silent), "{e:?}");
     sink.abort();
@@ -354,8 +413,8 @@ async fn unreachable_or_silent_scheduler_fails_fast_with_typed_errors() {
 
 #[tokio::test]
 async fn embedded_scheduler_triggers_a_seed_with_the_requesters_url_and_headers() {
-    let (addr, h) = Scheduler::spawn_embedded().unwrap();
-    let seed = SchedulerClient::with_config(vec![addr.to_string()], host("seed", 4100, true), fast());
+    let (addr, h) = embedded();
+    let seed = SchedulerClient::with_config(vec![addr.to_string()], host("seed", 4100, true), member("seed", fast()));
     let mut triggers = seed.seed_triggers().expect("first call");
     assert!(seed.seed_triggers().is_none());
     until("the seed to register", || h.host_count() == 1).await;
@@ -366,25 +425,25 @@ async fn embedded_scheduler_triggers_a_seed_with_the_requesters_url_and_headers(
     let t = tokio::time::timeout(Duration::from_secs(5), triggers.recv()).await.unwrap().unwrap();
     assert_eq!((t.task_id, &t.url, &t.headers), (r.task_id, &r.url, &r.headers));
     assert_eq!((t.content_length, t.piece_length), (r.content_length, r.piece_length));
-    assert_eq!(h.task_summary(&tid(1)).unwrap().source.as_deref(), Some("seed"));
+    assert_eq!(h.task_summary(&tid(1)).unwrap().source.as_deref(), Some(hid("seed").as_str()));
 
     seed.task_progress(&prog(tid(1), 1)).await.unwrap();
     let ps = parents(&p, tid(1)).await;
-    assert!(ps[0].host_id == "seed" && ps[0].is_seed && ps[0].upload_port == 4100, "{ps:?}");
+    assert!(ps[0].host_id == hid("seed") && ps[0].is_seed && ps[0].upload_port == 4100, "{ps:?}");
 
     // The seed goes away: its pieces with it, and the next requester fetches from the origin itself.
     seed.shutdown().await;
     until("the seed to leave", || h.host_count() == 1).await;
     assert_eq!(p.request_task(&r).await.unwrap().decision, Decision::BackToSource);
-    assert_eq!(h.task_summary(&tid(1)).unwrap().source.as_deref(), Some("p"));
+    assert_eq!(h.task_summary(&tid(1)).unwrap().source.as_deref(), Some(hid("p").as_str()));
     h.shutdown().await;
     until("p to notice", || !p.is_connected(addr)).await;
 }
 
 #[tokio::test]
 async fn tasks_move_to_their_new_owner_when_the_scheduler_set_changes() {
-    let (a1, h1) = Scheduler::spawn_embedded().unwrap();
-    let (a2, h2) = Scheduler::spawn_embedded().unwrap();
+    let (a1, h1) = embedded();
+    let (a2, h2) = embedded();
     let c = client(&[a1], "c", 4001);
     let tasks: Vec<TaskId> = (0..16).map(tid).collect();
     for &t in &tasks {
@@ -405,7 +464,7 @@ async fn tasks_move_to_their_new_owner_when_the_scheduler_set_changes() {
     until("and to leave the old one", || h1.task_ids().len() == tasks.len() - on2.len()).await;
     for t in &on2 {
         let s = h2.task_summary(t).unwrap();
-        assert_eq!(s.source.as_deref(), Some("c"), "moved with its origin-fetcher flag");
+        assert_eq!(s.source.as_deref(), Some(hid("c").as_str()), "moved with its origin-fetcher flag");
     }
     h1.shutdown().await;
     h2.shutdown().await;
@@ -436,7 +495,8 @@ fn client_futures_are_send() {
 fn embedded_scheduler_on_one_core_serves_clients_on_another() {
     let cores = shoal::runtime::Cores::start(2, "sched-test").unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (addr, handle) = rt.block_on(cores.spawn_on(0, async { Scheduler::spawn_embedded() })).unwrap().unwrap();
+    let (addr, handle) =
+        rt.block_on(cores.spawn_on(0, async { Scheduler::spawn_embedded(Some(key())) })).unwrap().unwrap();
     let got = rt.block_on(cores.spawn_on(1, async move {
         let a = client(&[addr], "a", 4001);
         let b = client(&[addr], "b", 4002);
@@ -447,7 +507,7 @@ fn embedded_scheduler_on_one_core_serves_clients_on_another() {
         b.shutdown().await;
         p
     }));
-    assert_eq!(got.unwrap()[0].host_id, "a");
+    assert_eq!(got.unwrap()[0].host_id, hid("a"));
     drop(handle);
     cores.shutdown();
 }

@@ -37,6 +37,9 @@ impl DaemonArgs {
         if !self.scheduler.is_empty() {
             c.scheduler.addrs = self.scheduler.clone();
         }
+        if let Some(f) = &self.cluster_secret_file {
+            c.cluster.secret_file = Some(f.clone());
+        }
         c.seed |= self.seed;
         c.advertise_ip = self.advertise_ip.or(c.advertise_ip);
         c.upload.rate = self.upload_rate.or(c.upload.rate);
@@ -75,6 +78,9 @@ pub enum Command {
     /// Check or print the configuration file (example: `shoal config check /etc/shoal/shoal.yaml`).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Cluster secrets (example: `shoal secret generate > /etc/shoal/cluster.secret`).
+    #[command(subcommand)]
+    Secret(SecretCommand),
 }
 
 /// Where `ls` and `stat` find the daemon.
@@ -144,6 +150,9 @@ pub struct DaemonArgs {
     /// Scheduler addresses, comma separated; none means an embedded scheduler (single-node mode).
     #[arg(long, value_delimiter = ',')]
     pub scheduler: Vec<String>,
+    /// File holding the cluster secret (`cluster.secret_file`); required with --scheduler.
+    #[arg(long, env = "SHOAL_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// Run as a seed peer (fetches from the origin when the scheduler asks).
     #[arg(long)]
     pub seed: bool,
@@ -182,9 +191,18 @@ pub struct SchedulerArgs {
     /// Address to listen on [default: 0.0.0.0:8002].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// YAML configuration file (its `scheduler.listen`).
+    /// YAML configuration file (its `scheduler.listen` and `cluster.secret_file`).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// File holding the cluster secret every member must prove (required; `shoal secret generate`).
+    #[arg(long, env = "SHOAL_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretCommand {
+    /// Print a new random cluster secret (64 hex digits), e.g. `shoal secret generate > cluster.secret`.
+    Generate,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -35,8 +35,17 @@ pub struct Config {
     pub upload: UploadConfig,
     pub metrics: MetricsConfig,
     pub scheduler: SchedulerConfig,
+    pub cluster: ClusterConfig,
     pub storage: StorageConfig,
     pub engine: EngineTunables,
+}
+
+/// Membership of a cluster (src/membership).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The file holding the secret every scheduler and daemon of the cluster shares.
+    pub secret_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -392,8 +401,26 @@ impl Config {
             origin_head_timeout: self.engine.origin_head_timeout,
             origin_idle_timeout: self.engine.origin_idle_timeout,
             destinations,
+            seed_filtered_params: self.seed_filtered_params(),
             ..Default::default()
         }
+    }
+
+    /// Every parameter this node's configuration leaves out of a task ID (the proxy-wide list, or the
+    /// built-in one, and each rule's own): what a seed accepts as filtered in a trigger's URL.
+    fn seed_filtered_params(&self) -> Vec<String> {
+        use crate::proxy::rules::DEFAULT_FILTERED_PARAMS;
+        let base = match &self.proxy.filtered_query_params {
+            Some(f) => f.clone(),
+            None => DEFAULT_FILTERED_PARAMS.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let mut all = base;
+        for r in &self.proxy.rules {
+            all.extend(r.filtered_query_params.iter().flatten().cloned());
+        }
+        all.sort();
+        all.dedup();
+        all
     }
 }
 

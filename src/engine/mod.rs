@@ -59,6 +59,9 @@ pub struct EngineConfig {
     pub origin_idle_timeout: Duration,
     /// Where origin fetches may connect (shared with the proxy, which adds the daemon's listeners).
     pub destinations: Arc<crate::upstream::Destinations>,
+    /// Query parameters a seed accepts as left out of a triggered task's ID: those its own
+    /// configuration filters (a trigger whose ID needs more is refused; see seed.rs).
+    pub seed_filtered_params: Vec<String>,
 }
 
 impl Default for EngineConfig {
@@ -77,6 +80,7 @@ impl Default for EngineConfig {
             origin_head_timeout: Duration::from_secs(60),
             origin_idle_timeout: Duration::from_secs(30),
             destinations: crate::upstream::Destinations::standard(),
+            seed_filtered_params: identity::DEFAULT_FILTERED_PARAMS.iter().map(|p| p.to_string()).collect(),
         }
     }
 }

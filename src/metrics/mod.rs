@@ -124,6 +124,17 @@ impl Metrics {
             g.io_engine
         );
         {
+            use crate::membership::{refused, Role};
+            let name = "shoal_membership_refused_total";
+            let _ = write!(
+                o,
+                "# HELP {name} Connections refused (or refused by the other end) for want of cluster membership.\n\
+                 # TYPE {name} counter\n{name}{{listener=\"scheduler\"}} {}\n{name}{{listener=\"upload\"}} {}\n",
+                refused(Role::Scheduler),
+                refused(Role::Upload)
+            );
+        }
+        {
             let h = lock(&self.piece_latency_us);
             let name = "shoal_piece_download_seconds";
             let _ = write!(o, "# HELP {name} Time to fetch one piece from a peer.\n# TYPE {name} histogram\n");
@@ -166,5 +177,6 @@ mod tests {
         assert!(t.contains("shoal_proxy_responses_total{status=\"404\"} 1\n"), "{t}");
         assert!(t.contains("shoal_io_engine{engine=\"uring\"} 1\n"), "{t}");
         assert!(t.contains("shoal_storage_bytes 7\n"), "{t}");
+        assert!(t.contains("shoal_membership_refused_total{listener=\"upload\"} "), "{t}");
     }
 }

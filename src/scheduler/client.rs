@@ -22,6 +22,7 @@ use super::frame::encode_envelope;
 use super::hash::rendezvous_pick;
 use super::proto::{self, envelope::Msg};
 use super::types::{Answer, Decision, HostInfo, PeerLoad, SeedTrigger, TaskProgress, TaskRequest};
+use crate::membership::Session;
 use crate::storage::TaskId;
 
 /// Seed triggers not yet taken by the engine; more are dropped (the scheduler recovers through its stall
@@ -69,8 +70,13 @@ impl Inner {
 
     /// The frames that rebuild this host's state at `addr` after a (re)connect: Register, last Load, every
     /// task announced there.
-    fn hello_frames(&self, addr: SocketAddr) -> Vec<Bytes> {
-        let mut v = vec![encode_envelope(Msg::Register(self.host.to_proto()))];
+    fn hello_frames(&self, addr: SocketAddr, session: Option<&Session>) -> Vec<Bytes> {
+        let mut reg = self.host.to_proto();
+        if let (Some(id), Some(session)) = (&self.cfg.identity, session) {
+            reg.identity_key = id.public_key();
+            reg.identity_proof = id.prove(session, &reg.host_id);
+        }
+        let mut v = vec![encode_envelope(Msg::Register(reg))];
         let b = self.book();
         v.extend(b.load.clone());
         v.extend(b.announced.values().filter(|(a, _)| *a == addr).map(|(_, f)| f.clone()));
@@ -91,8 +97,8 @@ impl ConnOwner for Inner {
         self.cfg.clone()
     }
 
-    fn hello(&self, addr: SocketAddr) -> Vec<Bytes> {
-        self.hello_frames(addr)
+    fn hello(&self, addr: SocketAddr, session: Option<&Session>) -> Vec<Bytes> {
+        self.hello_frames(addr, session)
     }
 
     fn on_trigger(&self, t: SeedTrigger) {

@@ -24,6 +24,7 @@ use super::error::ClientError;
 use super::frame::{codec, decode_envelope, encode_envelope};
 use super::proto::{self, envelope::Msg};
 use super::types::{Answer, Decision, SeedTrigger};
+use crate::membership::{self, ClusterKey, HostIdentity, Role, Session};
 
 /// Commands queued to a connection; beyond this many, one-way reports are dropped.
 const CMD_QUEUE: usize = 1024;
@@ -89,6 +90,11 @@ pub struct ClientConfig {
     pub resolve_every: Duration,
     /// A write to the scheduler that cannot complete by then drops the connection.
     pub write_timeout: Duration,
+    /// The cluster secret to prove (and to hold the scheduler to) on every connection; `None` speaks to
+    /// schedulers without membership (in-process tests only).
+    pub membership: Option<ClusterKey>,
+    /// The key this host registers with; its fingerprint must end the host ID.
+    pub identity: Option<Arc<HostIdentity>>,
 }
 
 impl Default for ClientConfig {
@@ -101,6 +107,8 @@ impl Default for ClientConfig {
             keepalive: Duration::from_secs(20),
             resolve_every: Duration::from_secs(30),
             write_timeout: Duration::from_secs(5),
+            membership: None,
+            identity: None,
         }
     }
 }
@@ -109,8 +117,9 @@ impl Default for ClientConfig {
 /// depend on the client's internals).
 pub(super) trait ConnOwner: Send + Sync + 'static {
     fn config(&self) -> ClientConfig;
-    /// The frames that rebuild this host's state at `addr` after a (re)connect.
-    fn hello(&self, addr: SocketAddr) -> Vec<Bytes>;
+    /// The frames that rebuild this host's state at `addr` after a (re)connect; the Register is signed
+    /// over `session` when the connection has one.
+    fn hello(&self, addr: SocketAddr, session: Option<&Session>) -> Vec<Bytes>;
     /// A seed trigger arrived on the connection.
     fn on_trigger(&self, t: SeedTrigger);
 }
@@ -214,9 +223,11 @@ impl Conn {
             .map_err(|_| format!("connect timed out after {:?}", self.cfg.connect_timeout))?
             .map_err(|e| e.to_string())?;
         crate::runtime::tune_long_lived(&s);
+        let mut s = s;
+        let session = self.prove(&mut s).await?;
         let (rd, wr) = s.into_split();
         let mut wr = FramedWrite::new(wr, codec());
-        let hello = self.inner.upgrade().ok_or("client dropped")?.hello(self.addr);
+        let hello = self.inner.upgrade().ok_or("client dropped")?.hello(self.addr, session.as_ref());
         let n = hello.len();
         let write = async {
             for f in hello {
@@ -231,6 +242,20 @@ impl Conn {
         }
         tracing::debug!(addr = %self.addr, frames = n, "registered and re-announced");
         Ok((FramedRead::new(rd, codec()), wr))
+    }
+
+    /// The membership handshake, when this client has a cluster secret. A failure is the operator's to
+    /// fix (different secrets, or something that is not our scheduler at that address): logged loudly.
+    async fn prove(&self, s: &mut TcpStream) -> Result<Option<Session>, String> {
+        let Some(key) = &self.cfg.membership else { return Ok(None) };
+        match membership::connect(s, key, Role::Scheduler, membership::HANDSHAKE_TIMEOUT).await {
+            Ok(session) => Ok(Some(session)),
+            Err(e) => {
+                membership::count_refused(Role::Scheduler);
+                tracing::warn!(addr = %self.addr, reason = %e, "scheduler membership handshake failed");
+                Err(format!("membership: {e}"))
+            }
+        }
     }
 
     async fn serve(&mut self, mut rd: Rd, mut wr: Wr, first: Option<Cmd>) -> End {

@@ -23,6 +23,7 @@ use super::frame::{codec, decode_envelope, encode_envelope};
 use super::proto::{self, envelope::Msg};
 use super::state::{Action, ConnId, State, StateConfig, TaskSummary};
 use super::types::{task_id_from, HostInfo, PeerLoad, TaskProgress, TaskRequest};
+use crate::membership::{self, ClusterKey, Role, Session};
 use crate::storage::TaskId;
 
 /// Tunables of the server (the decision rules' are in [`StateConfig`]).
@@ -38,6 +39,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Frames queued to one peer (seed triggers) before further ones are dropped.
     pub outbound_queue: usize,
+    /// The cluster secret every connection must prove (membership handshake, then a signed Register).
+    /// `None` serves anyone who connects: only for in-process tests; the binaries always set it.
+    pub membership: Option<ClusterKey>,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +52,7 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(5),
             max_connections: 20_000,
             outbound_queue: 256,
+            membership: None,
         }
     }
 }
@@ -88,10 +93,11 @@ impl Scheduler {
     }
 
     /// The single-node scheduler a daemon runs when no `--scheduler` is configured: 127.0.0.1 on a free
-    /// port, default tunables, on the current tokio runtime. Hand the address to the daemon's
-    /// [`crate::scheduler::SchedulerClient`].
-    pub fn spawn_embedded() -> Result<(SocketAddr, SchedulerHandle), ServerError> {
-        let h = Scheduler::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), ServerConfig::default())?;
+    /// port, default tunables, on the current tokio runtime, requiring `membership` (the daemon's own
+    /// generated key) when given. Hand the address to the daemon's [`crate::scheduler::SchedulerClient`].
+    pub fn spawn_embedded(membership: Option<ClusterKey>) -> Result<(SocketAddr, SchedulerHandle), ServerError> {
+        let cfg = ServerConfig { membership, ..ServerConfig::default() };
+        let h = Scheduler::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), cfg)?;
         Ok((h.local_addr(), h))
     }
 }
@@ -223,10 +229,27 @@ struct Conn {
     /// queue closing means a newer connection of the same host replaced this one.
     push: Option<mpsc::Sender<Bytes>>,
     shared: SharedRef,
+    /// The membership handshake's session, which a Register must be signed over; `None` without membership.
+    session: Option<Session>,
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, shared: SharedRef, cfg: ServerConfig) {
+/// Runs the membership handshake when the server requires it. `Err(())`: the dialler is not a member and
+/// the connection is dropped (logged and counted here).
+async fn admit(stream: &mut TcpStream, peer: SocketAddr, key: Option<&ClusterKey>) -> Result<Option<Session>, ()> {
+    let Some(key) = key else { return Ok(None) };
+    match membership::accept(stream, key, Role::Scheduler, membership::HANDSHAKE_TIMEOUT).await {
+        Ok(s) => Ok(Some(s)),
+        Err(e) => {
+            membership::count_refused(Role::Scheduler);
+            tracing::warn!(%peer, reason = %e, "scheduler connection refused: not a cluster member");
+            Err(())
+        }
+    }
+}
+
+async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: SharedRef, cfg: ServerConfig) {
     crate::runtime::tune_long_lived(&stream);
+    let Ok(session) = admit(&mut stream, peer, cfg.membership.as_ref()).await else { return };
     let (rd, wr) = stream.into_split();
     let mut rd = FramedRead::new(rd, codec());
     let mut wr = FramedWrite::new(wr, codec());
@@ -236,7 +259,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: SharedRef, cfg: Serv
         s.next_conn += 1;
         s.next_conn
     };
-    let mut c = Conn { id, peer, host: None, push: Some(push), shared };
+    let mut c = Conn { id, peer, host: None, push: Some(push), shared, session };
     let mut deadline = tokio::time::Instant::now() + cfg.idle_timeout;
     loop {
         let out = tokio::select! {
@@ -362,6 +385,14 @@ impl Conn {
     }
 
     fn register(&mut self, r: proto::Register) -> Result<Outcome, StateError> {
+        if let Some(session) = &self.session {
+            if let Err(e) = membership::verify_registration(&r.identity_key, &r.identity_proof, session, &r.host_id) {
+                membership::count_refused(Role::Scheduler);
+                tracing::warn!(peer = %self.peer, host = %truncated(&r.host_id), reason = %e,
+                    "registration refused: the host's identity proof does not hold");
+                return Ok(Outcome::error(format!("registration refused: {e}"), true, 0));
+            }
+        }
         let info = HostInfo::from_proto(r)?;
         if let Some(h) = &self.host {
             if *h != info.host_id {

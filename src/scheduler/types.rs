@@ -174,6 +174,9 @@ impl HostInfo {
             upload_port: self.upload_port.into(),
             upload_capacity_bytes_per_sec: self.upload_capacity_bytes_per_sec,
             is_seed: self.is_seed,
+            // Filled in by the client, which signs over its connection's session.
+            identity_key: Vec::new(),
+            identity_proof: Vec::new(),
         }
     }
 

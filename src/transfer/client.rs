@@ -38,6 +38,8 @@ pub struct ClientConfig {
     pub idle_timeout: Duration,
     /// Source address for connections (e.g. one loopback address per node in tests).
     pub bind_ip: Option<IpAddr>,
+    /// The cluster secret to prove to parents and hold them to; `None` skips the handshake (tests only).
+    pub membership: Option<crate::membership::ClusterKey>,
 }
 
 impl Default for ClientConfig {
@@ -50,6 +52,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
             bind_ip: None,
+            membership: None,
         }
     }
 }
@@ -265,6 +268,8 @@ impl Pool {
         };
         self.connects.fetch_add(1, Ordering::Relaxed);
         crate::runtime::tune_long_lived(&stream);
+        let mut stream = stream;
+        super::admit::prove_to_parent(&mut stream, self.cfg.membership.as_ref(), parent).await?;
         let (rd, wr) = stream.into_split();
         let mut rd = FrameReader::new(rd, self.cfg.max_frame_len);
         let hello = match tokio::time::timeout(timeout, rd.read_frame()).await {

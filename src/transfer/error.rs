@@ -44,6 +44,13 @@ pub enum TransferError {
         #[source]
         source: io::Error,
     },
+    /// The parent is not a cluster member, or refused this node as one (different cluster secrets).
+    #[error("parent {parent}: {source}")]
+    Membership {
+        parent: SocketAddr,
+        #[source]
+        source: crate::membership::HandshakeError,
+    },
     #[error("parent {parent} did not answer within {secs:.1} s")]
     Timeout { parent: SocketAddr, secs: f64 },
     /// No byte arrived for the stall timeout while a piece was mid-flight; nothing was stored.
@@ -80,6 +87,7 @@ impl TransferError {
         matches!(
             self,
             TransferError::Connect { .. }
+                | TransferError::Membership { .. }
                 | TransferError::Timeout { .. }
                 | TransferError::Stalled { .. }
                 | TransferError::ConnectionLost { .. }

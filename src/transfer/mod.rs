@@ -2,6 +2,7 @@
 //! Never decides which parent to use or when to go back to source, and never stores a partial piece or one whose crc32c failed.
 //! Called by the engine (Pool::fetch_piece, subscribe, download) and the daemon (UploadServer::start_on_cores, load, shutdown).
 
+mod admit;
 mod client;
 mod download;
 mod error;

@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub upload_burst: u64,
     /// Pieces being sent at the same time across all connections.
     pub max_concurrent_uploads: usize,
+    /// The cluster secret children must prove; `None` serves anyone (in-process tests only).
+    pub membership: Option<crate::membership::ClusterKey>,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +66,7 @@ impl Default for ServerConfig {
             upload_rate: None,
             upload_burst: 4 << 20,
             max_concurrent_uploads: 64,
+            membership: None,
         }
     }
 }
@@ -273,6 +276,10 @@ impl Shared {
             let mut sock = sock;
             let bytes = Frame::error(ErrorCode::Busy, "connection limit reached").to_bytes();
             let _ = tokio::time::timeout(stall, sock.write_all(&bytes)).await;
+            return;
+        }
+        let mut sock = sock;
+        if !super::admit::admit_child(&mut sock, self.cfg.membership.as_ref(), peer).await {
             return;
         }
         let (rd, wr) = sock.into_split();

@@ -101,10 +101,23 @@ pub struct Scheduler {
     pub addr: SocketAddr,
 }
 
+/// The cluster secret the schedulers and daemons of one test binary share.
+pub const SECRET: &str = "shoal-tests-cluster-secret-0123456789abcdef";
+
+/// A file holding [`SECRET`], for `--cluster-secret-file`.
+pub fn secret_file() -> &'static Path {
+    static F: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    F.get_or_init(|| {
+        let p = std::env::temp_dir().join(format!("shoal-test-secret-{}", std::process::id()));
+        std::fs::write(&p, SECRET).unwrap();
+        p
+    })
+}
+
 pub fn scheduler(ip: &str) -> Scheduler {
     let addr = free_addr(ip);
     let mut cmd = shoal();
-    cmd.args(["scheduler", "--listen", &addr.to_string()]);
+    cmd.args(["scheduler", "--listen", &addr.to_string()]).arg("--cluster-secret-file").arg(secret_file());
     let proc = Proc::spawn(&format!("scheduler@{addr}"), cmd);
     proc.wait_for("scheduler listening", Duration::from_secs(20));
     Scheduler { proc, addr }
@@ -140,7 +153,7 @@ pub fn daemon_with(ip: &str, schedulers: &[SocketAddr], seed: bool, data_dir: &P
     }
     if !schedulers.is_empty() {
         let list: Vec<String> = schedulers.iter().map(|a| a.to_string()).collect();
-        cmd.args(["--scheduler", &list.join(",")]);
+        cmd.args(["--scheduler", &list.join(",")]).arg("--cluster-secret-file").arg(secret_file());
     }
     if seed {
         cmd.arg("--seed");
