@@ -49,6 +49,9 @@ BIN=$ROOT/target/release/shoal
 mkdir -p "$OUT"
 
 WORK=$(mktemp -d /var/tmp/shoal-bench-local.XXXXXX)
+# One cluster secret for this run's scheduler and daemons (they read it from the environment).
+"$BIN" secret generate > "$WORK/cluster.secret"
+export SHOAL_CLUSTER_SECRET_FILE=$WORK/cluster.secret
 # shellcheck source=scripts/bench-common.sh
 source "$ROOT/scripts/bench-common.sh"
 

@@ -39,6 +39,9 @@ BIN=$PWD/target/release/shoal
 P=shb$$                      # namespace prefix, unique per run
 NET=10.213.0                 # addresses exist only inside this run's namespaces
 WORK=$(mktemp -d /var/tmp/shoal-swarm.XXXXXX)
+# One cluster secret for this run's scheduler and daemons (they read it from the environment).
+"$BIN" secret generate > "$WORK/cluster.secret"
+export SHOAL_CLUSTER_SECRET_FILE=$WORK/cluster.secret
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
