@@ -104,7 +104,10 @@ async fn outsiders_are_refused_by_schedulers_and_parents_and_members_are_served(
 
     // The upload port: a pool with the wrong secret is refused, one with the cluster's gets the piece.
     let tid = TaskId(sha256(&body));
-    let outsider_pool = Pool::new(shoal::transfer::ClientConfig { membership: Some(key("x".repeat(40).as_str())), ..Default::default() });
+    let outsider_pool = Pool::new(shoal::transfer::ClientConfig {
+        membership: Some(key("x".repeat(40).as_str())),
+        ..Default::default()
+    });
     let e = outsider_pool.fetch_bytes(a.upload, tid, 0, body.len() as u32).await.unwrap_err();
     assert!(matches!(e, TransferError::Membership { source: HandshakeError::Refused, .. }), "{e:?}");
     assert!(refused(&a, "upload") >= 1);
@@ -171,11 +174,9 @@ async fn a_seed_refuses_to_store_one_urls_bytes_under_another_objects_id() {
     let sched = cluster::scheduler("127.0.0.40");
     let seed = cluster::daemon("127.0.0.41", &[sched.addr], true, &dir.path().join("seed"));
     registered_id(&sched.proc, "127.0.0.41");
-    let filters: Vec<String> =
-        shoal::engine::identity::DEFAULT_FILTERED_PARAMS.iter().map(|s| s.to_string()).collect();
-    let good_id = shoal::engine::identity::identify(&origin.url("/good.bin").parse().unwrap(), &filters, true)
-        .unwrap()
-        .task_id;
+    let filters: Vec<String> = shoal::engine::identity::DEFAULT_FILTERED_PARAMS.iter().map(|s| s.to_string()).collect();
+    let good_id =
+        shoal::engine::identity::identify(&origin.url("/good.bin").parse().unwrap(), &filters, true).unwrap().task_id;
 
     // A member asks for good.bin's ID with evil.bin's URL: the seed is triggered and refuses.
     let id = Arc::new(HostIdentity::generate().unwrap());

@@ -511,3 +511,28 @@ fn embedded_scheduler_on_one_core_serves_clients_on_another() {
     drop(handle);
     cores.shutdown();
 }
+
+/// A host that floods the scheduler is slowed to its frame budget (the reply waits behind the budget),
+/// while its connection stays open and its requests are still answered.
+#[tokio::test]
+async fn a_flooding_host_is_held_to_its_frame_budget() {
+    let cfg = shoal::scheduler::ServerConfig { max_frames_per_sec: 20, membership: Some(key()), ..Default::default() };
+    let h = Scheduler::spawn("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
+    let (mut r, session) = raw_conn(h.local_addr()).await;
+    let mut reg = host("flood", 4010, false).to_proto();
+    reg.identity_key = ident("flood").public_key();
+    reg.identity_proof = ident("flood").prove(&session, &reg.host_id);
+    let reg = encode_envelope(Msg::Register(reg));
+    let ping = encode_envelope(Msg::Ping(proto::Ping {}));
+    let ask = encode_envelope(Msg::RequestTask(req(tid(1)).to_proto(9)));
+    let mut frames: Vec<&[u8]> = vec![&reg];
+    frames.extend(std::iter::repeat_n(ping.as_ref(), 59));
+    frames.push(&ask);
+    let t0 = Instant::now();
+    send(&mut r, &frames);
+    r.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let reply = tokio::task::spawn_blocking(move || read_msg(&mut r)).await.unwrap();
+    assert!(matches!(reply, Some(Msg::RequestTaskReply(ref rep)) if rep.req_id == 9), "{reply:?}");
+    assert!(t0.elapsed() >= Duration::from_secs(2), "61 frames at 20/s take 3 windows: {:?}", t0.elapsed());
+    h.shutdown().await;
+}

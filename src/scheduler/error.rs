@@ -13,12 +13,16 @@ pub enum StateError {
     Invalid(String),
     #[error("host {host} already holds {limit} tasks")]
     TooManyTasks { host: String, limit: usize },
+    #[error("the scheduler already knows {limit} tasks")]
+    TooManyTasksInAll { limit: usize },
+    #[error("the scheduler already has {limit} hosts registered")]
+    TooManyHosts { limit: usize },
 }
 
 impl StateError {
     /// Whether the connection should be closed after reporting this error.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, StateError::NotRegistered)
+        matches!(self, StateError::NotRegistered | StateError::TooManyHosts { .. })
     }
 }
 

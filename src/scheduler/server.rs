@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Frames queued to one peer (seed triggers) before further ones are dropped.
     pub outbound_queue: usize,
+    /// Frames one connection may send per second; beyond it the server stops reading that connection
+    /// for the rest of the second (TCP backpressure), so one host cannot take the scheduler's CPU.
+    pub max_frames_per_sec: u32,
     /// The cluster secret every connection must prove (membership handshake, then a signed Register).
     /// `None` serves anyone who connects: only for in-process tests; the binaries always set it.
     pub membership: Option<ClusterKey>,
@@ -52,6 +55,7 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(5),
             max_connections: 20_000,
             outbound_queue: 256,
+            max_frames_per_sec: 5_000,
             membership: None,
         }
     }
@@ -261,6 +265,7 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: SharedRef, cfg: 
     };
     let mut c = Conn { id, peer, host: None, push: Some(push), shared, session };
     let mut deadline = tokio::time::Instant::now() + cfg.idle_timeout;
+    let mut rate = FrameRate::new(cfg.max_frames_per_sec);
     loop {
         let out = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
@@ -275,6 +280,7 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: SharedRef, cfg: 
                 // Oversized frames land here (InvalidData) before any of their body is buffered.
                 Some(Err(e)) => Outcome::error(format!("bad frame: {e}"), true, 0),
                 Some(Ok(frame)) => {
+                    rate.admit().await;
                     deadline = tokio::time::Instant::now() + cfg.idle_timeout;
                     c.on_frame(&frame)
                 }
@@ -290,6 +296,34 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: SharedRef, cfg: 
         }
     }
     c.close();
+}
+
+/// Frames per one-second window on one connection.
+struct FrameRate {
+    limit: u32,
+    window: tokio::time::Instant,
+    seen: u32,
+}
+
+impl FrameRate {
+    fn new(limit: u32) -> FrameRate {
+        FrameRate { limit: limit.max(1), window: tokio::time::Instant::now(), seen: 0 }
+    }
+
+    /// Counts one frame; past the limit, waits (at most a second) for the next window.
+    async fn admit(&mut self) {
+        let now = tokio::time::Instant::now();
+        if now >= self.window + Duration::from_secs(1) {
+            self.window = now;
+            self.seen = 0;
+        }
+        self.seen += 1;
+        if self.seen > self.limit {
+            tokio::time::sleep_until(self.window + Duration::from_secs(1)).await;
+            self.window = tokio::time::Instant::now();
+            self.seen = 1;
+        }
+    }
 }
 
 async fn send(wr: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>, frame: Bytes, t: Duration) -> bool {
@@ -402,6 +436,10 @@ impl Conn {
         let mut g = lock(&self.shared);
         let sh = &mut *g;
         let id = info.host_id.clone();
+        if let Err(e) = sh.state.may_register(&id) {
+            tracing::warn!(host = %id, peer = %self.peer, error = %e, "registration refused");
+            return Ok(Outcome::error(e.to_string(), true, 0));
+        }
         tracing::info!(host = %id, ip = %info.ip, seed = info.is_seed, peer = %self.peer, "host registered");
         if let Some(prev) = sh.state.register(self.id, info) {
             tracing::info!(host = %id, old_conn = prev, "host re-registered on a new connection; closing the old one");

@@ -41,6 +41,12 @@ pub struct StateConfig {
     pub stall_timeout: Duration,
     /// Most tasks one host may hold in the scheduler's view (bounds memory per connection).
     pub max_tasks_per_host: usize,
+    /// Most hosts registered at once; a new host beyond it is refused (bounds the scheduler's memory
+    /// whatever members do).
+    pub max_hosts: usize,
+    /// Most tasks known at once; a request that would create one more is refused (the requester goes to
+    /// the origin), requests for known tasks go on.
+    pub max_tasks: usize,
 }
 
 impl Default for StateConfig {
@@ -51,6 +57,8 @@ impl Default for StateConfig {
             max_wait: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(30),
             max_tasks_per_host: 100_000,
+            max_hosts: 50_000,
+            max_tasks: 1_000_000,
         }
     }
 }
@@ -136,6 +144,14 @@ impl State {
                 None
             }
         }
+    }
+
+    /// Whether `host_id` may register now: a known host always may, a new one while there is room.
+    pub fn may_register(&self, host_id: &str) -> Result<(), StateError> {
+        if self.hosts.contains_key(host_id) || self.hosts.len() < self.cfg.max_hosts {
+            return Ok(());
+        }
+        Err(StateError::TooManyHosts { limit: self.cfg.max_hosts })
     }
 
     /// A connection closed: removes its host from every task, unless the host has re-registered since.
@@ -359,6 +375,9 @@ impl State {
     /// Makes `host_id` a peer of the task (creating the task). Returns whether it was new.
     fn join(&mut self, host_id: &str, task_id: TaskId, now: Instant) -> Result<bool, StateError> {
         let limit = self.cfg.max_tasks_per_host;
+        if !self.tasks.contains_key(&task_id) && self.tasks.len() >= self.cfg.max_tasks {
+            return Err(StateError::TooManyTasksInAll { limit: self.cfg.max_tasks });
+        }
         let host = self.hosts.get_mut(host_id).ok_or(StateError::NotRegistered)?;
         if !host.tasks.contains(&task_id) {
             if host.tasks.len() >= limit {

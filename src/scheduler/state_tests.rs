@@ -11,6 +11,8 @@ fn cfg() -> StateConfig {
         max_wait: Duration::from_secs(5),
         stall_timeout: Duration::from_secs(10),
         max_tasks_per_host: 3,
+        max_hosts: 4,
+        max_tasks: 5,
     }
 }
 
@@ -279,6 +281,26 @@ fn tasks_per_host_are_bounded() {
     let e = s.progress("h0", &prog(TaskId([3; 32]), 1), now).unwrap_err();
     assert!(matches!(e, StateError::TooManyTasks { limit: 3, .. }));
     s.progress("h0", &prog(TaskId([2; 32]), 2), now).unwrap();
+}
+
+#[test]
+fn hosts_and_tasks_in_all_are_bounded() {
+    let now = Instant::now();
+    let mut s = with_hosts(2);
+    for i in 2..4 {
+        s.may_register(&format!("h{i}")).unwrap();
+        s.register(i, host(&format!("h{i}"), 1000, false));
+    }
+    assert_eq!(s.may_register("h9"), Err(StateError::TooManyHosts { limit: 4 }));
+    assert!(StateError::TooManyHosts { limit: 4 }.is_fatal());
+    assert_eq!(s.may_register("h1"), Ok(()), "a known host re-registers whatever the count");
+    for (i, h) in [(0u8, "h0"), (1, "h0"), (2, "h0"), (3, "h1"), (4, "h1")] {
+        s.progress(h, &prog(TaskId([i; 32]), 1), now).unwrap();
+    }
+    let e = s.progress("h2", &prog(TaskId([5; 32]), 1), now).unwrap_err();
+    assert_eq!(e, StateError::TooManyTasksInAll { limit: 5 });
+    assert!(!e.is_fatal(), "the connection goes on");
+    s.progress("h2", &prog(TaskId([4; 32]), 1), now).unwrap();
 }
 
 mod random_ops {
