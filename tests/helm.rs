@@ -41,6 +41,7 @@ fn default_values_render_valid_manifests_with_expected_flags() {
         [
             "ConfigMap/shoal-config",
             "DaemonSet/shoal-daemon",
+            "Secret/shoal-cluster",
             "Service/shoal-scheduler",
             "Service/shoal-seed-peer",
             "ServiceAccount/shoal",

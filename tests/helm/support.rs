@@ -226,3 +226,44 @@ pub fn assert_config_checks(name: &str, text: &str) {
     let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_shoal")).args(["config", "check"]).arg(&f));
     assert!(ok, "shoal config check refuses the rendered {name}:\n{err}\n{text}");
 }
+
+/// Where every Shoal container finds the cluster secret.
+pub const CLUSTER_SECRET_FILE: &str = "/etc/shoal-cluster/secret";
+
+/// The workload mounts Secret `secret` (its key `key` as the file `secret`) read-only, 0400, at the
+/// directory of CLUSTER_SECRET_FILE, and passes --cluster-secret-file pointing at it.
+pub fn assert_cluster_secret_mounted(workload: &Value, container_name: &str, secret: &str, key: &str) {
+    let name = &workload["metadata"]["name"];
+    let vols = pod_spec(workload)["volumes"].as_array().unwrap_or_else(|| panic!("{name} has no volumes"));
+    let vol = vols.iter().find(|v| v["name"] == "cluster-secret").expect("no cluster-secret volume");
+    assert_eq!(vol["secret"]["secretName"], secret, "{name}: {vol}");
+    assert_eq!(vol["secret"]["defaultMode"], 0o400, "{name}: the secret file must be 0400: {vol}");
+    assert_eq!(vol["secret"]["items"], serde_json::json!([{"key": key, "path": "secret"}]), "{name}: {vol}");
+    let c = container(workload, container_name);
+    let mounts = c["volumeMounts"].as_array().unwrap_or_else(|| panic!("{name}: no volumeMounts"));
+    let m = mounts.iter().find(|m| m["name"] == "cluster-secret").expect("cluster secret not mounted");
+    assert_eq!(m["readOnly"], true, "{name}: {m}");
+    let dir = Path::new(CLUSTER_SECRET_FILE).parent().unwrap().to_str().unwrap();
+    assert_eq!(m["mountPath"], dir, "{name}: {m}");
+    assert!(m["subPath"].is_null(), "{name}: a subPath mount would not see a rotated secret: {m}");
+    assert_eq!(flag(&args(c), "--cluster-secret-file").as_deref(), Some(CLUSTER_SECRET_FILE), "{name}");
+}
+
+/// Decodes standard base64 (a Secret's data), panicking on anything else.
+pub fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let body = text.trim_end_matches('=');
+    assert!(text.len() % 4 == 0 && text.len() - body.len() <= 2, "not padded base64: {text}");
+    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0);
+    for b in body.bytes() {
+        let v = ALPHABET.iter().position(|&a| a == b).unwrap_or_else(|| panic!("not base64: {text}"));
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}

@@ -38,6 +38,36 @@
 {{- end }}
 {{- end }}
 
+{{/* Cluster secret ----------------------------------------------------------------------------------- */}}
+
+{{/* The Secret holding the cluster secret: cluster.existingSecret, else the one this chart generates. */}}
+{{- define "shoal.clusterSecretName" -}}
+{{- .Values.cluster.existingSecret | default (printf "%s-cluster" (include "shoal.fullname" .)) }}
+{{- end }}
+
+{{/* Where every Shoal container finds the cluster secret (--cluster-secret-file). */}}
+{{- define "shoal.clusterSecretFile" -}}
+/etc/shoal-cluster/secret
+{{- end }}
+
+{{/* The read-only volume with the cluster secret as the file "secret", whatever its key in the Secret. */}}
+{{- define "shoal.clusterSecretVolume" -}}
+- name: cluster-secret
+  secret:
+    secretName: {{ include "shoal.clusterSecretName" . }}
+    {{- /* The kubelet adds group read for podSecurityContext.fsGroup, which the container user is in. */}}
+    defaultMode: 256 # 0400
+    items:
+      - key: {{ ternary .Values.cluster.existingSecretKey "secret" (ne .Values.cluster.existingSecret "") }}
+        path: secret
+{{- end }}
+
+{{- define "shoal.clusterSecretMount" -}}
+- name: cluster-secret
+  mountPath: {{ include "shoal.clusterSecretFile" . | dir }}
+  readOnly: true
+{{- end }}
+
 {{/* Labels ------------------------------------------------------------------------------------------- */}}
 
 {{- define "shoal.labels" -}}
@@ -120,6 +150,7 @@ app.kubernetes.io/component: {{ .component }}
 - --upload-addr=0.0.0.0:{{ int $role.uploadPort }}
 - --metrics-addr=0.0.0.0:{{ int $v.metrics.port }}
 - --scheduler={{ include "shoal.schedulerAddresses" .ctx }}
+- --cluster-secret-file={{ include "shoal.clusterSecretFile" .ctx }}
 {{- if eq .role "seedPeer" }}
 - --seed
 {{- end }}
