@@ -89,11 +89,97 @@ fn the_shoal_binary_accepts_the_rendered_cluster_settings() {
     for extra in [vec![], vec!["-f", values.to_str().unwrap()]] {
         let (_, docs) = render(&t, &extra);
         for (kind, name, c) in WORKLOADS {
-            assert_cli_accepts(&args(container(find(&docs, kind, name), c)));
+            assert_cli_accepts(&kubelet_args(container(find(&docs, kind, name), c)));
         }
         let cm = find(&docs, "ConfigMap", "shoal-config");
         for key in ["daemon.yaml", "seed-peer.yaml"] {
             assert_config_checks(key, cm["data"][key].as_str().unwrap());
         }
+    }
+}
+
+fn daemon(docs: &[Value]) -> &Value {
+    container(find(docs, "DaemonSet", "shoal-daemon"), "daemon")
+}
+
+fn port<'a>(c: &'a Value, name: &str) -> &'a Value {
+    c["ports"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no port {name}"))
+}
+
+#[test]
+fn the_daemon_proxy_listens_on_the_node_ip_under_host_network() {
+    let t = tools();
+    let values = non_default_values();
+    for extra in [vec!["-f", values.to_str().unwrap()], vec!["--set", "daemon.hostNetwork=true"]] {
+        let (_, docs) = render(&t, &extra);
+        let d = daemon(&docs);
+        assert_eq!(pod_spec(find(&docs, "DaemonSet", "shoal-daemon"))["hostNetwork"], true);
+        assert_eq!(env_var(d, "NODE_IP")["valueFrom"]["fieldRef"]["fieldPath"], "status.hostIP");
+        assert_eq!(flag(&args(d), "--proxy-addr").as_deref(), Some("$(NODE_IP):65001"));
+        let expanded = format!("{SAMPLE_HOST_IP}:65001");
+        assert_eq!(flag(&kubelet_args(d), "--proxy-addr"), Some(expanded), "{extra:?}");
+        assert_eq!(port(d, "proxy")["hostPort"], 65001);
+    }
+    // The user's address wins, and may use $(NODE_IP) itself (brackets for IPv6 nodes).
+    for (listen, want) in [("127.0.0.1", "127.0.0.1:65001"), ("[$(NODE_IP)]", "[$(NODE_IP)]:65001")] {
+        let set = format!("daemon.proxy.listenAddress={listen}");
+        let (_, docs) = render(&t, &["--set", "daemon.hostNetwork=true", "--set", &set]);
+        assert_eq!(flag(&args(daemon(&docs)), "--proxy-addr").as_deref(), Some(want));
+    }
+    // Without hostNetwork: all of the pod's addresses, published on the node with a hostPort; the seed
+    // peers' proxy stays inside their pods.
+    let (_, docs) = render(&t, &["--set", "daemon.proxy.hostPort=15001"]);
+    let d = daemon(&docs);
+    assert!(pod_spec(find(&docs, "DaemonSet", "shoal-daemon"))["hostNetwork"].is_null());
+    assert_eq!(flag(&kubelet_args(d), "--proxy-addr").as_deref(), Some("0.0.0.0:65001"));
+    assert_eq!(port(d, "proxy")["hostPort"], 15001);
+    assert_eq!(port(d, "proxy")["containerPort"], 65001);
+    let seed = container(find(&docs, "StatefulSet", "shoal-seed-peer"), "seed-peer");
+    assert_eq!(flag(&args(seed), "--proxy-addr").as_deref(), Some("127.0.0.1:65001"));
+}
+
+/// The proxy.allow_clients of each role's rendered config file (None: the key is absent).
+fn allow_clients(docs: &[Value]) -> (Option<Vec<String>>, Option<Vec<String>>) {
+    let cm = find(docs, "ConfigMap", "shoal-config");
+    let list = |key: &str| {
+        let text = cm["data"][key].as_str().unwrap();
+        let cfg = yaml(text);
+        let v = &cfg["proxy"]["allow_clients"];
+        assert_eq!(v.is_null(), !text.contains("allow_clients:"), "{key}:\n{text}");
+        v.as_array().map(|a| a.iter().map(|n| n.as_str().unwrap().to_string()).collect())
+    };
+    (list("daemon.yaml"), list("seed-peer.yaml"))
+}
+
+#[test]
+fn allow_clients_lands_in_the_daemon_config() {
+    let t = tools();
+    let loopback = ["127.0.0.0/8", "::1/128"];
+    // Default: loopback only (fail closed: no pod may use the proxy until its network is added); the
+    // seed peers' proxy, inside their pods, keeps the daemon's own default.
+    let (_, docs) = render(&t, &[]);
+    let (d, s) = allow_clients(&docs);
+    assert_eq!(d.unwrap(), loopback);
+    assert_eq!(s, None);
+    let before = config_checksum(find(&docs, "DaemonSet", "shoal-daemon"));
+    let seed_before = config_checksum(find(&docs, "StatefulSet", "shoal-seed-peer"));
+
+    let values = non_default_values();
+    let (_, docs) = render(&t, &["-f", values.to_str().unwrap()]);
+    let (d, s) = allow_clients(&docs);
+    assert_eq!(d.unwrap(), ["127.0.0.0/8", "::1/128", "10.244.0.0/16", "192.168.10.0/24", "fd00:10:244::/56"]);
+    assert_eq!(s, None);
+
+    // Loopback listed again is not repeated; a change rolls the daemons (checksum/config), not the seeds.
+    let (_, docs) = render(&t, &["--set", "daemon.proxy.allowClients={10.0.0.0/8,127.0.0.0/8}"]);
+    assert_eq!(allow_clients(&docs).0.unwrap(), ["127.0.0.0/8", "::1/128", "10.0.0.0/8"]);
+    assert_ne!(config_checksum(find(&docs, "DaemonSet", "shoal-daemon")), before);
+    assert_eq!(config_checksum(find(&docs, "StatefulSet", "shoal-seed-peer")), seed_before);
+
+    // The config key itself is the chart's: setting it in the config trees is refused with a pointer.
+    for set in ["config.proxy.allow_clients={0.0.0.0/0}", "daemon.config.proxy.allow_clients={0.0.0.0/0}"] {
+        let (ok, _, err) = helm_template(&t, &["--set", set]);
+        assert!(!ok, "helm template accepted --set {set}");
+        assert!(err.contains("daemon.proxy.allowClients"), "the error for {set} does not point at the value:\n{err}");
     }
 }

@@ -227,6 +227,46 @@ pub fn assert_config_checks(name: &str, text: &str) {
     assert!(ok, "shoal config check refuses the rendered {name}:\n{err}\n{text}");
 }
 
+/// Sample downward-API values for `kubelet_args`.
+pub const SAMPLE_HOST_IP: &str = "192.0.2.10";
+pub const SAMPLE_POD_IP: &str = "192.0.2.20";
+
+/// A container's arguments as the kubelet passes them: every `$(NAME)` replaced by the container's env
+/// `NAME` (a literal value, or a sample IP for status.hostIP / status.podIP). A reference to a variable the
+/// container does not define fails the test (the kubelet would pass it on verbatim).
+pub fn kubelet_args(c: &Value) -> Vec<String> {
+    let env = c["env"].as_array().cloned().unwrap_or_default();
+    let value_of = |name: &str| -> Option<String> {
+        let e = env.iter().find(|e| e["name"] == name)?;
+        if let Some(v) = e["value"].as_str() {
+            return Some(v.to_string());
+        }
+        match e["valueFrom"]["fieldRef"]["fieldPath"].as_str()? {
+            "status.hostIP" => Some(SAMPLE_HOST_IP.into()),
+            "status.podIP" => Some(SAMPLE_POD_IP.into()),
+            other => panic!("no sample value for fieldRef {other}"),
+        }
+    };
+    args(c)
+        .into_iter()
+        .map(|a| {
+            let mut out = String::new();
+            let mut rest = a.as_str();
+            while let Some(start) = rest.find("$(") {
+                let end = rest[start..].find(')').map(|e| start + e).unwrap_or_else(|| panic!("unclosed $( in {a}"));
+                let name = &rest[start + 2..end];
+                let v = value_of(name)
+                    .unwrap_or_else(|| panic!("argument {a} uses $({name}), not in env of {}", c["name"]));
+                out.push_str(&rest[..start]);
+                out.push_str(&v);
+                rest = &rest[end + 1..];
+            }
+            out.push_str(rest);
+            out
+        })
+        .collect()
+}
+
 /// Where every Shoal container finds the cluster secret.
 pub const CLUSTER_SECRET_FILE: &str = "/etc/shoal-cluster/secret";
 

@@ -121,7 +121,19 @@ app.kubernetes.io/component: {{ .component }}
      Call with (dict "ctx" $ "role" "seedPeer"); returns YAML. */}}
 {{- define "shoal.roleConfig" -}}
 {{- $role := get .ctx.Values .role }}
+{{- if hasKey (.ctx.Values.config.proxy | default dict) "allow_clients" }}
+{{- fail "config.proxy.allow_clients is rendered by the chart: set daemon.proxy.allowClients instead" }}
+{{- end }}
 {{- $cfg := mergeOverwrite (deepCopy .ctx.Values.config) (deepCopy (default (dict) $role.config)) }}
+{{- if eq .role "daemon" }}
+{{- $proxy := $cfg.proxy | default dict }}
+{{- if hasKey $proxy "allow_clients" }}
+{{- fail "daemon.config.proxy.allow_clients is rendered by the chart: set daemon.proxy.allowClients instead" }}
+{{- end }}
+{{- /* Loopback always (the daemon's own default), then the networks the operator lets use the node's proxy. */}}
+{{- $_ := set $proxy "allow_clients" (concat (list "127.0.0.0/8" "::1/128") ($role.proxy.allowClients | default list) | uniq) }}
+{{- $_ := set $cfg "proxy" $proxy }}
+{{- end }}
 {{- toYaml $cfg }}
 {{- end }}
 
@@ -137,7 +149,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- if eq .role "seedPeer" }}
 {{- $proxy = printf "127.0.0.1:%d" (int $role.proxyPort) }}
 {{- else }}
-{{- $listen := $role.proxy.listenAddress | default (ternary "127.0.0.1" "0.0.0.0" $role.hostNetwork) }}
+{{- /* $(NODE_IP) is expanded by the kubelet from the container's env (status.hostIP). */}}
+{{- $listen := $role.proxy.listenAddress | default (ternary "$(NODE_IP)" "0.0.0.0" $role.hostNetwork) }}
 {{- $proxy = printf "%s:%d" $listen (int $role.proxy.port) }}
 {{- end }}
 - daemon
@@ -173,6 +186,12 @@ app.kubernetes.io/component: {{ .component }}
       fieldPath: {{ (eq .role "daemon") | ternary $role.advertiseIPFrom "status.podIP" }}
 - name: SHOAL_IO_ENGINE
   value: {{ $cfg.storage.io_engine | quote }}
+{{- if eq .role "daemon" }}
+- name: NODE_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.hostIP
+{{- end }}
 {{- with .ctx.Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
