@@ -183,3 +183,47 @@ fn allow_clients_lands_in_the_daemon_config() {
         assert!(err.contains("daemon.proxy.allowClients"), "the error for {set} does not point at the value:\n{err}");
     }
 }
+
+#[test]
+fn the_values_schema_accepts_the_ci_values_and_rejects_bad_ones() {
+    let t = tools();
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(chart().join("values.schema.json")).unwrap())
+        .expect("values.schema.json is not JSON");
+    assert_eq!(schema["additionalProperties"], false, "unknown top-level values must fail");
+    // Every values file under ci/ lints and renders against the schema.
+    let mut ci: Vec<_> = std::fs::read_dir(chart().join("ci")).unwrap().map(|e| e.unwrap().path()).collect();
+    ci.sort();
+    assert!(!ci.is_empty());
+    for f in &ci {
+        let f = f.to_str().unwrap();
+        let (ok, out, err) =
+            run(std::process::Command::new(&t.helm).args(["lint", "--strict"]).arg(chart()).args(["-f", f]));
+        assert!(ok, "helm lint --strict -f {f} failed:\n{out}{err}");
+        render(&t, &["-f", f]);
+    }
+    // Keys of the daemon's own config the schema does not list are left to `shoal config check`.
+    render(&t, &["--set", "config.engine.max_parents=8", "--set", "config.upload.rate=1000"]);
+
+    for (bad, names) in [
+        ("daemon.proxy.port=abc", "daemon.proxy.port"),
+        ("daemon.proxy.port=70000", "daemon.proxy.port"),
+        ("daemon.proxy.allowClients={10.0.0.0}", "daemon.proxy.allowClients"),
+        ("cluster.existingSecret=Not_A_Name", "cluster.existingSecret"),
+        ("cluster.existingSecretKey=", "cluster.existingSecretKey"),
+        ("config.storage.ttl=90", "config.storage.ttl"),
+        ("config.storage.quota=50XB", "config.storage.quota"),
+        ("config.proxy.rules[0].use_tls=true", "regex is required"),
+        ("daemon.advertiseIPFrom=spec.nodeName", "daemon.advertiseIPFrom"),
+        ("scheduler.replicas=-1", "scheduler.replicas"),
+        ("sheduler.replicas=3", "sheduler"),
+        ("daemon.hostNetwrok=true", "hostNetwrok"),
+    ] {
+        let (ok, _, err) = helm_template(&t, &["--set", bad]);
+        assert!(!ok, "helm template accepted --set {bad}");
+        assert!(err.contains(names), "the error for --set {bad} does not name {names}:\n{err}");
+    }
+    // What the schema cannot say, the templates refuse.
+    let (ok, _, err) = helm_template(&t, &["--set", "scheduler.replicas=0"]);
+    assert!(!ok && err.contains("scheduler.replicas"), "{err}");
+    render(&t, &["--set", "scheduler.replicas=0", "--set", "scheduler.externalAddresses={s.example:8002}"]);
+}

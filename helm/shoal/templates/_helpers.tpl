@@ -106,6 +106,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- if eq .Values.scheduler.addressMode "service" }}
 {{- $suffix }}
 {{- else if eq .Values.scheduler.addressMode "pods" }}
+{{- if not (int .Values.scheduler.replicas) }}
+{{- fail "scheduler.replicas is 0: the daemons need a scheduler (set scheduler.externalAddresses to use others)" }}
+{{- end }}
 {{- $addrs := list }}
 {{- range $i := until (int .Values.scheduler.replicas) }}
 {{- $addrs = append $addrs (printf "%s-%d.%s" $svc $i $suffix) }}
