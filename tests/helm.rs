@@ -41,6 +41,7 @@ fn default_values_render_valid_manifests_with_expected_flags() {
         [
             "ConfigMap/shoal-config",
             "DaemonSet/shoal-daemon",
+            "Secret/shoal-cluster",
             "Service/shoal-scheduler",
             "Service/shoal-seed-peer",
             "ServiceAccount/shoal",
@@ -180,7 +181,7 @@ fn non_default_values_render_valid_manifests_with_expected_flags() {
     let d = container(ds, "daemon");
     let d_args = args(d);
     let sched_args = args(container(find(&docs, "StatefulSet", "shoal-scheduler"), "scheduler"));
-    for a in [&seed_args, &d_args, &sched_args] {
+    for a in [&seed_args, &kubelet_args(d), &sched_args] {
         assert_cli_accepts(a);
     }
     for a in [&seed_args, &d_args] {
@@ -223,11 +224,13 @@ fn non_default_values_render_valid_manifests_with_expected_flags() {
         assert_eq!(proxy["drain_timeout"], "30s");
     }
 
-    // hostNetwork: proxy on the node's loopback only, cluster DNS kept, host IP advertised.
+    // hostNetwork: proxy on the node IP (the kubelet expands $(NODE_IP)), cluster DNS kept, host IP
+    // advertised.
     let spec = pod_spec(ds);
     assert_eq!(spec["hostNetwork"], true);
     assert_eq!(spec["dnsPolicy"], "ClusterFirstWithHostNet");
-    assert_eq!(flag(&d_args, "--proxy-addr").as_deref(), Some("127.0.0.1:65001"));
+    assert_eq!(flag(&d_args, "--proxy-addr").as_deref(), Some("$(NODE_IP):65001"));
+    assert_eq!(env_var(d, "NODE_IP")["valueFrom"]["fieldRef"]["fieldPath"], "status.hostIP");
     assert_eq!(env_var(d, "SHOAL_ADVERTISE_IP")["valueFrom"]["fieldRef"]["fieldPath"], "status.hostIP");
     assert_eq!(env_var(d, "SHOAL_IO_ENGINE")["value"], "uring");
 

@@ -226,3 +226,84 @@ pub fn assert_config_checks(name: &str, text: &str) {
     let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_shoal")).args(["config", "check"]).arg(&f));
     assert!(ok, "shoal config check refuses the rendered {name}:\n{err}\n{text}");
 }
+
+/// Sample downward-API values for `kubelet_args`.
+pub const SAMPLE_HOST_IP: &str = "192.0.2.10";
+pub const SAMPLE_POD_IP: &str = "192.0.2.20";
+
+/// A container's arguments as the kubelet passes them: every `$(NAME)` replaced by the container's env
+/// `NAME` (a literal value, or a sample IP for status.hostIP / status.podIP). A reference to a variable the
+/// container does not define fails the test (the kubelet would pass it on verbatim).
+pub fn kubelet_args(c: &Value) -> Vec<String> {
+    let env = c["env"].as_array().cloned().unwrap_or_default();
+    let value_of = |name: &str| -> Option<String> {
+        let e = env.iter().find(|e| e["name"] == name)?;
+        if let Some(v) = e["value"].as_str() {
+            return Some(v.to_string());
+        }
+        match e["valueFrom"]["fieldRef"]["fieldPath"].as_str()? {
+            "status.hostIP" => Some(SAMPLE_HOST_IP.into()),
+            "status.podIP" => Some(SAMPLE_POD_IP.into()),
+            other => panic!("no sample value for fieldRef {other}"),
+        }
+    };
+    args(c)
+        .into_iter()
+        .map(|a| {
+            let mut out = String::new();
+            let mut rest = a.as_str();
+            while let Some(start) = rest.find("$(") {
+                let end = rest[start..].find(')').map(|e| start + e).unwrap_or_else(|| panic!("unclosed $( in {a}"));
+                let name = &rest[start + 2..end];
+                let v = value_of(name)
+                    .unwrap_or_else(|| panic!("argument {a} uses $({name}), not in env of {}", c["name"]));
+                out.push_str(&rest[..start]);
+                out.push_str(&v);
+                rest = &rest[end + 1..];
+            }
+            out.push_str(rest);
+            out
+        })
+        .collect()
+}
+
+/// Where every Shoal container finds the cluster secret.
+pub const CLUSTER_SECRET_FILE: &str = "/etc/shoal-cluster/secret";
+
+/// The workload mounts Secret `secret` (its key `key` as the file `secret`) read-only, 0400, at the
+/// directory of CLUSTER_SECRET_FILE, and passes --cluster-secret-file pointing at it.
+pub fn assert_cluster_secret_mounted(workload: &Value, container_name: &str, secret: &str, key: &str) {
+    let name = &workload["metadata"]["name"];
+    let vols = pod_spec(workload)["volumes"].as_array().unwrap_or_else(|| panic!("{name} has no volumes"));
+    let vol = vols.iter().find(|v| v["name"] == "cluster-secret").expect("no cluster-secret volume");
+    assert_eq!(vol["secret"]["secretName"], secret, "{name}: {vol}");
+    assert_eq!(vol["secret"]["defaultMode"], 0o400, "{name}: the secret file must be 0400: {vol}");
+    assert_eq!(vol["secret"]["items"], serde_json::json!([{"key": key, "path": "secret"}]), "{name}: {vol}");
+    let c = container(workload, container_name);
+    let mounts = c["volumeMounts"].as_array().unwrap_or_else(|| panic!("{name}: no volumeMounts"));
+    let m = mounts.iter().find(|m| m["name"] == "cluster-secret").expect("cluster secret not mounted");
+    assert_eq!(m["readOnly"], true, "{name}: {m}");
+    let dir = Path::new(CLUSTER_SECRET_FILE).parent().unwrap().to_str().unwrap();
+    assert_eq!(m["mountPath"], dir, "{name}: {m}");
+    assert!(m["subPath"].is_null(), "{name}: a subPath mount would not see a rotated secret: {m}");
+    assert_eq!(flag(&args(c), "--cluster-secret-file").as_deref(), Some(CLUSTER_SECRET_FILE), "{name}");
+}
+
+/// Decodes standard base64 (a Secret's data), panicking on anything else.
+pub fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let body = text.trim_end_matches('=');
+    assert!(text.len() % 4 == 0 && text.len() - body.len() <= 2, "not padded base64: {text}");
+    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0);
+    for b in body.bytes() {
+        let v = ALPHABET.iter().position(|&a| a == b).unwrap_or_else(|| panic!("not base64: {text}"));
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}

@@ -38,6 +38,36 @@
 {{- end }}
 {{- end }}
 
+{{/* Cluster secret ----------------------------------------------------------------------------------- */}}
+
+{{/* The Secret holding the cluster secret: cluster.existingSecret, else the one this chart generates. */}}
+{{- define "shoal.clusterSecretName" -}}
+{{- .Values.cluster.existingSecret | default (printf "%s-cluster" (include "shoal.fullname" .)) }}
+{{- end }}
+
+{{/* Where every Shoal container finds the cluster secret (--cluster-secret-file). */}}
+{{- define "shoal.clusterSecretFile" -}}
+/etc/shoal-cluster/secret
+{{- end }}
+
+{{/* The read-only volume with the cluster secret as the file "secret", whatever its key in the Secret. */}}
+{{- define "shoal.clusterSecretVolume" -}}
+- name: cluster-secret
+  secret:
+    secretName: {{ include "shoal.clusterSecretName" . }}
+    {{- /* The kubelet adds group read for podSecurityContext.fsGroup, which the container user is in. */}}
+    defaultMode: 256 # 0400
+    items:
+      - key: {{ ternary .Values.cluster.existingSecretKey "secret" (ne .Values.cluster.existingSecret "") }}
+        path: secret
+{{- end }}
+
+{{- define "shoal.clusterSecretMount" -}}
+- name: cluster-secret
+  mountPath: {{ include "shoal.clusterSecretFile" . | dir }}
+  readOnly: true
+{{- end }}
+
 {{/* Labels ------------------------------------------------------------------------------------------- */}}
 
 {{- define "shoal.labels" -}}
@@ -76,6 +106,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- if eq .Values.scheduler.addressMode "service" }}
 {{- $suffix }}
 {{- else if eq .Values.scheduler.addressMode "pods" }}
+{{- if not (int .Values.scheduler.replicas) }}
+{{- fail "scheduler.replicas is 0: the daemons need a scheduler (set scheduler.externalAddresses to use others)" }}
+{{- end }}
 {{- $addrs := list }}
 {{- range $i := until (int .Values.scheduler.replicas) }}
 {{- $addrs = append $addrs (printf "%s-%d.%s" $svc $i $suffix) }}
@@ -91,7 +124,19 @@ app.kubernetes.io/component: {{ .component }}
      Call with (dict "ctx" $ "role" "seedPeer"); returns YAML. */}}
 {{- define "shoal.roleConfig" -}}
 {{- $role := get .ctx.Values .role }}
+{{- if hasKey (.ctx.Values.config.proxy | default dict) "allow_clients" }}
+{{- fail "config.proxy.allow_clients is rendered by the chart: set daemon.proxy.allowClients instead" }}
+{{- end }}
 {{- $cfg := mergeOverwrite (deepCopy .ctx.Values.config) (deepCopy (default (dict) $role.config)) }}
+{{- if eq .role "daemon" }}
+{{- $proxy := $cfg.proxy | default dict }}
+{{- if hasKey $proxy "allow_clients" }}
+{{- fail "daemon.config.proxy.allow_clients is rendered by the chart: set daemon.proxy.allowClients instead" }}
+{{- end }}
+{{- /* Loopback always (the daemon's own default), then the networks the operator lets use the node's proxy. */}}
+{{- $_ := set $proxy "allow_clients" (concat (list "127.0.0.0/8" "::1/128") ($role.proxy.allowClients | default list) | uniq) }}
+{{- $_ := set $cfg "proxy" $proxy }}
+{{- end }}
 {{- toYaml $cfg }}
 {{- end }}
 
@@ -107,7 +152,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- if eq .role "seedPeer" }}
 {{- $proxy = printf "127.0.0.1:%d" (int $role.proxyPort) }}
 {{- else }}
-{{- $listen := $role.proxy.listenAddress | default (ternary "127.0.0.1" "0.0.0.0" $role.hostNetwork) }}
+{{- /* $(NODE_IP) is expanded by the kubelet from the container's env (status.hostIP). */}}
+{{- $listen := $role.proxy.listenAddress | default (ternary "$(NODE_IP)" "0.0.0.0" $role.hostNetwork) }}
 {{- $proxy = printf "%s:%d" $listen (int $role.proxy.port) }}
 {{- end }}
 - daemon
@@ -120,6 +166,7 @@ app.kubernetes.io/component: {{ .component }}
 - --upload-addr=0.0.0.0:{{ int $role.uploadPort }}
 - --metrics-addr=0.0.0.0:{{ int $v.metrics.port }}
 - --scheduler={{ include "shoal.schedulerAddresses" .ctx }}
+- --cluster-secret-file={{ include "shoal.clusterSecretFile" .ctx }}
 {{- if eq .role "seedPeer" }}
 - --seed
 {{- end }}
@@ -142,6 +189,12 @@ app.kubernetes.io/component: {{ .component }}
       fieldPath: {{ (eq .role "daemon") | ternary $role.advertiseIPFrom "status.podIP" }}
 - name: SHOAL_IO_ENGINE
   value: {{ $cfg.storage.io_engine | quote }}
+{{- if eq .role "daemon" }}
+- name: NODE_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.hostIP
+{{- end }}
 {{- with .ctx.Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
