@@ -53,6 +53,9 @@ fn daemon_cmd(a: &shoal::cli::DaemonArgs) -> anyhow::Result<()> {
             destinations,
             header_read_timeout: c.proxy.client_timeout,
             max_connections: c.proxy.max_connections,
+            allow_clients: std::sync::Arc::new(
+                c.allow_clients().map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?,
+            ),
             ..Default::default()
         },
         drain_timeout: c.proxy.drain_timeout,
@@ -88,6 +91,7 @@ fn reload(a: &shoal::cli::DaemonArgs, path: &std::path::Path, running: &Config) 
         ("proxy.deny_destinations", c.proxy.deny_destinations != running.proxy.deny_destinations),
         ("proxy.allow_destinations", c.proxy.allow_destinations != running.proxy.allow_destinations),
         ("proxy.connect_ports", c.proxy.connect_ports != running.proxy.connect_ports),
+        ("proxy.allow_clients", c.proxy.allow_clients != running.proxy.allow_clients),
     ]
     .into_iter()
     .filter_map(|(k, changed)| changed.then_some(k))

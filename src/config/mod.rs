@@ -71,6 +71,8 @@ pub struct ProxyConfig {
     pub allow_destinations: Vec<String>,
     /// Ports (`443`) or port ranges (`"8000-8999"`) CONNECT may tunnel to.
     pub connect_ports: Vec<PortSpec>,
+    /// Networks (CIDR) whose clients may use the proxy; others get 403.
+    pub allow_clients: Vec<String>,
 }
 
 /// A port or a port range as the file writes it.
@@ -175,6 +177,7 @@ impl Default for ProxyConfig {
             deny_destinations: None,
             allow_destinations: Vec::new(),
             connect_ports: vec![PortSpec::One(443)],
+            allow_clients: vec!["127.0.0.0/8".into(), "::1/128".into()],
         }
     }
 }
@@ -318,7 +321,16 @@ impl Config {
             return Err(bad("upload.rate", "must be positive (null for no limit)"));
         }
         self.destinations().map_err(|(key, why)| bad(&key, &why))?;
+        self.allow_clients().map_err(|(key, why)| bad(&key, &why))?;
         Ok(())
+    }
+
+    /// `proxy.allow_clients` as networks. An error names the key and the reason.
+    pub fn allow_clients(&self) -> Result<Vec<ipnet::IpNet>, (String, String)> {
+        let parse = |(i, n): (usize, &String)| {
+            n.parse().map_err(|_| (format!("proxy.allow_clients[{i}]"), format!("not a CIDR network: {n:?}")))
+        };
+        self.proxy.allow_clients.iter().enumerate().map(parse).collect()
     }
 
     /// The destination policy: `proxy.deny_destinations` (or the built-in list) minus

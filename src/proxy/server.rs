@@ -46,7 +46,12 @@ pub struct ProxyConfig {
     pub max_header_bytes: usize,
     pub upstream_connect_timeout: Duration,
     pub upstream_head_timeout: Duration,
+    /// Networks whose clients are served; a connection from elsewhere gets a 403 and is closed.
+    pub allow_clients: Arc<Vec<ipnet::IpNet>>,
 }
+
+/// The clients served by default: this machine only.
+pub const LOOPBACK: &[&str] = &["127.0.0.0/8", "::1/128"];
 
 impl Default for ProxyConfig {
     fn default() -> Self {
@@ -58,6 +63,7 @@ impl Default for ProxyConfig {
             max_header_bytes: 64 << 10,
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_head_timeout: Duration::from_secs(120),
+            allow_clients: Arc::new(LOOPBACK.iter().filter_map(|n| n.parse().ok()).collect()),
         }
     }
 }
@@ -98,14 +104,21 @@ pub fn start(cores: &Cores, addr: SocketAddr, engine: Arc<Engine>, cfg: ProxyCon
                     a = l.accept() => a,
                     _ = super::lifecycle::stopped(&mut stop) => return,
                 };
-                let Ok((sock, _)) = accepted else {
+                let Ok((sock, peer)) = accepted else {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
                 let _ = sock.set_nodelay(true);
+                let client = peer.ip().to_canonical();
+                if !cfg.allow_clients.iter().any(|n| n.contains(&client)) {
+                    tracing::debug!(%client, "proxy client refused: not in proxy.allow_clients");
+                    let msg = format!("shoal: client {client} is not in proxy.allow_clients\n");
+                    tokio::spawn(refuse(sock, 403, msg));
+                    continue;
+                }
                 if drain.active() >= cfg.max_connections {
                     // Over the cap: a short 503 and close; the connections already open are not touched.
-                    tokio::spawn(refuse_busy(sock));
+                    tokio::spawn(refuse(sock, 503, "shoal: too many connections to this proxy; retry later\n".into()));
                     continue;
                 }
                 let (front, cfg, guard) = (front.clone(), cfg.clone(), drain.enter());
@@ -120,15 +133,19 @@ pub fn start(cores: &Cores, addr: SocketAddr, engine: Arc<Engine>, cfg: ProxyCon
     Ok(ProxyHandle { addr: bound, rules, drain })
 }
 
-/// The answer to a connection over `max_connections`, written with a bound so a client that never reads
-/// cannot hold the task.
-async fn refuse_busy(mut sock: tokio::net::TcpStream) {
+/// The answer to a connection that is not served (a client outside `allow_clients`: 403; over
+/// `max_connections`: 503 with Retry-After), written before any request is read and with a bound, so a
+/// client that never reads cannot hold the task.
+async fn refuse(mut sock: tokio::net::TcpStream, status: u16, msg: String) {
     use tokio::io::AsyncWriteExt;
-    crate::metrics::global().proxy_response(503);
-    let msg = "shoal: too many connections to this proxy; retry later\n";
+    crate::metrics::global().proxy_response(status);
+    let (reason, retry) = match status {
+        503 => ("Service Unavailable", "retry-after: 1\r\n"),
+        _ => ("Forbidden", ""),
+    };
     let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
-         retry-after: 1\r\nconnection: close\r\n\r\n{msg}",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
+         {retry}connection: close\r\n\r\n{msg}",
         msg.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(5), sock.write_all(head.as_bytes())).await;
