@@ -64,7 +64,7 @@ fn trigger_request(t: SeedTrigger, filters: &[String]) -> Result<FetchRequest, &
         .headers
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case("x-shoal-digest"))
-        .find_map(|(_, v)| v.trim().strip_prefix("sha256:").and_then(|h| hex32(h)));
+        .find_map(|(_, v)| v.trim().strip_prefix("sha256:").and_then(hex32));
     let expected_sha256 = [named.digest, header_digest].into_iter().flatten().find(|d| *d == t.task_id.0);
     if expected_sha256.is_none() && by_url.task_id != t.task_id {
         return Err(ID_NOT_THE_URLS);
