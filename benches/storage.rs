@@ -78,6 +78,7 @@ async fn ingest(store: &Arc<Store>, n: u8, data: &[Bytes], in_flight: usize, shu
         piece_length: Some(PIECE),
         expected_sha256: None,
         digest_announced: false,
+        credentialed: false,
     };
     store.remove(&spec.id, "bench");
     let task = store.create(&spec).unwrap();

@@ -76,6 +76,7 @@ fn spec(id: TaskId) -> TaskSpec {
         piece_length: Some(PIECE),
         expected_sha256: None,
         digest_announced: false,
+        credentialed: false,
     }
 }
 

@@ -162,7 +162,15 @@ async fn a_member_cannot_register_as_another_host() {
 }
 
 fn request(task_id: TaskId, url: &str) -> TaskRequest {
-    TaskRequest { task_id, url: url.into(), headers: vec![], content_length: None, piece_length: None, private: false }
+    TaskRequest {
+        task_id,
+        url: url.into(),
+        headers: vec![],
+        content_length: None,
+        piece_length: None,
+        private: false,
+        credentialed: false,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,6 +147,7 @@ fn req(t: TaskId) -> TaskRequest {
         content_length: Some(64 << 20),
         piece_length: Some(4 << 20),
         private: false,
+        credentialed: false,
     }
 }
 
@@ -158,6 +159,7 @@ fn prog(t: TaskId, pieces: u32) -> TaskProgress {
         content_length: Some(64 << 20),
         piece_length: 4 << 20,
         back_to_source: false,
+        credentialed: false,
     }
 }
 

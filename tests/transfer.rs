@@ -34,6 +34,7 @@ fn spec(id: TaskId, len: u64, piece: u32) -> TaskSpec {
         piece_length: Some(piece),
         expected_sha256: None,
         digest_announced: false,
+        credentialed: false,
     }
 }
 

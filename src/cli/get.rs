@@ -236,14 +236,22 @@ async fn embedded(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
     let (store, _) = Store::open(StoreConfig::new(&o.data_dir)).map_err(|e| emb(&e))?;
     let pool = crate::transfer::Pool::new(crate::transfer::ClientConfig::default());
     let engine = Engine::new(store, pool, None, EngineConfig::default()).map_err(|e| emb(&e))?;
-    let req =
-        FetchRequest { task_id, url: o.url.clone(), headers, display_url: id.display_url, expected_sha256: digest };
-    let f = engine.fetch(req).await.map_err(|e| match e.as_ref() {
+    let dropped = |n: &str| {
+        crate::engine::identity::filtered(n, crate::proxy::rules::DEFAULT_FILTERED_PARAMS)
+            || crate::engine::identity::filtered(n, &extra)
+    };
+    let credentials = crate::engine::credentials(&uri, &headers, dropped);
+    let url = o.url.clone();
+    let req = FetchRequest { task_id, url, headers, display_url: id.display_url, expected_sha256: digest, credentials };
+    let status = |e: &crate::engine::EngineError| match e {
         crate::engine::EngineError::OriginStatus { status, .. } => {
             GetError::Status { status: *status, message: format!("origin answered {status}") }
         }
         other => emb(other),
-    })?;
+    };
+    let f = engine.fetch(req.clone()).await.map_err(|e| status(&e))?;
+    // A copy in this store that was fetched with credentials is exported only if the origin agrees.
+    engine.authorize(&req, crate::engine::Authorize::Auto, &f).await.map_err(|e| status(&e))?;
     f.task.wait_complete().await.map_err(|e| match e {
         crate::storage::StorageError::DigestMismatch { got, .. } => GetError::Mismatch(hex::encode(got)),
         other => emb(&other),

@@ -28,6 +28,7 @@ impl DaemonArgs {
             filtered_query_params: None,
             use_tls: false,
             content_digest: crate::config::DigestChoice::Auto,
+            authorize: crate::engine::Authorize::Auto,
         });
         c.proxy.rules = flagged.chain(c.proxy.rules).collect();
         c.proxy.client_timeout = self.proxy_client_timeout.unwrap_or(c.proxy.client_timeout);

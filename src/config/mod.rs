@@ -94,6 +94,9 @@ pub struct RuleConfig {
     pub use_tls: bool,
     #[serde(default)]
     pub content_digest: DigestChoice,
+    /// When a cached or peer copy is served only after the origin agrees (see the engine's authorize.rs).
+    #[serde(default)]
+    pub authorize: crate::engine::Authorize,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -158,6 +161,8 @@ pub struct EngineTunables {
     pub origin_head_timeout: Duration,
     #[serde(deserialize_with = "duration")]
     pub origin_idle_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub authorize_ttl: Duration,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -226,6 +231,7 @@ impl Default for EngineTunables {
             scheduler_timeout: e.scheduler_timeout,
             origin_head_timeout: e.origin_head_timeout,
             origin_idle_timeout: e.origin_idle_timeout,
+            authorize_ttl: e.authorize_ttl,
         }
     }
 }
@@ -374,6 +380,7 @@ impl Config {
             let mut r = Rule::new(&rc.regex).map_err(|e| (format!("proxy.rules[{i}].regex"), e.to_string()))?;
             r.filtered_query_params = rc.filtered_query_params.clone().unwrap_or_else(|| filtered.clone());
             r.use_tls = rc.use_tls;
+            r.authorize = rc.authorize;
             r.content_digest = match rc.content_digest {
                 DigestChoice::Auto => ContentDigest::Auto,
                 DigestChoice::Off => ContentDigest::Off,
@@ -412,6 +419,7 @@ impl Config {
             scheduler_timeout: self.engine.scheduler_timeout,
             origin_head_timeout: self.engine.origin_head_timeout,
             origin_idle_timeout: self.engine.origin_idle_timeout,
+            authorize_ttl: self.engine.authorize_ttl,
             destinations,
             seed_filtered_params: self.seed_filtered_params(),
             ..Default::default()
@@ -476,7 +484,7 @@ mod tests {
         let oid = "a".repeat(64);
         let get = |u: &str| rules.route(&http::Method::GET, &u.parse().unwrap(), None);
         match get(&format!("http://cdn.test/o/{oid}?sig=1&v=2")) {
-            Route::P2p { identity, url, expected_sha256 } => {
+            Route::P2p { identity, url, expected_sha256, .. } => {
                 assert_eq!(url.scheme_str(), Some("https"), "use_tls upgrades the origin fetch");
                 assert_eq!(identity.display_url, format!("https://cdn.test/o/{oid}?v=2"), "only `sig` is filtered");
                 assert_eq!(expected_sha256, None, "content_digest off: the path is not a digest");

@@ -41,6 +41,9 @@ pub struct Fetch {
     pub source: Source,
     /// The origin's response headers when this node fetched from the origin.
     pub origin_headers: Option<Arc<HeaderMap>>,
+    /// When this node is streaming the task from the origin: the fingerprint of the credentials that
+    /// origin GET carried (the origin already let exactly those read it).
+    pub fetched_with: Option<[u8; 32]>,
 }
 
 pub(super) type Published = Option<Result<Fetch, Arc<EngineError>>>;
@@ -81,13 +84,14 @@ async fn run(engine: &Arc<Engine>, req: &FetchRequest, tx: &watch::Sender<Publis
     // Bounded: each round either finishes, goes to the origin, or waits within `parent_wait`, and peer
     // rounds are capped.
     loop {
-        let Answer { decision, sha256 } = ask_scheduler(engine, req).await;
+        let Answer { decision, sha256, credentialed } = ask_scheduler(engine, req).await;
         tracing::debug!(task = %req.task_id, ?decision, rounds, waited_ms = waited.as_millis() as u64, "scheduler decision");
         match decision {
             Decision::Parents(ps) if rounds < engine.cfg.max_peer_rounds => {
                 engine.remember_parents(&ps);
                 let addrs: Vec<_> = ps.iter().take(engine.cfg.max_parents).map(|p| p.addr()).collect();
-                let (round, bytes) = from_peers(engine, req, &addrs, tx, sha256).await?;
+                let known = Known { sha256, credentialed };
+                let (round, bytes) = from_peers(engine, req, &addrs, tx, known).await?;
                 peer_bytes += bytes;
                 match round {
                     PeerRound::Whole if digest_announced(engine, req).await => {
@@ -126,7 +130,7 @@ async fn run(engine: &Arc<Engine>, req: &FetchRequest, tx: &watch::Sender<Publis
 /// Where to get the task, and its content digest once its source announced it. No scheduler, or one that
 /// does not answer in time: the origin.
 async fn ask_scheduler(engine: &Arc<Engine>, req: &FetchRequest) -> Answer {
-    let back_to_source = Answer { decision: Decision::BackToSource, sha256: None };
+    let back_to_source = Answer { decision: Decision::BackToSource, sha256: None, credentialed: false };
     let Some(s) = &engine.scheduler else { return back_to_source };
     match tokio::time::timeout(engine.cfg.scheduler_timeout, s.request_task(&scheduler_request(req))).await {
         Ok(Ok(a)) => a,
@@ -162,14 +166,11 @@ async fn digest_announced(engine: &Arc<Engine>, req: &FetchRequest) -> bool {
     true
 }
 
-/// Header names that carry a requester's credentials: they go to the origin and nowhere else.
-const CREDENTIAL_HEADERS: &[&str] = &["authorization", "cookie"];
-
 /// What the scheduler is told about a request. Credentials in headers never leave this node for a
 /// scheduler or a seed (their connections are not encrypted): such a request is private, its credential
 /// headers are left out, and no seed fetches it on this node's behalf.
 fn scheduler_request(req: &FetchRequest) -> TaskRequest {
-    let secret = |n: &str| CREDENTIAL_HEADERS.iter().any(|c| n.eq_ignore_ascii_case(c));
+    let secret = |n: &str| super::CREDENTIAL_HEADERS.iter().any(|c| n.eq_ignore_ascii_case(c));
     let private = req.headers.iter().any(|(n, _)| secret(n));
     TaskRequest {
         task_id: req.task_id,
@@ -178,6 +179,7 @@ fn scheduler_request(req: &FetchRequest) -> TaskRequest {
         content_length: None,
         piece_length: None,
         private,
+        credentialed: req.credentials.any(),
     }
 }
 
@@ -218,6 +220,7 @@ fn progress(task: &Task, b2s: bool) -> TaskProgress {
         content_length: task.content_length(),
         piece_length: task.piece_length(),
         back_to_source: b2s,
+        credentialed: task.credentialed(),
     }
 }
 
@@ -247,6 +250,14 @@ fn spawn_progress_reporter(engine: &Arc<Engine>, task: &Arc<Task>, b2s: bool) {
     });
 }
 
+/// What the scheduler knows of a task besides its parents.
+struct Known {
+    /// The content's sha256 its source announced.
+    sha256: Option<[u8; 32]>,
+    /// Some node brought the task in for a request with credentials.
+    credentialed: bool,
+}
+
 enum PeerRound {
     Whole,
     /// No parent knows the task yet.
@@ -260,7 +271,7 @@ async fn from_peers(
     req: &FetchRequest,
     parents: &[std::net::SocketAddr],
     tx: &watch::Sender<Published>,
-    announced: Option<[u8; 32]>,
+    known: Known,
 ) -> Result<(PeerRound, u64), EngineError> {
     let task = match engine.store.get(&req.task_id) {
         Some(t) => t,
@@ -275,14 +286,16 @@ async fn from_peers(
                 expected_sha256: req.expected_sha256,
                 // Peers' bytes of a task named by its URL are held to the sha256 its source announces.
                 digest_announced: req.expected_sha256.is_none(),
+                // Private if this request, or the one that brought the task into the swarm, had credentials.
+                credentialed: req.credentials.any() || known.credentialed,
             };
             engine.store.get_or_create(&spec)?.0
         }
     };
-    if let Some(d) = announced {
+    if let Some(d) = known.sha256 {
         task.announce_sha256(d);
     }
-    publish(tx, &task, Source::Peer, None);
+    publish(tx, &task, Source::Peer, None, None);
     spawn_progress_reporter(engine, &task, false);
     // A parent fetching a large piece from a slow origin announces nothing until the piece is whole: the
     // bound grows with the piece so that 1 MiB/s at the source still counts as progress.
@@ -327,8 +340,14 @@ async fn geometry(
     None
 }
 
-fn publish(tx: &watch::Sender<Published>, task: &Arc<Task>, source: Source, headers: Option<HeaderMap>) {
-    let f = Fetch { task: task.clone(), source, origin_headers: headers.map(Arc::new) };
+fn publish(
+    tx: &watch::Sender<Published>,
+    task: &Arc<Task>,
+    source: Source,
+    headers: Option<HeaderMap>,
+    fetched_with: Option<[u8; 32]>,
+) {
+    let f = Fetch { task: task.clone(), source, origin_headers: headers.map(Arc::new), fetched_with };
     tx.send_modify(|p| {
         if p.is_none() {
             *p = Some(Ok(f));
@@ -350,7 +369,9 @@ async fn from_origin(
         piece_length: None,
         expected_sha256: req.expected_sha256,
         digest_announced: false,
+        credentialed: req.credentials.any(),
     };
+    engine.granted_by_fetch(req.task_id, &req.credentials.fingerprint);
     let (mut task, _) = engine.store.get_or_create(&spec)?;
     if task.awaits_digest() {
         // Pieces from peers that nobody vouches for: the origin's bytes replace them all.
@@ -363,7 +384,7 @@ async fn from_origin(
         engine.store.remove(&req.task_id, "origin length changed");
         return Err(EngineError::Vanished);
     }
-    publish(tx, &task, Source::Origin, Some(resp.headers.clone()));
+    publish(tx, &task, Source::Origin, Some(resp.headers.clone()), Some(req.credentials.fingerprint));
     spawn_progress_reporter(engine, &task, true);
     let (in_flight, idle) = (engine.cfg.origin_in_flight, engine.cfg.origin_idle_timeout);
     super::source::stream_into(&task, resp, in_flight, idle, &engine.ingest).await?;

@@ -73,7 +73,8 @@ pub struct Identity {
     pub display_url: String,
 }
 
-fn filtered<S: AsRef<str>>(name: &str, filters: &[S]) -> bool {
+/// Whether `name` is on `filters` (ASCII case-insensitive; an entry ending in `*` is a prefix).
+pub fn filtered<S: AsRef<str>>(name: &str, filters: &[S]) -> bool {
     filters.iter().map(AsRef::as_ref).any(|f| match f.strip_suffix('*') {
         // Compared as bytes: a name with multi-byte UTF-8 may have no char boundary at the prefix's length.
         Some(prefix) => name.as_bytes().get(..prefix.len()).is_some_and(|n| n.eq_ignore_ascii_case(prefix.as_bytes())),

@@ -6,6 +6,7 @@
 //! (storage). Called by: the proxy, `shoal get` and a seed peer's trigger loop; calls storage, transfer and
 //! the scheduler client.
 
+mod authorize;
 mod conductor;
 mod error;
 pub mod identity;
@@ -20,10 +21,12 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+pub use authorize::{credentials, Authorize, Credentials, CREDENTIAL_HEADERS, SIGNATURE_PARAMS, TOKEN_PARAMS};
 pub use conductor::{Fetch, Source};
 pub use error::EngineError;
 pub use source::{stream_into, IngestBudget, OriginClient, OriginResponse};
 
+use crate::metrics::{self, Metrics};
 use crate::scheduler::SchedulerClient;
 use crate::storage::{Store, TaskId};
 use crate::transfer::Pool;
@@ -62,6 +65,8 @@ pub struct EngineConfig {
     /// Query parameters a seed accepts as left out of a triggered task's ID: those its own
     /// configuration filters (a trigger whose ID needs more is refused; see seed.rs).
     pub seed_filtered_params: Vec<String>,
+    /// How long the origin's yes to an authorization probe is reused for the same task and credentials.
+    pub authorize_ttl: Duration,
 }
 
 impl Default for EngineConfig {
@@ -81,6 +86,7 @@ impl Default for EngineConfig {
             origin_idle_timeout: Duration::from_secs(30),
             destinations: crate::upstream::Destinations::standard(),
             seed_filtered_params: identity::DEFAULT_FILTERED_PARAMS.iter().map(|p| p.to_string()).collect(),
+            authorize_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -96,6 +102,9 @@ pub struct FetchRequest {
     /// The URL without volatile parameters, recorded in the task's metadata.
     pub display_url: String,
     pub expected_sha256: Option<[u8; 32]>,
+    /// The request's credentials ([`credentials`]): they make the task private to whoever the origin
+    /// lets read it, and name the grants its authorization probes earn.
+    pub credentials: Credentials,
 }
 
 pub struct Engine {
@@ -108,6 +117,7 @@ pub struct Engine {
     active: Mutex<HashMap<TaskId, watch::Receiver<conductor::Published>>>,
     /// Parent upload address → host id, learnt from the scheduler's answers (for bad-parent reports).
     hosts: Mutex<HashMap<SocketAddr, String>>,
+    grants: authorize::Grants,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -128,6 +138,7 @@ impl Engine {
             pool,
             scheduler,
             ingest: IngestBudget::new(cfg.ingest_memory),
+            grants: authorize::Grants::new(cfg.authorize_ttl),
             cfg,
             active: Mutex::new(HashMap::new()),
             hosts: Mutex::new(HashMap::new()),
@@ -146,7 +157,7 @@ impl Engine {
     /// Returns once the task exists locally; its pieces keep arriving afterwards.
     pub async fn fetch(self: &Arc<Self>, req: FetchRequest) -> Result<Fetch, Arc<EngineError>> {
         if let Some(task) = self.local_hit(&req.task_id) {
-            return Ok(Fetch { task, source: Source::Local, origin_headers: None });
+            return Ok(Fetch { task, source: Source::Local, origin_headers: None, fetched_with: None });
         }
         let mut rx = {
             let mut active = lock(&self.active);
@@ -171,6 +182,46 @@ impl Engine {
             Some(Err(e)) => Err(e.clone()),
             None => Err(Arc::new(EngineError::Vanished)),
         }
+    }
+
+    /// Whether the requester of `req` may be served the copy `f` (see authorize.rs): Ok when no probe is
+    /// needed, the origin said yes recently, or says yes now; the origin's refusal as
+    /// [`EngineError::OriginStatus`] (for the client as is); another error when it could not be asked
+    /// (nothing is served then: private content fails closed).
+    pub async fn authorize(&self, req: &FetchRequest, mode: Authorize, f: &Fetch) -> Result<(), EngineError> {
+        let creds = &req.credentials;
+        if !authorize::needs_probe(mode, creds, f.task.credentialed(), f.fetched_with.as_ref()) {
+            return Ok(());
+        }
+        let m = metrics::global();
+        if self.grants.granted(req.task_id, &creds.fingerprint) {
+            Metrics::add(&m.authz_cached, 1);
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let r = authorize::probe(&self.origin, &req.url, &req.headers, creds).await;
+        let ms = started.elapsed().as_millis() as u64;
+        match &r {
+            Ok(status) => {
+                Metrics::add(&m.authz_allowed, 1);
+                self.grants.grant(req.task_id, &creds.fingerprint);
+                tracing::debug!(task = %req.task_id, %status, ms, source = f.source.as_str(), "origin allows the copy");
+            }
+            Err(EngineError::OriginStatus { status, .. }) => {
+                Metrics::add(&m.authz_denied, 1);
+                tracing::info!(task = %req.task_id, %status, ms, "origin refuses this requester the copy");
+            }
+            Err(e) => {
+                Metrics::add(&m.authz_failed, 1);
+                tracing::warn!(task = %req.task_id, error = %e, ms, "origin could not be asked; the copy is not served");
+            }
+        }
+        r.map(|_| ())
+    }
+
+    /// The origin let `fp` read `id` just now (its GET for the task succeeded).
+    fn granted_by_fetch(&self, id: TaskId, fp: &[u8; 32]) {
+        self.grants.grant(id, fp);
     }
 
     /// The task when it is complete on this node (recorded as an access), else `None`.

@@ -69,12 +69,14 @@ fn trigger_request(t: SeedTrigger, filters: &[String]) -> Result<FetchRequest, &
     if expected_sha256.is_none() && by_url.task_id != t.task_id {
         return Err(ID_NOT_THE_URLS);
     }
+    let credentials = super::credentials(&uri, &t.headers, |n| super::identity::filtered(n, filters));
     Ok(FetchRequest {
         task_id: t.task_id,
         url: t.url,
         headers: t.headers,
         display_url: by_url.display_url,
         expected_sha256,
+        credentials,
     })
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, HOST, RANGE};
-use http::{HeaderMap, Request, StatusCode, Uri};
+use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -72,23 +72,7 @@ impl OriginClient {
         headers: &[(String, String)],
         range: Option<(u64, Option<u64>)>,
     ) -> Result<OriginResponse, EngineError> {
-        let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| EngineError::InvalidUrl {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        })?;
-        if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
-            return Err(EngineError::InvalidUrl { url: url.to_owned(), reason: "need an absolute http(s) URL".into() });
-        }
-        let mut req = Request::get(uri).body(Empty::new()).map_err(|e| EngineError::InvalidHeader(e.to_string()))?;
-        for (name, value) in headers {
-            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| EngineError::InvalidHeader(name.clone()))?;
-            if HOP_BY_HOP.contains(&n.as_str()) || SET_BY_THE_FETCH.contains(&n.as_str()) {
-                continue;
-            }
-            let v = HeaderValue::from_str(value).map_err(|_| EngineError::InvalidHeader(name.clone()))?;
-            req.headers_mut().append(n, v);
-        }
-        req.headers_mut().remove(HOST);
+        let mut req = build(Method::GET, url, headers, SET_BY_THE_FETCH)?;
         if let Some((start, end)) = range {
             let spec = match end {
                 Some(e) => format!("bytes={start}-{e}"),
@@ -96,14 +80,7 @@ impl OriginClient {
             };
             req.headers_mut().insert(RANGE, HeaderValue::from_str(&spec).map_err(|_| EngineError::BadRange)?);
         }
-        let resp = tokio::time::timeout(self.head_timeout, self.client.request(req))
-            .await
-            .map_err(|_| EngineError::OriginHeadTimeout(self.head_timeout))?
-            .map_err(|e| match denial_in(&e) {
-                Some(d) => EngineError::Denied(d.clone()),
-                None => EngineError::OriginConnect(error_chain(&e)),
-            })?;
-        let (parts, body) = resp.into_parts();
+        let (parts, body) = self.send(req).await?.into_parts();
         if !parts.status.is_success() {
             return Err(EngineError::OriginStatus { status: parts.status, headers: Box::new(parts.headers) });
         }
@@ -122,6 +99,84 @@ impl OriginClient {
         };
         Ok(OriginResponse { status: parts.status, headers: parts.headers, content_length, range_proven, body })
     }
+}
+
+impl OriginClient {
+    /// Asks for `url` with `method` and the client's credentials, only for the status: a GET asks for one
+    /// byte, and no body is read (dropped unread, the connection closes rather than being pooled).
+    /// Conditional headers are left out: a 304 would say nothing about the right to read.
+    pub(super) async fn probe(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(String, String)],
+    ) -> Result<StatusCode, EngineError> {
+        let ranged = method == Method::GET;
+        let mut req = build(method, url, headers, SET_BY_THE_PROBE)?;
+        if ranged {
+            req.headers_mut().insert(RANGE, HeaderValue::from_static("bytes=0-0"));
+        }
+        let resp = self.send(req).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(EngineError::OriginStatus { status, headers: Box::new(resp.into_parts().0.headers) });
+        }
+        Ok(status)
+    }
+
+    async fn send(&self, req: Request<Empty<Bytes>>) -> Result<http::Response<Incoming>, EngineError> {
+        tokio::time::timeout(self.head_timeout, self.client.request(req))
+            .await
+            .map_err(|_| EngineError::OriginHeadTimeout(self.head_timeout))?
+            .map_err(|e| match denial_in(&e) {
+                Some(d) => EngineError::Denied(d.clone()),
+                None => EngineError::OriginConnect(error_chain(&e)),
+            })
+    }
+}
+
+/// Client headers a probe leaves out: its own range, and the conditions that would turn a "may read"
+/// into a 304 or a 412.
+const SET_BY_THE_PROBE: &[&str] = &[
+    "host",
+    "range",
+    "if-range",
+    "accept-encoding",
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+];
+
+/// A request for an absolute http(s) `url` with the client's `headers`, minus hop-by-hop ones and those
+/// in `skip` (which the caller sets itself).
+fn build(
+    method: Method,
+    url: &str,
+    headers: &[(String, String)],
+    skip: &[&str],
+) -> Result<Request<Empty<Bytes>>, EngineError> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| EngineError::InvalidUrl { url: url.to_owned(), reason: e.to_string() })?;
+    if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
+        return Err(EngineError::InvalidUrl { url: url.to_owned(), reason: "need an absolute http(s) URL".into() });
+    }
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Empty::new())
+        .map_err(|e| EngineError::InvalidHeader(e.to_string()))?;
+    for (name, value) in headers {
+        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| EngineError::InvalidHeader(name.clone()))?;
+        if HOP_BY_HOP.contains(&n.as_str()) || skip.contains(&n.as_str()) {
+            continue;
+        }
+        let v = HeaderValue::from_str(value).map_err(|_| EngineError::InvalidHeader(name.clone()))?;
+        req.headers_mut().append(n, v);
+    }
+    req.headers_mut().remove(HOST);
+    Ok(req)
 }
 
 /// `bytes S-E/T` → (S, E, Some(T)); `bytes S-E/*` → (S, E, None).

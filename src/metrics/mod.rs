@@ -25,6 +25,12 @@ pub struct Metrics {
     pub tasks_completed: AtomicU64,
     pub tasks_failed: AtomicU64,
     pub back_to_source: AtomicU64,
+    /// Authorization probes by outcome: the origin let the requester read (or a recent yes was
+    /// remembered), refused, or could not be asked.
+    pub authz_allowed: AtomicU64,
+    pub authz_cached: AtomicU64,
+    pub authz_denied: AtomicU64,
+    pub authz_failed: AtomicU64,
     piece_latency_us: Mutex<Histogram<u64>>,
     proxy_status: Mutex<BTreeMap<u16, u64>>,
 }
@@ -68,6 +74,10 @@ impl Metrics {
             tasks_completed: AtomicU64::new(0),
             tasks_failed: AtomicU64::new(0),
             back_to_source: AtomicU64::new(0),
+            authz_allowed: AtomicU64::new(0),
+            authz_cached: AtomicU64::new(0),
+            authz_denied: AtomicU64::new(0),
+            authz_failed: AtomicU64::new(0),
             piece_latency_us: Mutex::new(h),
             proxy_status: Mutex::new(BTreeMap::new()),
         }
@@ -135,6 +145,20 @@ impl Metrics {
             );
         }
         {
+            let name = "shoal_authorization_probes_total";
+            let _ = write!(
+                o,
+                "# HELP {name} Cached copies the origin was asked about before serving them, by result \
+                 (cached: a recent yes was reused).\n# TYPE {name} counter\n\
+                 {name}{{result=\"allowed\"}} {}\n{name}{{result=\"cached\"}} {}\n\
+                 {name}{{result=\"denied\"}} {}\n{name}{{result=\"failed\"}} {}\n",
+                get(&self.authz_allowed),
+                get(&self.authz_cached),
+                get(&self.authz_denied),
+                get(&self.authz_failed)
+            );
+        }
+        {
             let h = lock(&self.piece_latency_us);
             let name = "shoal_piece_download_seconds";
             let _ = write!(o, "# HELP {name} Time to fetch one piece from a peer.\n# TYPE {name} histogram\n");
@@ -178,5 +202,6 @@ mod tests {
         assert!(t.contains("shoal_io_engine{engine=\"uring\"} 1\n"), "{t}");
         assert!(t.contains("shoal_storage_bytes 7\n"), "{t}");
         assert!(t.contains("shoal_membership_refused_total{listener=\"upload\"} "), "{t}");
+        assert!(t.contains("shoal_authorization_probes_total{result=\"denied\"} 0\n"), "{t}");
     }
 }

@@ -14,7 +14,8 @@ use http::{Method, StatusCode, Uri};
 
 use super::respond::{parse_range, RangeAsk};
 use super::rules::{parse_extra_filtered, Route, Rules};
-use crate::engine::{FetchRequest, Source};
+use crate::engine::identity::filtered as filtered_name;
+use crate::engine::{credentials, Authorize, FetchRequest, Source};
 use crate::storage::TaskId;
 
 /// Entity headers of an origin answer that a client should see.
@@ -48,6 +49,8 @@ pub struct P2pPlan {
     pub fetch: FetchRequest,
     /// The `Range` value to answer, when there is one to honour (`If-Range` makes it the whole content).
     pub range: Option<String>,
+    /// The matching rule's say on asking the origin before a cached copy is served.
+    pub authorize: Authorize,
 }
 
 /// Why an `X-Shoal-*` header is refused (the one-line bodies of the 400s).
@@ -86,20 +89,23 @@ pub fn plan(rules: &Rules, method: &Method, uri: &Uri, headers: &HeaderMap) -> P
     };
     match rules.route_with(method, uri, header_digest, extra.as_deref()) {
         Route::Pass { url } => Plan::Pass { url },
-        Route::P2p { identity, url, expected_sha256 } => {
+        Route::P2p { identity, url, expected_sha256, authorize, filtered } => {
+            let headers_out = origin_headers(headers);
+            let credentials = credentials(&url, &headers_out, |n| filtered_name(n, &filtered));
             let fetch = FetchRequest {
                 task_id: identity.task_id,
                 url: url.to_string(),
-                headers: origin_headers(headers),
+                headers: headers_out,
                 display_url: identity.display_url,
                 expected_sha256,
+                credentials,
             };
             // If-Range names a representation we cannot compare against: the whole content is always right.
             let range = match headers.contains_key(IF_RANGE) {
                 true => None,
                 false => headers.get(RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned),
             };
-            Plan::P2p(Box::new(P2pPlan { fetch, range }))
+            Plan::P2p(Box::new(P2pPlan { fetch, range, authorize }))
         }
     }
 }

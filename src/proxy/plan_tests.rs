@@ -94,8 +94,9 @@ fn p2p(range: Option<&str>, digest: Option<[u8; 32]>) -> P2pPlan {
         headers: vec![],
         display_url: "http://h.test/x".into(),
         expected_sha256: digest,
+        credentials: Default::default(),
     };
-    P2pPlan { fetch, range: range.map(str::to_owned) }
+    P2pPlan { fetch, range: range.map(str::to_owned), authorize: crate::engine::Authorize::Auto }
 }
 
 #[test]

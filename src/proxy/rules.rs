@@ -17,6 +17,7 @@
 use regex::Regex;
 
 pub use crate::engine::identity::{digest_in_path, identify, identify_with, Identity, DEFAULT_FILTERED_PARAMS};
+pub use crate::engine::Authorize;
 use crate::storage::TaskId;
 
 /// Whether a URL's own digest names the task and is verified.
@@ -37,6 +38,8 @@ pub struct Rule {
     /// Fetch the origin over https when the client spoke plain http (hrefs rewritten to reach the proxy).
     pub use_tls: bool,
     pub content_digest: ContentDigest,
+    /// When a cached copy is served only after the origin agrees (see the engine's authorize.rs).
+    pub authorize: Authorize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,7 @@ impl Rule {
             filtered_query_params: DEFAULT_FILTERED_PARAMS.iter().map(|s| (*s).to_owned()).collect(),
             use_tls: false,
             content_digest: ContentDigest::Auto,
+            authorize: Authorize::Auto,
         })
     }
 
@@ -104,8 +108,15 @@ impl Rules {
 /// What the proxy does with one request.
 #[derive(Clone, Debug)]
 pub enum Route {
-    /// Through the engine: `url` is what the origin is asked for (scheme possibly upgraded).
-    P2p { identity: Identity, url: http::Uri, expected_sha256: Option<[u8; 32]> },
+    /// Through the engine: `url` is what the origin is asked for (scheme possibly upgraded); `filtered`
+    /// the query parameter names the ID left out (the credentials among them are the requester's own).
+    P2p {
+        identity: Identity,
+        url: http::Uri,
+        expected_sha256: Option<[u8; 32]>,
+        authorize: Authorize,
+        filtered: Vec<String>,
+    },
     /// Forwarded upstream as is, to `url` (scheme possibly upgraded by a matching rule).
     Pass { url: http::Uri },
 }
@@ -172,7 +183,13 @@ impl Rules {
             identity.task_id = TaskId(d);
         }
         let expected_sha256 = header_digest.or(identity.digest);
-        Route::P2p { identity, url, expected_sha256 }
+        // The names the ID left out: the requester's credentials among them decide the authorization probe.
+        let (mut filtered, authorize): (Vec<String>, _) = match rule {
+            Some(r) => (r.filtered_query_params.clone(), r.authorize),
+            None => (DEFAULT_FILTERED_PARAMS.iter().map(|s| (*s).to_owned()).collect(), Authorize::Auto),
+        };
+        filtered.extend_from_slice(extra);
+        Route::P2p { identity, url, expected_sha256, authorize, filtered }
     }
 }
 
@@ -249,7 +266,7 @@ mod tests {
         let b = Rule::new(r"^http://").unwrap();
         let r = Rules::new(vec![a, b]);
         match route(&r, http::Method::GET, &format!("http://cdn.test/{OID}?sig=1&v=2"), None) {
-            Route::P2p { identity, url, expected_sha256 } => {
+            Route::P2p { identity, url, expected_sha256, .. } => {
                 assert_eq!(url.scheme_str(), Some("https"));
                 assert_eq!(identity.display_url, format!("https://cdn.test/{OID}?v=2"));
                 assert_eq!(expected_sha256, None);

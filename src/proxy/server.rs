@@ -213,6 +213,11 @@ async fn p2p(engine: &Arc<Engine>, p: P2pPlan) -> Response<Body> {
         Ok(f) => f,
         Err(e) => return error_response(&e),
     };
+    // A copy that may be private goes out only once the origin agrees this requester may read it; its
+    // refusal (401, 403, 404...) reaches the client as the origin said it.
+    if let Err(e) = engine.authorize(&p.fetch, p.authorize, &f).await {
+        return error_response(&e);
+    }
     let mut len = f.task.content_length();
     if p.range.is_some() && len.is_none() {
         // A range of content of unknown length can only be answered once the length is known.
@@ -249,9 +254,11 @@ fn error_response(e: &EngineError) -> Response<Body> {
         EngineError::Denied(d) => text(StatusCode::FORBIDDEN, &format!("shoal: {d}")),
         EngineError::OriginStatus { status, headers } => {
             let mut r = text(*status, &format!("origin answered {status}"));
-            for name in PASS_HEADERS.iter().filter(|n| **n != "content-type") {
-                if let Some(v) = headers.get(*name) {
-                    r.headers_mut().insert(*name, v.clone());
+            // WWW-Authenticate: a client told 401 learns how to authenticate (git-lfs asks for credentials).
+            let names = PASS_HEADERS.iter().filter(|n| **n != "content-type").chain(&["www-authenticate"]);
+            for name in names {
+                for v in headers.get_all(*name) {
+                    r.headers_mut().append(*name, v.clone());
                 }
             }
             r.headers_mut().insert("x-shoal-source", HeaderValue::from_static("origin"));

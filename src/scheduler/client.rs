@@ -458,6 +458,7 @@ fn progress_frame(task: TaskId, pieces: u32, back_to_source: bool) -> Bytes {
         content_length: None,
         piece_length: 0,
         back_to_source,
+        credentialed: false,
     };
     encode_envelope(Msg::TaskProgress(p.to_proto()))
 }

@@ -333,8 +333,9 @@ impl Conn {
             Msg::RequestTaskReply(r) => {
                 if let Some(reply) = pending.remove(&r.req_id) {
                     let sha256 = <[u8; 32]>::try_from(r.sha256.as_slice()).ok();
+                    let credentialed = r.credentialed;
                     let d = Decision::from_proto(r.decision)
-                        .map(|decision| Answer { decision, sha256 })
+                        .map(|decision| Answer { decision, sha256, credentialed })
                         .map_err(|e| ClientError::Protocol { addr: self.addr, reason: e.to_string() });
                     let _ = reply.send(d);
                 }

@@ -502,6 +502,7 @@ fn request_task(sh: &mut Shared, host: &str, r: proto::RequestTask, now: Instant
         }
     }
     let sha256 = sh.state.task_sha256(&req.task_id).map(|d| d.to_vec()).unwrap_or_default();
-    let reply = proto::RequestTaskReply { req_id, decision: Some(decision.to_proto()), sha256 };
+    let credentialed = sh.state.task_credentialed(&req.task_id);
+    let reply = proto::RequestTaskReply { req_id, decision: Some(decision.to_proto()), sha256, credentialed };
     Ok(Outcome::reply(Msg::RequestTaskReply(reply)))
 }

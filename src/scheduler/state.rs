@@ -110,6 +110,9 @@ struct Task {
     waiting_since: HashMap<String, Instant>,
     /// The content's sha256 as a back-to-source peer reported it when it finished.
     sha256: Option<[u8; 32]>,
+    /// Some peer asked for or holds the task for a request with credentials: sticky, since the bytes
+    /// in the swarm may then be private.
+    credentialed: bool,
 }
 
 /// Hosts and tasks. One instance per scheduler, behind the server's lock.
@@ -191,6 +194,7 @@ impl State {
         let Some(task) = tasks.get_mut(&req.task_id) else {
             return Err(StateError::Invalid("task vanished".into()));
         };
+        task.credentialed |= req.credentialed;
         if !req.private {
             // What a seed would fetch with; a private request's URL and headers trigger no seed.
             task.url.clone_from(&req.url);
@@ -265,6 +269,7 @@ impl State {
         let stall = self.cfg.stall_timeout;
         let Some(task) = self.tasks.get_mut(&p.task_id) else { return Ok(()) };
         task.set_shape(p.content_length, (p.piece_length > 0).then_some(p.piece_length), p.piece_count);
+        task.credentialed |= p.credentialed;
         let count = task.piece_count;
         let healthy = task.source_healthy(now, stall);
         let Some(peer) = task.peers.get_mut(host_id) else { return Ok(()) };
@@ -314,6 +319,11 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// Whether the task was asked for or announced by a peer for a request with credentials.
+    pub fn task_credentialed(&self, task_id: &TaskId) -> bool {
+        self.tasks.get(task_id).is_some_and(|t| t.credentialed)
     }
 
     /// The content's sha256 as the task's back-to-source peer reported it, once it finished.

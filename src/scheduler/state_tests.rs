@@ -35,6 +35,7 @@ fn req(task: TaskId, url: &str) -> TaskRequest {
         content_length: Some(1 << 30),
         piece_length: Some(4 << 20),
         private: false,
+        credentialed: false,
     }
 }
 
@@ -46,6 +47,7 @@ fn prog(task: TaskId, n: u32) -> TaskProgress {
         content_length: Some(1 << 30),
         piece_length: 4 << 20,
         back_to_source: false,
+        credentialed: false,
     }
 }
 
@@ -216,6 +218,25 @@ fn a_private_request_triggers_no_seed_and_its_requester_fetches() {
     s.progress("h0", &p, now + Duration::from_millis(100)).unwrap();
     let d = ask(&mut s, "h1", now + Duration::from_millis(200));
     assert_eq!(ids(&d), ["h0"]);
+}
+
+#[test]
+fn a_credentialed_mark_sticks_to_the_task_and_survives_a_restart_through_progress() {
+    let now = Instant::now();
+    let mut s = with_hosts(2);
+    assert!(!s.task_credentialed(&T));
+    let mut r = req(T, "https://o/x");
+    r.credentialed = true;
+    s.request_task("h0", &r, now).unwrap();
+    assert!(s.task_credentialed(&T));
+    ask(&mut s, "h1", now);
+    assert!(s.task_credentialed(&T), "a later request without credentials does not clear it");
+    // A restarted scheduler learns it again from the holder's re-announcement.
+    let mut fresh = with_hosts(2);
+    let mut p = prog(T, 0);
+    (p.back_to_source, p.credentialed) = (true, true);
+    fresh.progress("h0", &p, now).unwrap();
+    assert!(fresh.task_credentialed(&T));
 }
 
 #[test]

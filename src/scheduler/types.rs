@@ -43,6 +43,9 @@ pub struct TaskRequest {
     pub piece_length: Option<u32>,
     /// The request's credentials stay on the requester: no seed fetches on its behalf.
     pub private: bool,
+    /// The request carries credentials (headers or credential query parameters): the task is marked for
+    /// authorization probes swarm-wide.
+    pub credentialed: bool,
 }
 
 /// A peer's report that it started a task (0 pieces) or has more pieces.
@@ -55,6 +58,8 @@ pub struct TaskProgress {
     pub piece_length: u32,
     /// This peer fetches the task from the origin.
     pub back_to_source: bool,
+    /// This peer holds the task for a request with credentials.
+    pub credentialed: bool,
 }
 
 /// A peer's upload load, last reported.
@@ -99,6 +104,8 @@ pub enum Decision {
 pub struct Answer {
     pub decision: Decision,
     pub sha256: Option<[u8; 32]>,
+    /// The task was asked for or announced for a request with credentials (its copies may be private).
+    pub credentialed: bool,
 }
 
 /// Sent to a seed peer: fetch this task from the origin with exactly this URL and these headers.
@@ -202,6 +209,7 @@ impl TaskRequest {
             content_length: self.content_length,
             piece_length: self.piece_length,
             private: self.private,
+            credentialed: self.credentialed,
         }
     }
 
@@ -213,6 +221,7 @@ impl TaskRequest {
             content_length: r.content_length,
             piece_length: r.piece_length,
             private: r.private,
+            credentialed: r.credentialed,
         })
     }
 }
@@ -226,6 +235,7 @@ impl TaskProgress {
             content_length: self.content_length,
             piece_length: self.piece_length,
             back_to_source: self.back_to_source,
+            credentialed: self.credentialed,
         }
     }
 
@@ -242,6 +252,7 @@ impl TaskProgress {
             content_length: p.content_length,
             piece_length: p.piece_length,
             back_to_source: p.back_to_source,
+            credentialed: p.credentialed,
         })
     }
 }

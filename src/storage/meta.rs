@@ -42,6 +42,7 @@ const OFF_LAST_ACCESS: usize = 3120;
 const CF_LENGTH_KNOWN: u32 = 1;
 const CF_EXPECTED_DIGEST: u32 = 2;
 const CF_DIGEST_ANNOUNCED: u32 = 4;
+const CF_CREDENTIALED: u32 = 8;
 /// state bits.
 pub const ST_DIRTY: u32 = 1;
 pub const ST_COMPLETE: u32 = 2;
@@ -60,6 +61,8 @@ pub struct NewMeta<'a> {
     pub expected_sha256: Option<[u8; 32]>,
     /// The expected sha256 is announced later by the task's source (see [`Meta::digest_announced`]).
     pub digest_announced: bool,
+    /// The task was created for a request that carried credentials (see [`Meta::credentialed`]).
+    pub credentialed: bool,
     pub created_ms: u64,
 }
 
@@ -75,6 +78,9 @@ pub struct Meta {
     /// Created from peers without a digest to check against: the content must match a sha256 announced
     /// later by its source before the task may complete (create flag bit 2).
     pub digest_announced: bool,
+    /// Created for a request that carried credentials (or from peers of such a task): whoever serves it
+    /// asks the origin first whether the requester may read it (create flag bit 3).
+    pub credentialed: bool,
     pub created_ms: u64,
 }
 
@@ -122,6 +128,9 @@ impl Meta {
         if m.digest_announced && m.expected_sha256.is_none() {
             cf |= CF_DIGEST_ANNOUNCED;
         }
+        if m.credentialed {
+            cf |= CF_CREDENTIALED;
+        }
         put32(&mut h, OFF_CREATE_FLAGS, cf);
         put32(&mut h, OFF_URL_LEN, url.len() as u32);
         put64(&mut h, OFF_CREATED, m.created_ms);
@@ -144,8 +153,8 @@ impl Meta {
         // The piece table stays a hole until pieces complete: no disk for unknown-length reservations.
         f.set_len(file_len(HEADER_SIZE, capacity)).map_err(io)?;
         std::fs::rename(&tmp, path).map_err(|e| StorageError::io(path, e))?;
-        let announced = cf & CF_DIGEST_ANNOUNCED != 0;
-        Self::map(f, path, m.id, url.to_owned(), m.piece_length, capacity, (m.expected_sha256, announced), m.created_ms)
+        let flags = (m.expected_sha256, cf & CF_DIGEST_ANNOUNCED != 0, m.credentialed);
+        Self::map(f, path, m.id, url.to_owned(), m.piece_length, capacity, flags, m.created_ms)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -156,7 +165,7 @@ impl Meta {
         url: String,
         piece_length: u32,
         capacity: u32,
-        (expected_sha256, digest_announced): (Option<[u8; 32]>, bool),
+        (expected_sha256, digest_announced, credentialed): (Option<[u8; 32]>, bool, bool),
         created_ms: u64,
     ) -> Result<Meta> {
         let map = MmapRaw::map_raw(&f).map_err(|e| StorageError::io(path, e))?;
@@ -172,6 +181,7 @@ impl Meta {
             capacity,
             expected_sha256,
             digest_announced,
+            credentialed,
             created_ms,
         })
     }
@@ -227,8 +237,8 @@ impl Meta {
         let url =
             std::str::from_utf8(&h[OFF_URL..OFF_URL + url_len]).map_err(|_| bad(path, "url is not utf-8"))?.to_owned();
         let created = get64(&h, OFF_CREATED);
-        let announced = cf & CF_DIGEST_ANNOUNCED != 0;
-        let meta = Self::map(f, path, id, url, piece_length, capacity, (expected, announced), created)?;
+        let flags = (expected, cf & CF_DIGEST_ANNOUNCED != 0, cf & CF_CREDENTIALED != 0);
+        let meta = Self::map(f, path, id, url, piece_length, capacity, flags, created)?;
         meta.check_consistent(cf & CF_LENGTH_KNOWN != 0)?;
         Ok(meta)
     }
@@ -413,6 +423,7 @@ mod tests {
                 piece_length: 1 << 16,
                 expected_sha256: Some([9; 32]),
                 digest_announced: false,
+                credentialed: false,
                 created_ms: 5,
             },
         )
@@ -511,5 +522,34 @@ mod tests {
         m.mark_piece(5, 1);
         drop(m);
         assert!(Meta::open(&path, id).is_err());
+    }
+
+    #[test]
+    fn the_credentialed_mark_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (plain, id, m) = new_meta(dir.path(), Some(10));
+        assert!(!m.credentialed);
+        drop(m);
+        assert!(!Meta::open(&plain, id).unwrap().credentialed);
+        let path = dir.path().join("c.meta");
+        let url = "http://o.test/private";
+        let m = Meta::create(
+            &path,
+            &NewMeta {
+                id,
+                url,
+                content_length: None,
+                piece_length: 1 << 16,
+                expected_sha256: None,
+                digest_announced: true,
+                credentialed: true,
+                created_ms: 5,
+            },
+        )
+        .unwrap();
+        assert!(m.credentialed && m.digest_announced);
+        drop(m);
+        let m = Meta::open(&path, id).unwrap();
+        assert!(m.credentialed && m.digest_announced, "create flag bits 2 and 3 are read back");
     }
 }

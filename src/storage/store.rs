@@ -81,6 +81,9 @@ pub struct TaskSpec {
     /// No expected digest yet, but the content must match one announced later by the task's source
     /// ([`Task::announce_sha256`]) before it completes: a task fetched from peers by its URL.
     pub digest_announced: bool,
+    /// Created for a request that carried credentials: a cached copy is served only after the origin
+    /// confirms the requester may read it (the engine's authorization probe).
+    pub credentialed: bool,
 }
 
 pub struct Store {
@@ -304,6 +307,7 @@ impl Store {
                 piece_length,
                 expected_sha256: spec.expected_sha256,
                 digest_announced: spec.digest_announced,
+                credentialed: spec.credentialed,
                 created_ms: now_ms(),
             },
         )

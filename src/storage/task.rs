@@ -135,6 +135,12 @@ impl Task {
         self.meta.expected_sha256.is_some() || self.meta.digest_announced
     }
 
+    /// Whether the task was created for a request that carried credentials (persisted): its content may
+    /// be private to whoever the origin lets read it.
+    pub fn credentialed(&self) -> bool {
+        self.meta.credentialed
+    }
+
     /// Whether the task still waits for its source to announce the digest it must match.
     pub fn awaits_digest(&self) -> bool {
         self.meta.expected_sha256.is_none() && self.meta.digest_announced && lock(&self.announced).expected.is_none()

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod curl;
 pub mod lfs;
 pub mod origin;
 
@@ -58,6 +59,7 @@ pub fn spec(n: u8, len: Option<u64>, piece: u32, expected: Option<[u8; 32]>) -> 
         piece_length: Some(piece),
         expected_sha256: expected,
         digest_announced: false,
+        credentialed: false,
     }
 }
 
