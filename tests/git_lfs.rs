@@ -41,8 +41,13 @@ fn clone_cold_then_from_a_peer_then_from_the_local_cache() {
     clone_through(&home, b.proxy, &bare, &tmp.path().join("clone-b"));
     check(&tmp.path().join("clone-b"));
     assert_eq!(server.object_gets() - uploaded_gets, cold, "clone on B: objects came from A, not the origin");
+    // giftless's hrefs carry a jwt: the copies are private, and B asked the origin about each one (HEAD).
+    assert_eq!(server.object_requests("HEAD"), files.len(), "clone on B: one authorization probe per object");
 
+    // giftless's jwt changes once a second: the next batch call gets new ones.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     clone_through(&home, a.proxy, &bare, &tmp.path().join("clone-a2"));
     check(&tmp.path().join("clone-a2"));
     assert_eq!(server.object_gets() - uploaded_gets, cold, "second clone on A: local hits");
+    assert_eq!(server.object_requests("HEAD"), 2 * files.len(), "a new batch call, a new jwt: asked again");
 }

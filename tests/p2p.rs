@@ -427,7 +427,8 @@ fn credentials_in_headers_stay_on_the_requesting_node() {
         assert!(err.contains(if i == 0 { "source=origin" } else { "source=peer" }), "peer {i}: {err}");
         assert_eq!(file_sha(&out), oid);
     }
-    assert_eq!(origin.requests(), 1, "the first peer fetched once; the second took its pieces");
+    assert_eq!(origin.body_requests(), 1, "the first peer fetched once; the second took its pieces");
+    assert_eq!(origin.heads(), 1, "after the origin agreed that the second requester may read it");
     assert_eq!(seed.proc.count("seed{task="), 0, "no seed was triggered with the requester's credentials");
 }
 

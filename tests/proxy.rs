@@ -6,11 +6,12 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::cluster::{self, Daemon};
+use common::curl::curl;
 use common::origin::{Origin, FLAVOURS};
 use common::*;
 
@@ -20,50 +21,6 @@ fn object(seed: u64, len: usize) -> (Bytes, String) {
     let b = Bytes::from(content(seed, len));
     let oid = hex::encode(sha256(&b));
     (b, oid)
-}
-
-/// What curl got: status, headers (lowercased names) and body.
-struct Got {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    stderr: String,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-}
-
-/// `curl` through `proxy` with `args`; the body goes to a file in `dir`, headers are parsed from `-D`.
-fn curl(proxy: SocketAddr, dir: &Path, args: &[&str]) -> Got {
-    let body = dir.join(format!("body-{}", rand::random::<u64>()));
-    let head = dir.join(format!("head-{}", rand::random::<u64>()));
-    let o: Output = Command::new("curl")
-        .args(["-sS", "--max-time", "120", "--noproxy", "", "-x", &format!("http://{proxy}")])
-        .arg("-D")
-        .arg(&head)
-        .arg("-o")
-        .arg(&body)
-        .args(args)
-        .output()
-        .expect("curl runs");
-    let raw = std::fs::read_to_string(&head).unwrap_or_default();
-    // With a CONNECT tunnel, -D holds the proxy's 200 first: the last response block is the one that counts.
-    let last = raw.trim_end().rsplit("\r\n\r\n").next().unwrap_or("").to_owned();
-    let mut lines = last.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Got {
-        status,
-        headers,
-        body: std::fs::read(&body).unwrap_or_default(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
 }
 
 /// Sends raw bytes to the proxy and reads its answer until close or 5 s; returns the answer's text head.
@@ -117,7 +74,8 @@ fn miss_then_local_hit_then_ranges_with_206_and_416() {
     assert_eq!(hit.header("x-shoal-source"), Some("local"));
     assert_eq!(hit.header("accept-ranges"), Some("bytes"));
     assert!(hit.body == obj[..], "hit body differs");
-    assert_eq!(origin.requests(), 1);
+    // A jwt is a credential: the origin was asked (HEAD) whether the second URL may read the copy.
+    assert_eq!((origin.body_requests(), origin.heads()), (1, 1));
 
     let piece = 4 * MIB;
     for (spec, s, e) in [
@@ -147,7 +105,8 @@ fn miss_then_local_hit_then_ranges_with_206_and_416() {
     let g = curl(d.proxy, tmp.path(), &["-H", &format!("X-Shoal-Digest: sha256:{oid}"), &url]);
     assert_eq!((g.status, g.header("x-shoal-source")), (200, Some("local")));
     assert!(g.body == obj[..]);
-    assert_eq!(origin.requests(), 1, "every hit and range came from the cache");
+    assert_eq!(origin.body_requests(), 1, "every hit and range came from the cache");
+    assert_eq!(origin.heads(), 1, "the first URL's own fetch was its yes: its hits asked nothing");
     let wrong = format!("X-Shoal-Digest: sha256:{}", "00".repeat(32));
     let g = curl(d.proxy, tmp.path(), &["-H", &wrong, &url]);
     assert_eq!(g.status, 502);
@@ -468,11 +427,13 @@ fn a_rule_flag_sends_matching_urls_p2p_named_by_their_url() {
     }
     assert_eq!(second.header("x-shoal-source"), Some("local"));
     assert!(second.body == obj[..]);
-    assert_eq!(origin.requests(), 1);
+    // Token b's requests were each asked about (HEAD), never fetched again.
+    assert_eq!(origin.body_requests(), 1);
+    assert!(origin.heads() >= 1);
     // Outside the rule: passed through.
     let other = curl(proxy, tmp.path(), &[&origin.url("/other/file.bin")]);
     assert_eq!((other.status, other.header("x-shoal-source")), (200, None));
-    assert_eq!(origin.requests(), 2);
+    assert_eq!(origin.body_requests(), 2);
 }
 
 #[test]
@@ -498,7 +459,8 @@ fn shoal_get_makes_any_url_a_task_and_leaves_filtered_params_out_of_its_id() {
     let first = get("one", "a");
     let second = get("two", "b");
     assert!(first.contains("source=origin") && second.contains("source=local"), "{first}\n{second}");
-    assert_eq!(origin.requests(), 1);
+    // The second, signed URL was asked about with a one-byte GET (signed for GET, so no HEAD).
+    assert_eq!((origin.body_requests(), origin.one_byte_gets()), (1, 1));
     let o = cluster::shoal()
         .args(["get", &origin.url("/dl/tool.tar"), "--daemon", &d.proxy.to_string()])
         .args(["--filtered-query-param", "a=b", "-O"])

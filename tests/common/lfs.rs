@@ -67,8 +67,14 @@ impl Giftless {
 
     /// Object downloads the server has answered (GETs of object storage URLs).
     pub fn object_gets(&self) -> usize {
+        self.object_requests("GET")
+    }
+
+    /// Object requests with `method` the server has answered.
+    pub fn object_requests(&self, method: &str) -> usize {
         let log = std::fs::read_to_string(&self.access_log).unwrap_or_default();
-        log.lines().filter(|l| l.contains("\"GET ") && l.contains("/objects/storage/")).count()
+        let m = format!("\"{method} ");
+        log.lines().filter(|l| l.contains(&m) && l.contains("/objects/storage/")).count()
     }
 }
 

@@ -40,6 +40,46 @@ struct State {
     frame_delay_us: AtomicU64,
     /// Paths whose next body stalls (sends nothing more, keeps the connection) after this many bytes.
     stall_once: Mutex<HashMap<String, usize>>,
+    /// Paths readable only with one of these tokens (see [`Origin::require_tokens`]).
+    tokens: Mutex<HashMap<String, Vec<String>>>,
+    /// HEAD requests answered, and GETs for a single byte (authorization probes).
+    heads: AtomicU64,
+    one_byte_gets: AtomicU64,
+}
+
+/// The token a request presents: `?token=`, `?X-Amz-Signature=` or `Authorization: Bearer`.
+fn presented_token(req: &Request<hyper::body::Incoming>) -> Option<String> {
+    let q = req.uri().query().unwrap_or("");
+    let param = |name: &str| q.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=').map(str::to_owned));
+    let bearer = || {
+        let v = req.headers().get("authorization")?.to_str().ok()?;
+        v.strip_prefix("Bearer ").map(str::to_owned)
+    };
+    param("token").or_else(|| param("X-Amz-Signature")).or_else(bearer)
+}
+
+/// A per-token origin's verdict on a request for a protected path: None when it may read, else the
+/// answer (401 without a token, 403 for a wrong or expired one, or a HEAD on a signed URL).
+fn refusal(req: &Request<hyper::body::Incoming>, allowed: &[String]) -> Option<Response<Body>> {
+    let q = req.uri().query().unwrap_or("");
+    let expires = q.split('&').find_map(|kv| kv.strip_prefix("Expires=")?.parse::<u64>().ok());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    if expires.is_some_and(|e| e < now) {
+        return Some(full(StatusCode::FORBIDDEN, Bytes::from_static(b"signature expired\n")));
+    }
+    if q.contains("X-Amz-Signature=") && req.method() == http::Method::HEAD {
+        // Presigned URLs are signed for one method: S3 refuses a HEAD on a GET URL.
+        return Some(full(StatusCode::FORBIDDEN, Bytes::new()));
+    }
+    match presented_token(req) {
+        None => {
+            let mut r = full(StatusCode::UNAUTHORIZED, Bytes::from_static(b"who are you?\n"));
+            r.headers_mut().insert("www-authenticate", "Bearer realm=\"origin.test\"".parse().unwrap());
+            Some(r)
+        }
+        Some(t) if allowed.contains(&t) => None,
+        Some(_) => Some(full(StatusCode::FORBIDDEN, Bytes::from_static(b"not yours\n"))),
+    }
 }
 
 /// A running origin; dropped, it stops.
@@ -65,6 +105,11 @@ async fn handle(
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     st.requests.fetch_add(1, Ordering::Relaxed);
+    if req.method() == http::Method::HEAD {
+        st.heads.fetch_add(1, Ordering::Relaxed);
+    } else if req.headers().get("range").is_some_and(|v| v.as_bytes() == b"bytes=0-0") {
+        st.one_byte_gets.fetch_add(1, Ordering::Relaxed);
+    }
     let path = req.uri().path().to_owned();
     if path.starts_with("/no-head/") {
         // Accepts the request and never answers (until the origin stops).
@@ -79,7 +124,17 @@ async fn handle(
     let Some(obj) = st.objects.lock().unwrap().get(&path).cloned() else {
         return Ok(full(StatusCode::NOT_FOUND, Bytes::from_static(b"no such object\n")));
     };
+    if let Some(allowed) = st.tokens.lock().unwrap().get(&path).cloned() {
+        if let Some(r) = refusal(&req, &allowed) {
+            return Ok(r);
+        }
+    }
     let total = obj.len() as u64;
+    if req.method() == http::Method::HEAD {
+        let mut r = full(StatusCode::OK, Bytes::new());
+        r.headers_mut().insert("content-length", total.to_string().parse().unwrap());
+        return Ok(r);
+    }
     let mut status = StatusCode::OK;
     let mut body = obj.clone();
     let mut content_range = None;
@@ -199,6 +254,33 @@ impl Origin {
     /// with the connection kept open.
     pub fn stall_once(&self, path: &str, after: usize) {
         self.state.stall_once.lock().unwrap().insert(path.to_owned(), after);
+    }
+
+    /// Makes `path` readable only with one of `tokens` (presented as `?token=`, `?X-Amz-Signature=` or
+    /// `Authorization: Bearer`): no token gets 401 with WWW-Authenticate, another one 403. Any request
+    /// with `Expires=` in the past gets 403, and a HEAD with `X-Amz-Signature` too (signed for GET).
+    pub fn require_tokens(&self, path: &str, tokens: &[&str]) {
+        let t = tokens.iter().map(|t| t.to_string()).collect();
+        self.state.tokens.lock().unwrap().insert(path.to_owned(), t);
+    }
+
+    /// HEAD requests received.
+    pub fn heads(&self) -> u64 {
+        self.state.heads.load(Ordering::Relaxed)
+    }
+
+    /// GETs that asked for the first byte alone (`Range: bytes=0-0`: authorization probes of signed URLs).
+    pub fn one_byte_gets(&self) -> u64 {
+        self.state.one_byte_gets.load(Ordering::Relaxed)
+    }
+
+    /// Requests other than authorization probes (HEADs and one-byte GETs): the fetches of the content.
+    pub fn body_requests(&self) -> u64 {
+        self.requests() - self.heads() - self.one_byte_gets()
+    }
+
+    pub fn remove(&self, path: &str) {
+        self.state.objects.lock().unwrap().remove(path);
     }
 
     /// Slows every body down: a pause before each 256 KiB frame.
