@@ -340,6 +340,20 @@ async fn geometry(
     None
 }
 
+/// Where an interrupted download of the task can go on: the offset of its first missing piece, when this
+/// node holds the first pieces of a task whose content digest is known in advance. Only then: the
+/// pieces on disk could be of another version of a URL-named object, and only a digest named up front
+/// proves the joined whole right.
+fn resume_offset(engine: &Arc<Engine>, req: &FetchRequest) -> Option<u64> {
+    let t = engine.store.get(&req.task_id)?;
+    if t.is_complete() || t.expected_sha256().is_none() {
+        return None;
+    }
+    let count = t.piece_count()?;
+    let first_missing = (0..count).find(|&k| !t.has_piece(k))?;
+    (first_missing > 0).then(|| u64::from(first_missing) * u64::from(t.piece_length()))
+}
+
 fn publish(
     tx: &watch::Sender<Published>,
     task: &Arc<Task>,
@@ -361,7 +375,19 @@ async fn from_origin(
     tx: &watch::Sender<Published>,
 ) -> Result<(), EngineError> {
     Metrics::add(&metrics::global().back_to_source, 1);
-    let resp = engine.origin.get(&req.url, &req.headers, None).await?;
+    // A download cut short (a crash, a failed attempt) goes on from its first missing piece when the
+    // origin serves ranges; an origin that answers 200 instead sends the whole object again.
+    let resume = resume_offset(engine, req);
+    let resp = match engine.origin.get(&req.url, &req.headers, resume.map(|at| (at, None))).await {
+        // The range does not fit what the origin holds now: ask for the whole object instead.
+        Err(EngineError::OriginStatus { status: http::StatusCode::RANGE_NOT_SATISFIABLE, .. }) if resume.is_some() => {
+            engine.origin.get(&req.url, &req.headers, None).await?
+        }
+        r => r?,
+    };
+    if let Some(at) = resume.filter(|_| resp.range_proven) {
+        tracing::info!(task = %req.task_id, offset = at, "resuming from the origin");
+    }
     let spec = TaskSpec {
         id: req.task_id,
         url: req.display_url.clone(),

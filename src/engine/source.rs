@@ -40,6 +40,8 @@ pub struct OriginResponse {
     pub content_length: Option<u64>,
     /// A 206 whose Content-Range matches the request: the origin serves ranges correctly.
     pub range_proven: bool,
+    /// Offset of the body's first byte in the object: the range's start for a proven 206, else 0.
+    pub start: u64,
     body: Incoming,
 }
 
@@ -85,19 +87,20 @@ impl OriginClient {
             return Err(EngineError::OriginStatus { status: parts.status, headers: Box::new(parts.headers) });
         }
         let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        let (content_length, range_proven) = match (parts.status, range) {
+        let (content_length, range_proven, start) = match (parts.status, range) {
             (StatusCode::PARTIAL_CONTENT, Some((start, end))) => {
                 let (s, e, total) =
                     parse_content_range(parts.headers.get(CONTENT_RANGE)).ok_or(EngineError::BadRange)?;
                 if s != start || end.is_some_and(|want| want != e) || declared.is_some_and(|d| d != e - s + 1) {
                     return Err(EngineError::BadRange);
                 }
-                (total, true)
+                (total, true, s)
             }
             (StatusCode::PARTIAL_CONTENT, None) => return Err(EngineError::BadRange),
-            _ => (declared, false),
+            _ => (declared, false, 0),
         };
-        Ok(OriginResponse { status: parts.status, headers: parts.headers, content_length, range_proven, body })
+        let (status, headers) = (parts.status, parts.headers);
+        Ok(OriginResponse { status, headers, content_length, range_proven, start, body })
     }
 }
 
@@ -192,10 +195,11 @@ fn parse_content_range(v: Option<&HeaderValue>) -> Option<(u64, u64, Option<u64>
     Some((s, e, total.or(None)))
 }
 
-/// Streams a 200 body into `task` from piece 0, writing up to `in_flight` pieces at once (in order, so
-/// the storage engine hashes them while they are hot). Fixes the length at the end when the origin did
-/// not announce one. Any shortfall or excess is an error: never a silently short or long object; so is a
-/// body that delivers nothing for `idle`.
+/// Streams a body into `task` from its start (piece 0 for a 200; for a proven 206 the piece its range
+/// starts at, which must be a piece boundary: a resumed download), writing up to `in_flight` pieces at
+/// once (in order, so the storage engine hashes them while they are hot); pieces already stored are
+/// skipped. Fixes the length at the end when the origin did not announce one. Any shortfall or excess is
+/// an error: never a silently short or long object; so is a body that delivers nothing for `idle`.
 ///
 /// Each piece buffer (being filled, or on its way to the disk) holds a reservation on `budget`, so the
 /// memory of every origin download of the daemon together stays bounded however many run at once.
@@ -208,11 +212,14 @@ pub async fn stream_into(
 ) -> Result<u64, EngineError> {
     let pl = task.piece_length() as usize;
     let expected = task.content_length();
+    if resp.start % pl as u64 != 0 || expected.is_some_and(|e| resp.start > e) {
+        return Err(EngineError::BadRange);
+    }
     let mut body = resp.body;
     let mut held = budget.reserve(pl).await;
     let mut buf = BytesMut::with_capacity(pl);
-    let mut total = 0u64;
-    let mut k = 0u32;
+    let mut total = resp.start;
+    let mut k = u32::try_from(resp.start / pl as u64).map_err(|_| EngineError::BadRange)?;
     let mut writes: VecDeque<tokio::task::JoinHandle<crate::storage::Result<()>>> = VecDeque::new();
     let spawn_write = |k: u32, piece: Bytes, held: Reservation| {
         let t = task.clone();

@@ -166,8 +166,13 @@ pub fn daemon_with(ip: &str, schedulers: &[SocketAddr], seed: bool, data_dir: &P
 
 /// Runs `shoal get` through a daemon; returns (success, stderr).
 pub fn get(d: &Daemon, url: &str, out: &Path, digest: Option<&str>) -> (bool, String) {
+    get_via(d.proxy, url, out, digest)
+}
+
+/// [`get`] through the daemon whose proxy listens on `proxy`.
+pub fn get_via(proxy: SocketAddr, url: &str, out: &Path, digest: Option<&str>) -> (bool, String) {
     let mut cmd = shoal();
-    cmd.args(["get", url, "--daemon", &d.proxy.to_string(), "--timeout", "120s", "-O"]).arg(out);
+    cmd.args(["get", url, "--daemon", &proxy.to_string(), "--timeout", "120s", "-O"]).arg(out);
     if let Some(dg) = digest {
         cmd.args(["--digest", dg]);
     }

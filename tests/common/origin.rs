@@ -151,7 +151,8 @@ async fn handle(
     let stall = st.stall_once.lock().unwrap().remove(&path);
     let len = body.len();
     let st2 = st.clone();
-    // Sent in 256 KiB frames, counted as they leave.
+    // Sent in 256 KiB frames, counted as they leave (below), so a client that goes away mid-body is
+    // charged only what it was handed.
     let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = (0..len.div_ceil(256 << 10))
         .map(|i| body.slice(i * (256 << 10)..((i + 1) * (256 << 10)).min(len)))
         .scan(0usize, move |sent, c| {
@@ -159,7 +160,6 @@ async fn handle(
                 return Some(Err(std::io::Error::other("origin breaks off")));
             }
             *sent += c.len();
-            st2.bytes_sent.fetch_add(c.len() as u64, Ordering::Relaxed);
             Some(Ok(Frame::data(c)))
         })
         .collect();
@@ -167,7 +167,7 @@ async fn handle(
     let delay = std::time::Duration::from_micros(st.frame_delay_us.load(Ordering::Relaxed));
     let sent_before = std::sync::Arc::new(AtomicU64::new(0));
     let stream = futures_util::StreamExt::then(futures_util::stream::iter(chunks), move |item| {
-        let sent_before = sent_before.clone();
+        let (sent_before, st2) = (sent_before.clone(), st2.clone());
         async move {
             if let (Some(after), Ok(f)) = (stall, &item) {
                 let n = f.data_ref().map_or(0, |d| d.len() as u64);
@@ -179,6 +179,9 @@ async fn handle(
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             } else if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
+            }
+            if let Ok(f) = &item {
+                st2.bytes_sent.fetch_add(f.data_ref().map_or(0, |d| d.len() as u64), Ordering::Relaxed);
             }
             item
         }
