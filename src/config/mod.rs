@@ -149,6 +149,7 @@ pub struct EngineTunables {
     pub pieces_per_parent: usize,
     pub max_parents: usize,
     pub origin_in_flight: usize,
+    pub origin_connections: usize,
     #[serde(deserialize_with = "size")]
     pub ingest_memory: u64,
     #[serde(deserialize_with = "duration")]
@@ -225,6 +226,7 @@ impl Default for EngineTunables {
             pieces_per_parent: e.pieces_per_parent,
             max_parents: e.max_parents,
             origin_in_flight: e.origin_in_flight,
+            origin_connections: e.origin_connections,
             ingest_memory: e.ingest_memory,
             parent_wait: e.parent_wait,
             parent_stall: e.parent_stall,
@@ -305,6 +307,7 @@ impl Config {
             ("engine.pieces_per_parent", e.pieces_per_parent),
             ("engine.max_parents", e.max_parents),
             ("engine.origin_in_flight", e.origin_in_flight),
+            ("engine.origin_connections", e.origin_connections),
         ] {
             if v == 0 || v > 1024 {
                 return Err(bad(k, "must be between 1 and 1024"));
@@ -413,6 +416,7 @@ impl Config {
             pieces_per_parent: self.engine.pieces_per_parent,
             max_parents: self.engine.max_parents,
             origin_in_flight: self.engine.origin_in_flight,
+            origin_connections: self.engine.origin_connections,
             ingest_memory: self.engine.ingest_memory,
             parent_wait: self.engine.parent_wait,
             parent_stall: self.engine.parent_stall,

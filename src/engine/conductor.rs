@@ -377,10 +377,19 @@ async fn from_origin(
     Metrics::add(&metrics::global().back_to_source, 1);
     // A download cut short (a crash, a failed attempt) goes on from its first missing piece when the
     // origin serves ranges; an origin that answers 200 instead sends the whole object again.
+    // With several connections allowed, even a fresh download asks for a range (from 0): a 206 proves
+    // the origin serves ranges, and the rest of the object can go over more connections.
     let resume = resume_offset(engine, req);
-    let resp = match engine.origin.get(&req.url, &req.headers, resume.map(|at| (at, None))).await {
-        // The range does not fit what the origin holds now: ask for the whole object instead.
-        Err(EngineError::OriginStatus { status: http::StatusCode::RANGE_NOT_SATISFIABLE, .. }) if resume.is_some() => {
+    let pl = engine.store.get(&req.task_id).map_or(0, |t| u64::from(t.piece_length()));
+    let range = super::segments::first_range(resume, engine.cfg.origin_connections, pl);
+    let resp = match engine.origin.get(&req.url, &req.headers, range).await {
+        // The range does not fit what the origin holds now (or the object is empty): the whole object.
+        Err(EngineError::OriginStatus { status: http::StatusCode::RANGE_NOT_SATISFIABLE, .. }) if range.is_some() => {
+            engine.origin.get(&req.url, &req.headers, None).await?
+        }
+        // A window of an object whose length the origin does not say (`bytes 0-N/*`) cannot be planned
+        // around, nor be taken for the whole: ask for the whole object.
+        Ok(r) if r.range_proven && r.content_length.is_none() => {
             engine.origin.get(&req.url, &req.headers, None).await?
         }
         r => r?,
@@ -413,6 +422,13 @@ async fn from_origin(
     publish(tx, &task, Source::Origin, Some(resp.headers.clone()), Some(req.credentials.fingerprint));
     spawn_progress_reporter(engine, &task, true);
     let (in_flight, idle) = (engine.cfg.origin_in_flight, engine.cfg.origin_idle_timeout);
-    super::source::stream_into(&task, resp, in_flight, idle, &engine.ingest).await?;
+    let s = super::source::Streaming { in_flight, idle, budget: &engine.ingest };
+    match super::segments::plan(&task, &resp, engine.cfg.origin_connections) {
+        Some(plan) => {
+            tracing::debug!(task = %req.task_id, connections = plan.rest.len() + 1, "ranged back-to-source");
+            super::segments::fetch(&engine.origin, req, &task, resp, &plan, &s).await?
+        }
+        None => super::source::stream_pieces(&task, resp, None, &s).await?,
+    };
     Ok(())
 }

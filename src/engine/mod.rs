@@ -12,6 +12,7 @@ mod error;
 pub mod identity;
 mod pieces;
 mod seed;
+mod segments;
 pub mod source;
 
 use std::collections::HashMap;
@@ -40,6 +41,8 @@ pub struct EngineConfig {
     pub max_parents: usize,
     /// Pieces written at once while streaming from the origin.
     pub origin_in_flight: usize,
+    /// Connections one origin download may use once the origin proved it serves ranges (1: one GET).
+    pub origin_connections: usize,
     /// Memory for piece buffers of all downloads together (origin and peers), in bytes.
     pub ingest_memory: u64,
     /// How long a peer waits for a seed (or another back-to-source peer) to get its first pieces before
@@ -75,6 +78,7 @@ impl Default for EngineConfig {
             pieces_per_parent: 4,
             max_parents: 4,
             origin_in_flight: 4,
+            origin_connections: 4,
             ingest_memory: 32 << 20,
             parent_wait: Duration::from_secs(10),
             parent_stall: Duration::from_secs(10),

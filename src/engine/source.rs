@@ -42,6 +42,8 @@ pub struct OriginResponse {
     pub range_proven: bool,
     /// Offset of the body's first byte in the object: the range's start for a proven 206, else 0.
     pub start: u64,
+    /// For a proven 206, the offset of the body's last byte.
+    pub end: Option<u64>,
     body: Incoming,
 }
 
@@ -87,20 +89,26 @@ impl OriginClient {
             return Err(EngineError::OriginStatus { status: parts.status, headers: Box::new(parts.headers) });
         }
         let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        let (content_length, range_proven, start) = match (parts.status, range) {
+        let (content_length, range_proven, start, last) = match (parts.status, range) {
             (StatusCode::PARTIAL_CONTENT, Some((start, end))) => {
                 let (s, e, total) =
                     parse_content_range(parts.headers.get(CONTENT_RANGE)).ok_or(EngineError::BadRange)?;
-                if s != start || end.is_some_and(|want| want != e) || declared.is_some_and(|d| d != e - s + 1) {
+                // A range past the object's end is cut at its last byte (RFC 9110 14.1.2): then e is
+                // the total's last byte, never anything else short of what was asked.
+                let clamped = |want: u64| want > e && total.is_some_and(|t| e + 1 == t);
+                if s != start
+                    || end.is_some_and(|want| want != e && !clamped(want))
+                    || declared.is_some_and(|d| d != e - s + 1)
+                {
                     return Err(EngineError::BadRange);
                 }
-                (total, true, s)
+                (total, true, s, Some(e))
             }
             (StatusCode::PARTIAL_CONTENT, None) => return Err(EngineError::BadRange),
-            _ => (declared, false, 0),
+            _ => (declared, false, 0, None),
         };
         let (status, headers) = (parts.status, parts.headers);
-        Ok(OriginResponse { status, headers, content_length, range_proven, start, body })
+        Ok(OriginResponse { status, headers, content_length, range_proven, start, end: last, body })
     }
 }
 
@@ -210,72 +218,139 @@ pub async fn stream_into(
     idle: Duration,
     budget: &IngestBudget,
 ) -> Result<u64, EngineError> {
+    stream_pieces(task, resp, None, &Streaming { in_flight, idle, budget }).await
+}
+
+/// How a body is streamed into pieces (see [`stream_into`]).
+pub(super) struct Streaming<'a> {
+    pub in_flight: usize,
+    pub idle: Duration,
+    pub budget: &'a IngestBudget,
+}
+
+/// [`stream_into`], stopping after piece `end - 1` when `end` is set (one segment of a download split
+/// over several ranged connections; the rest of the body, if any, is not read). A segment whose body
+/// ends before `end` is an error. Returns the bytes this body delivered.
+pub(super) async fn stream_pieces(
+    task: &Arc<Task>,
+    resp: OriginResponse,
+    end: Option<u32>,
+    s: &Streaming<'_>,
+) -> Result<u64, EngineError> {
     let pl = task.piece_length() as usize;
     let expected = task.content_length();
     if resp.start % pl as u64 != 0 || expected.is_some_and(|e| resp.start > e) {
         return Err(EngineError::BadRange);
     }
     let mut body = resp.body;
-    let mut held = budget.reserve(pl).await;
-    let mut buf = BytesMut::with_capacity(pl);
-    let mut total = resp.start;
-    let mut k = u32::try_from(resp.start / pl as u64).map_err(|_| EngineError::BadRange)?;
-    let mut writes: VecDeque<tokio::task::JoinHandle<crate::storage::Result<()>>> = VecDeque::new();
-    let spawn_write = |k: u32, piece: Bytes, held: Reservation| {
-        let t = task.clone();
-        tokio::spawn(async move {
-            let r = t.write_piece(k, piece, None).await;
-            drop(held);
-            r
-        })
-    };
-    // Bounded by the body: every round consumes a frame or ends.
-    loop {
+    let mut w = PieceWriter::new(task, s.in_flight, s.budget, resp.start).await?;
+    // Bounded by the body: every round consumes a frame or ends (or the segment is whole).
+    while end.is_none_or(|e| w.k < e) {
         if let TaskState::Failed(r) = task.state() {
             return Err(EngineError::Storage(r.into()));
         }
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => return Err(EngineError::OriginStalled { received: total, idle }),
+        let frame = match tokio::time::timeout(s.idle, body.frame()).await {
+            Err(_) => return Err(EngineError::OriginStalled { received: w.total, idle: s.idle }),
             Ok(None) => break,
             Ok(Some(Ok(f))) => f,
-            Ok(Some(Err(e))) => return Err(EngineError::OriginBody { received: total, reason: error_chain(&e) }),
+            Ok(Some(Err(e))) => return Err(EngineError::OriginBody { received: w.total, reason: error_chain(&e) }),
         };
-        let Ok(mut data) = frame.into_data() else { continue };
-        total += data.len() as u64;
+        let Ok(data) = frame.into_data() else { continue };
         Metrics::add(&metrics::global().bytes_from_origin, data.len() as u64);
-        if let Some(exp) = expected.filter(|&e| total > e) {
+        if let Some(exp) = expected.filter(|&e| w.total + data.len() as u64 > e) {
             return Err(EngineError::TooLong { expected: exp });
         }
-        // Bounded by the frame's length: every round moves at least one byte into a piece.
-        while !data.is_empty() {
-            let take = (pl - buf.len()).min(data.len());
-            buf.extend_from_slice(&data.split_to(take));
-            if buf.len() == pl {
-                let piece = std::mem::take(&mut buf).freeze();
-                writes.push_back(spawn_write(k, piece, std::mem::replace(&mut held, Reservation { _permit: None })));
-                k += 1;
-                if writes.len() >= in_flight.max(1) {
-                    join(writes.pop_front()).await?;
-                }
-                held = budget.reserve(pl).await;
-                buf = BytesMut::with_capacity(pl);
-            }
+        w.push(data, end).await?;
+    }
+    if let Some(e) = end.filter(|&e| w.k < e) {
+        let want = u64::from(e) * pl as u64;
+        return Err(EngineError::Truncated { expected: want, got: w.total });
+    }
+    if end.is_none() {
+        if let Some(exp) = expected.filter(|&e| w.total != e) {
+            return Err(EngineError::Truncated { expected: exp, got: w.total });
+        }
+        if expected.is_none() {
+            // Full pieces may still be in flight; the length check in storage only needs them written later.
+            task.set_content_length(w.total)?;
         }
     }
-    if let Some(exp) = expected.filter(|&e| total != e) {
-        return Err(EngineError::Truncated { expected: exp, got: total });
+    w.finish().await?;
+    Ok(w.total - resp.start)
+}
+
+/// Cuts a stream of bytes into pieces and writes up to `in_flight` of them at once, each buffer holding
+/// its share of the ingest budget until it is on disk.
+struct PieceWriter<'a> {
+    task: &'a Arc<Task>,
+    pl: usize,
+    in_flight: usize,
+    budget: &'a IngestBudget,
+    held: Reservation,
+    buf: BytesMut,
+    /// The piece being filled, and the object offset after the last byte taken.
+    k: u32,
+    total: u64,
+    writes: VecDeque<tokio::task::JoinHandle<crate::storage::Result<()>>>,
+}
+
+impl<'a> PieceWriter<'a> {
+    async fn new(
+        task: &'a Arc<Task>,
+        in_flight: usize,
+        budget: &'a IngestBudget,
+        start: u64,
+    ) -> Result<Self, EngineError> {
+        let pl = task.piece_length() as usize;
+        let k = u32::try_from(start / pl as u64).map_err(|_| EngineError::BadRange)?;
+        let held = budget.reserve(pl).await;
+        let (buf, writes) = (BytesMut::with_capacity(pl), VecDeque::new());
+        Ok(PieceWriter { task, pl, in_flight, budget, held, buf, k, total: start, writes })
     }
-    if expected.is_none() {
-        // Full pieces may still be in flight; the length check in storage only needs them written later.
-        task.set_content_length(total)?;
+
+    /// Takes `data`; bytes past piece `end - 1` are dropped (a segment's body ends there anyway).
+    async fn push(&mut self, mut data: Bytes, end: Option<u32>) -> Result<(), EngineError> {
+        // Bounded by the frame's length: every round moves at least one byte into a piece.
+        while !data.is_empty() && end.is_none_or(|e| self.k < e) {
+            let take = (self.pl - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data.split_to(take));
+            self.total += take as u64;
+            if self.buf.len() == self.pl {
+                let piece = std::mem::take(&mut self.buf).freeze();
+                let held = std::mem::replace(&mut self.held, Reservation { _permit: None });
+                self.spawn_write(piece, held);
+                if self.writes.len() >= self.in_flight.max(1) {
+                    join(self.writes.pop_front()).await?;
+                }
+                self.held = self.budget.reserve(self.pl).await;
+                self.buf = BytesMut::with_capacity(self.pl);
+            }
+        }
+        Ok(())
     }
-    if !buf.is_empty() {
-        writes.push_back(spawn_write(k, buf.freeze(), held));
+
+    fn spawn_write(&mut self, piece: Bytes, held: Reservation) {
+        let (t, k) = (self.task.clone(), self.k);
+        self.k += 1;
+        self.writes.push_back(tokio::spawn(async move {
+            let r = t.write_piece(k, piece, None).await;
+            drop(held);
+            r
+        }));
     }
-    while let Some(w) = writes.pop_front() {
-        join(Some(w)).await?;
+
+    /// Writes the last, short piece and waits for every write.
+    async fn finish(&mut self) -> Result<(), EngineError> {
+        if !self.buf.is_empty() {
+            let held = std::mem::replace(&mut self.held, Reservation { _permit: None });
+            let piece = std::mem::take(&mut self.buf).freeze();
+            self.spawn_write(piece, held);
+        }
+        while let Some(w) = self.writes.pop_front() {
+            join(Some(w)).await?;
+        }
+        Ok(())
     }
-    Ok(total)
 }
 
 /// Memory for piece buffers of origin downloads, shared by the whole daemon (MiB granularity).

@@ -45,6 +45,8 @@ struct State {
     /// HEAD requests answered, and GETs for a single byte (authorization probes).
     heads: AtomicU64,
     one_byte_gets: AtomicU64,
+    /// Every Range header received, in order.
+    ranges: Mutex<Vec<String>>,
 }
 
 /// The token a request presents: `?token=`, `?X-Amz-Signature=` or `Authorization: Bearer`.
@@ -105,6 +107,9 @@ async fn handle(
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     st.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(r) = req.headers().get("range").and_then(|v| v.to_str().ok()) {
+        st.ranges.lock().unwrap().push(r.to_owned());
+    }
     if req.method() == http::Method::HEAD {
         st.heads.fetch_add(1, Ordering::Relaxed);
     } else if req.headers().get("range").is_some_and(|v| v.as_bytes() == b"bytes=0-0") {
@@ -280,6 +285,11 @@ impl Origin {
     /// Requests other than authorization probes (HEADs and one-byte GETs): the fetches of the content.
     pub fn body_requests(&self) -> u64 {
         self.requests() - self.heads() - self.one_byte_gets()
+    }
+
+    /// The Range headers of every request so far, in order.
+    pub fn ranges(&self) -> Vec<String> {
+        self.state.ranges.lock().unwrap().clone()
     }
 
     pub fn remove(&self, path: &str) {

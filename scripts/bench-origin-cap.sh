@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# A cold download from an origin that caps each connection's rate (as S3, GCS, CDNs and Git LFS storage
+# do): nginx with `limit_rate` in its own namespace behind a 1 Gbit tbf link, and a node namespace with
+# two single-node daemons, one allowed several ranged connections per download (the default,
+# engine.origin_connections 4) and one held to a single GET (origin_connections 1). Each round fetches a
+# fresh object three ways, interleaved: a direct GET (curl), through each daemon. Prints per-way medians in
+# seconds and each as a ratio to the direct GET, as markdown.
+#
+#   sudo scripts/bench-origin-cap.sh [-r ROUNDS=3] [-s SIZE_MIB=256] [--cap 10m] [--connections 4]
+#
+# Needs root (ip netns, tc), nginx (Debian nginx-light), curl, a release build. Namespaces and processes
+# are removed on exit, even when interrupted.
+set -euo pipefail
+
+ROUNDS=3
+SIZE_MIB=256
+CAP=10m
+CONNS=4
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -r) ROUNDS=$2; shift 2 ;;
+    -s) SIZE_MIB=$2; shift 2 ;;
+    --cap) CAP=$2; shift 2 ;;
+    --connections) CONNS=$2; shift 2 ;;
+    *) echo "usage: $0 [-r ROUNDS] [-s SIZE_MIB] [--cap RATE] [--connections N]" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "bench-origin-cap: needs root (ip netns, tc)" >&2; exit 1; }
+command -v nginx >/dev/null || { echo "bench-origin-cap: needs nginx (apt-get install nginx-light)" >&2; exit 1; }
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+cargo build --release -q
+BIN=$ROOT/target/release/shoal
+WORK=$(mktemp -d /var/tmp/shoal-bench-cap.XXXXXX)
+# shellcheck source=scripts/bench-common.sh
+. "$ROOT/scripts/bench-common.sh"
+
+P=shc$$                     # namespace prefix, unique per run
+NET=10.215.0                # addresses exist only inside this run's namespaces
+netns_cleanup() {
+  bench_cleanup
+  for ns in "$P-origin" "$P-node"; do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+  done
+}
+trap netns_cleanup EXIT
+
+ip netns add "$P-origin"
+ip netns add "$P-node"
+ip link add "o$P" netns "$P-origin" type veth peer name "n$P" netns "$P-node"
+for side in "origin o$P 1" "node n$P 2"; do
+  set -- $side
+  ip -n "$P-$1" addr add "$NET.$3/24" dev "$2"
+  ip -n "$P-$1" link set "$2" up
+  ip -n "$P-$1" link set lo up
+  tc -n "$P-$1" qdisc add dev "$2" root tbf rate 1gbit burst 256kb latency 50ms
+done
+in_node() { ip netns exec "$P-node" "$@"; }
+
+echo "== origin: nginx, limit_rate $CAP per connection; $ROUNDS rounds x 3 objects of $SIZE_MIB MiB"
+chmod 755 "$WORK"
+mkdir -p "$WORK/www"
+for i in $(seq $((ROUNDS * 3))); do
+  head -c "$((SIZE_MIB << 20))" /dev/urandom >"$WORK/obj"
+  oid=$(sha256sum "$WORK/obj" | cut -d' ' -f1)
+  mv "$WORK/obj" "$WORK/www/$oid"
+  chmod 644 "$WORK/www/$oid"
+  echo "$oid" >>"$WORK/oids"
+done
+cat >"$WORK/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 256; }
+http {
+    access_log off;
+    sendfile on;
+    server {
+        listen $NET.1:8080;
+        root $WORK/www;
+        limit_rate $CAP;
+    }
+}
+EOF
+ip netns exec "$P-origin" nginx -c "$WORK/nginx.conf" -p "$WORK" &
+PIDS+=($!)
+for _ in $(seq 50); do [ -s "$WORK/nginx.pid" ] && break; sleep 0.1; done
+ORIGIN="http://$NET.1:8080"
+
+declare -A PROXY
+start_daemon() { # $1 label, $2 last octet of a loopback address, $3 origin_connections
+  local ip=127.0.0.$2
+  PROXY[$1]="$ip:65001"
+  printf 'engine: {origin_connections: %s}\n' "$3" >"$WORK/$1.yaml"
+  ip netns exec "$P-node" "$BIN" daemon --workers 1 --config "$WORK/$1.yaml" --proxy-addr "${PROXY[$1]}" \
+      --upload-addr "$ip:65002" --metrics-addr "$ip:65003" --data-dir "$WORK/$1" 2>"$WORK/daemon-$1.log" &
+  PIDS+=($!)
+  for _ in $(seq 100); do grep -q "daemon started" "$WORK/daemon-$1.log" 2>/dev/null && break; sleep 0.1; done
+}
+start_daemon ranged 10 "$CONNS"
+start_daemon single 11 1
+
+timed() { # $1 label, $2 oid, then curl args: appends seconds to $WORK/$1.s after checking the sha256
+  local label=$1 oid=$2; shift 2
+  local t got
+  t=$(in_node curl -sS --noproxy '' -o "$WORK/got" -w '%{time_total}' "$@" "$ORIGIN/$oid")
+  got=$(sha256sum "$WORK/got" | cut -d' ' -f1)
+  [ "$got" = "$oid" ] || { echo "$label: wrong bytes" >&2; exit 1; }
+  echo "$t" >>"$WORK/$label.s"
+  printf '  %-8s %7.2f s\n' "$label" "$t"
+}
+mapfile -t OIDS <"$WORK/oids"
+for r in $(seq 0 $((ROUNDS - 1))); do
+  echo "round $((r + 1))"
+  timed direct "${OIDS[$((r * 3))]}"
+  timed ranged "${OIDS[$((r * 3 + 1))]}" -x "http://${PROXY[ranged]}"
+  timed single "${OIDS[$((r * 3 + 2))]}" -x "http://${PROXY[single]}"
+done
+
+echo
+echo "| cold ${SIZE_MIB} MiB, origin capped at $CAP per connection | median (s) | vs direct GET |"
+echo "|---|---|---|"
+base=$(median <"$WORK/direct.s")
+for l in direct ranged single; do
+  m=$(median <"$WORK/$l.s")
+  awk -v l="$l" -v m="$m" -v b="$base" 'BEGIN { printf "| %s | %.2f | %.2fx |\n", l, m, m / b }'
+done
+echo
+echo "ranged: through Shoal, origin_connections $CONNS; single: through Shoal, one GET (origin_connections 1)."

@@ -1,0 +1,71 @@
+//! Back to source over several ranged connections: an origin that proves it serves ranges has the rest
+//! of a large object fetched in contiguous segments, each on its own connection, every piece once; an
+//! origin that ignores Range is read on one connection as before. Real daemons and `shoal get` against
+//! the test origin (whose frames are paced per connection, as a per-connection rate cap would);
+//! every address is on 127.0.0.0/8.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::cluster::{self, get};
+use common::origin::{Origin, FLAVOURS};
+use common::{content, sha256};
+
+const LEN: usize = (160 << 20) + 12345;
+
+fn fetch(origin: &Origin, ip: &str, yaml: &str) -> String {
+    let obj = Bytes::from(content(130, LEN));
+    let oid = hex::encode(sha256(&obj));
+    let path = format!("/lfs/objects/{oid}");
+    origin.put(&path, obj);
+    origin.set_frame_delay(Duration::from_millis(2));
+    let tmp = tempfile::tempdir().unwrap();
+    let d = cluster::daemon_with(ip, &[], false, &tmp.path().join("d"), yaml);
+    let out = tmp.path().join("out");
+    let (ok, err) = get(&d, &origin.url(&path), &out, None);
+    assert!(ok, "{err}");
+    assert_eq!(hex::encode(sha256(&std::fs::read(&out).unwrap())), oid);
+    err
+}
+
+#[test]
+fn an_origin_that_serves_ranges_is_read_over_several_connections_every_byte_once() {
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let err = fetch(&origin, "127.0.0.97", "");
+    assert!(err.contains("source=origin"), "{err}");
+    let ranges = origin.ranges();
+    // 41 pieces of 4 MiB over the default 4 connections: the first asks for a 64 MiB window (16 pieces)
+    // and proves ranges; the other 25 pieces go to three more connections, the last to the end.
+    assert_eq!(ranges.len(), 4, "{ranges:?}");
+    assert_eq!(ranges[0], format!("bytes=0-{}", (64 << 20) - 1));
+    let mut segs: Vec<(u64, Option<u64>)> = ranges[1..]
+        .iter()
+        .map(|r| {
+            let (a, b) = r.strip_prefix("bytes=").unwrap().split_once('-').unwrap();
+            (a.parse().unwrap(), b.parse().ok())
+        })
+        .collect();
+    segs.sort();
+    let piece = 4u64 << 20;
+    assert_eq!(segs[0].0, 64 << 20, "the segments start where the window ends: {ranges:?}");
+    for w in segs.windows(2) {
+        assert_eq!(w[0].1, Some(w[1].0 - 1), "contiguous, bounded segments: {ranges:?}");
+        assert_eq!(w[1].0 % piece, 0, "on piece boundaries: {ranges:?}");
+    }
+    assert_eq!(segs.last().unwrap().1, None, "the last runs to the end");
+    assert_eq!(origin.bytes_sent(), LEN as u64, "every byte once: no connection was cut mid-body");
+}
+
+#[test]
+fn one_connection_when_the_origin_ignores_ranges_or_the_operator_says_so() {
+    let no_ranges = Origin::start("127.0.0.2", FLAVOURS[1]);
+    fetch(&no_ranges, "127.0.0.98", "");
+    assert_eq!(no_ranges.requests(), 1, "a 200 to the window's range is read whole");
+    assert_eq!(no_ranges.bytes_sent(), LEN as u64);
+
+    let ranges = Origin::start("127.0.0.2", FLAVOURS[0]);
+    fetch(&ranges, "127.0.0.99", "engine:\n  origin_connections: 1\n");
+    assert_eq!((ranges.requests(), ranges.ranges().len()), (1, 0), "one plain GET");
+}
