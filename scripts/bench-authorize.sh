@@ -37,26 +37,7 @@ WORK=$(mktemp -d /var/tmp/shoal-bench-authz.XXXXXX)
 
 P=sha$$                     # namespace prefix, unique per run
 NET=10.214.0                # addresses exist only inside this run's namespaces
-netns_cleanup() {
-  bench_cleanup
-  for ns in "$P-origin" "$P-node"; do
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-    ip netns del "$ns" 2>/dev/null || true
-  done
-}
-trap netns_cleanup EXIT
-
-ip netns add "$P-origin"
-ip netns add "$P-node"
-ip link add "o$P" netns "$P-origin" type veth peer name "n$P" netns "$P-node"
-for side in "origin o$P 1" "node n$P 2"; do
-  set -- $side
-  ip -n "$P-$1" addr add "$NET.$3/24" dev "$2"
-  ip -n "$P-$1" link set "$2" up
-  ip -n "$P-$1" link set lo up
-  tc -n "$P-$1" qdisc add dev "$2" root tbf rate 1gbit burst 256kb latency 50ms
-done
-in_node() { ip netns exec "$P-node" "$@"; }
+netns_pair 1gbit
 
 echo "== origin: ${SIZE_KIB} KiB objects, public and per-token, ${RTT_MS} ms round trip"
 mkdir -p "$WORK/www"
@@ -112,17 +93,8 @@ for _ in $(seq 50); do in_node curl -s -o /dev/null "$ORIGIN/public/$OID" && bre
 
 # Two single-node daemons in the node namespace: default authorize_ttl (60s) and 0s (ask every time).
 declare -A PROXY
-start_daemon() { # $1 label, $2 last octet of a loopback address, $3 yaml
-  local ip=127.0.0.$2
-  PROXY[$1]="$ip:65001"
-  printf '%s\n' "$3" >"$WORK/$1.yaml"
-  ip netns exec "$P-node" "$BIN" daemon --workers 1 --config "$WORK/$1.yaml" --proxy-addr "${PROXY[$1]}" \
-      --upload-addr "$ip:65002" --metrics-addr "$ip:65003" --data-dir "$WORK/$1" 2>"$WORK/daemon-$1.log" &
-  PIDS+=($!)
-  for _ in $(seq 100); do grep -q "daemon started" "$WORK/daemon-$1.log" 2>/dev/null && break; sleep 0.1; done
-}
-start_daemon remember 10 "engine: {authorize_ttl: 60s}"
-start_daemon ask 11 "engine: {authorize_ttl: 0s}"
+node_daemon remember 10 "engine: {authorize_ttl: 60s}"
+node_daemon ask 11 "engine: {authorize_ttl: 0s}"
 
 ttfb() { # $1 label, then curl args: appends the time to first byte (ms) to $WORK/$1.ms
   local label=$1; shift

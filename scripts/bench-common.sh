@@ -20,3 +20,43 @@ trap 'exit 130' INT TERM
 free_port() { python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"; }
 median() { sort -g | awk '{a[NR]=$1} END { if (NR) print a[int((NR+1)/2)] }'; }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+
+# Two hosts for an origin-to-node benchmark: namespaces "$P-origin" ($NET.1) and "$P-node" ($NET.2), joined
+# by one veth pair shaped by tc tbf at RATE ($1, default 1gbit) in both directions. The sourcing script
+# sets P (a prefix unique per run) and NET (a /24 that exists only inside these namespaces) first; the
+# namespaces, and whatever still runs in them, go with the clean-up.
+netns_pair() {
+  local rate=${1:-1gbit} side
+  netns_cleanup() {
+    bench_cleanup
+    local ns
+    for ns in "$P-origin" "$P-node"; do
+      ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+      ip netns del "$ns" 2>/dev/null || true
+    done
+  }
+  trap netns_cleanup EXIT
+  ip netns add "$P-origin"
+  ip netns add "$P-node"
+  ip link add "o$P" netns "$P-origin" type veth peer name "n$P" netns "$P-node"
+  for side in "origin o$P 1" "node n$P 2"; do
+    set -- $side
+    ip -n "$P-$1" addr add "$NET.$3/24" dev "$2"
+    ip -n "$P-$1" link set "$2" up
+    ip -n "$P-$1" link set lo up
+    tc -n "$P-$1" qdisc add dev "$2" root tbf rate "$rate" burst 256kb latency 50ms
+  done
+}
+in_node() { ip netns exec "$P-node" "$@"; }
+
+# Starts a single-node daemon in "$P-node" as LABEL ($1) on 127.0.0.OCTET ($2) with the config YAML ($3);
+# its proxy address goes to PROXY[LABEL] (the caller declares `declare -A PROXY`), its log to WORK.
+node_daemon() {
+  local ip=127.0.0.$2
+  PROXY[$1]="$ip:65001"
+  printf '%s\n' "$3" >"$WORK/$1.yaml"
+  ip netns exec "$P-node" "$BIN" daemon --workers 1 --config "$WORK/$1.yaml" --proxy-addr "${PROXY[$1]}" \
+      --upload-addr "$ip:65002" --metrics-addr "$ip:65003" --data-dir "$WORK/$1" 2>"$WORK/daemon-$1.log" &
+  PIDS+=($!)
+  for _ in $(seq 100); do grep -q "daemon started" "$WORK/daemon-$1.log" 2>/dev/null && break; sleep 0.1; done
+}

@@ -37,26 +37,7 @@ WORK=$(mktemp -d /var/tmp/shoal-bench-cap.XXXXXX)
 
 P=shc$$                     # namespace prefix, unique per run
 NET=10.215.0                # addresses exist only inside this run's namespaces
-netns_cleanup() {
-  bench_cleanup
-  for ns in "$P-origin" "$P-node"; do
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-    ip netns del "$ns" 2>/dev/null || true
-  done
-}
-trap netns_cleanup EXIT
-
-ip netns add "$P-origin"
-ip netns add "$P-node"
-ip link add "o$P" netns "$P-origin" type veth peer name "n$P" netns "$P-node"
-for side in "origin o$P 1" "node n$P 2"; do
-  set -- $side
-  ip -n "$P-$1" addr add "$NET.$3/24" dev "$2"
-  ip -n "$P-$1" link set "$2" up
-  ip -n "$P-$1" link set lo up
-  tc -n "$P-$1" qdisc add dev "$2" root tbf rate 1gbit burst 256kb latency 50ms
-done
-in_node() { ip netns exec "$P-node" "$@"; }
+netns_pair 1gbit
 
 echo "== origin: nginx, limit_rate $CAP per connection; $ROUNDS rounds x 3 objects of $SIZE_MIB MiB"
 chmod 755 "$WORK"
@@ -90,17 +71,8 @@ for _ in $(seq 50); do [ -s "$WORK/nginx.pid" ] && break; sleep 0.1; done
 ORIGIN="http://$NET.1:8080"
 
 declare -A PROXY
-start_daemon() { # $1 label, $2 last octet of a loopback address, $3 origin_connections
-  local ip=127.0.0.$2
-  PROXY[$1]="$ip:65001"
-  printf 'engine: {origin_connections: %s}\n' "$3" >"$WORK/$1.yaml"
-  ip netns exec "$P-node" "$BIN" daemon --workers 1 --config "$WORK/$1.yaml" --proxy-addr "${PROXY[$1]}" \
-      --upload-addr "$ip:65002" --metrics-addr "$ip:65003" --data-dir "$WORK/$1" 2>"$WORK/daemon-$1.log" &
-  PIDS+=($!)
-  for _ in $(seq 100); do grep -q "daemon started" "$WORK/daemon-$1.log" 2>/dev/null && break; sleep 0.1; done
-}
-start_daemon ranged 10 "$CONNS"
-start_daemon single 11 1
+node_daemon ranged 10 "engine: {origin_connections: $CONNS}"
+node_daemon single 11 "engine: {origin_connections: 1}"
 
 timed() { # $1 label, $2 oid, then curl args: appends seconds to $WORK/$1.s after checking the sha256
   local label=$1 oid=$2; shift 2

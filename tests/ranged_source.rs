@@ -36,25 +36,27 @@ fn an_origin_that_serves_ranges_is_read_over_several_connections_every_byte_once
     let err = fetch(&origin, "127.0.0.97", "");
     assert!(err.contains("source=origin"), "{err}");
     let ranges = origin.ranges();
-    // 41 pieces of 4 MiB over the default 4 connections: the first asks for a 64 MiB window (16 pieces)
-    // and proves ranges; the other 25 pieces go to three more connections, the last to the end.
-    assert_eq!(ranges.len(), 4, "{ranges:?}");
+    // 41 pieces of 4 MiB: the first request asks for a 64 MiB window (16 pieces) and proves ranges; the
+    // other 25 pieces go in 32 MiB chunks (8 pieces), in order, over up to 4 connections, the last chunk
+    // to the end.
+    assert_eq!(ranges.len(), 5, "{ranges:?}");
     assert_eq!(ranges[0], format!("bytes=0-{}", (64 << 20) - 1));
-    let mut segs: Vec<(u64, Option<u64>)> = ranges[1..]
+    let mut chunks: Vec<(u64, Option<u64>)> = ranges[1..]
         .iter()
         .map(|r| {
             let (a, b) = r.strip_prefix("bytes=").unwrap().split_once('-').unwrap();
             (a.parse().unwrap(), b.parse().ok())
         })
         .collect();
-    segs.sort();
-    let piece = 4u64 << 20;
-    assert_eq!(segs[0].0, 64 << 20, "the segments start where the window ends: {ranges:?}");
-    for w in segs.windows(2) {
-        assert_eq!(w[0].1, Some(w[1].0 - 1), "contiguous, bounded segments: {ranges:?}");
-        assert_eq!(w[1].0 % piece, 0, "on piece boundaries: {ranges:?}");
-    }
-    assert_eq!(segs.last().unwrap().1, None, "the last runs to the end");
+    chunks.sort();
+    let mib = 1u64 << 20;
+    let want = [
+        (64 * mib, Some(96 * mib - 1)),
+        (96 * mib, Some(128 * mib - 1)),
+        (128 * mib, Some(160 * mib - 1)),
+        (160 * mib, None),
+    ];
+    assert_eq!(chunks, want, "contiguous, bounded chunks on piece boundaries: {ranges:?}");
     assert_eq!(origin.bytes_sent(), LEN as u64, "every byte once: no connection was cut mid-body");
 }
 

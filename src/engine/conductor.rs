@@ -425,7 +425,7 @@ async fn from_origin(
     let s = super::source::Streaming { in_flight, idle, budget: &engine.ingest };
     match super::segments::plan(&task, &resp, engine.cfg.origin_connections) {
         Some(plan) => {
-            tracing::debug!(task = %req.task_id, connections = plan.rest.len() + 1, "ranged back-to-source");
+            tracing::debug!(task = %req.task_id, connections = plan.connections, "ranged back-to-source");
             super::segments::fetch(&engine.origin, req, &task, resp, &plan, &s).await?
         }
         None => super::source::stream_pieces(&task, resp, None, &s).await?,
