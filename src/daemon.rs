@@ -162,7 +162,8 @@ impl Node {
         let metrics_addr = crate::metrics::server::start(cfg.metrics_addr, probe)?;
         own.add_own(metrics_addr);
         cores.spawn_on(0, report_load(upload.clone(), sched.clone()));
-        cores.spawn_on(0, collect_garbage(store.clone(), cfg.gc_interval));
+        cores.spawn_on(0, collect_garbage(store.clone(), sched.clone(), cfg.gc_interval));
+        cores.spawn_on(0, announce_stored(store.clone(), sched.clone()));
         tracing::info!(
             data_dir = %store.data_dir().display(),
             io_engine = store.engine().name(),
@@ -276,15 +277,45 @@ async fn report_load(upload: UploadServer, sched: SchedulerClient) {
     }
 }
 
-/// Runs the store's GC every `interval` on the blocking pool.
-async fn collect_garbage(store: Arc<Store>, interval: Duration) {
+/// Runs the store's GC every `interval` on the blocking pool, and tells the schedulers which tasks this
+/// node no longer holds, so nobody is sent here for them.
+async fn collect_garbage(store: Arc<Store>, sched: SchedulerClient, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Runs until the core stops at shutdown.
     loop {
         tick.tick().await;
         let s = store.clone();
-        let _ = tokio::task::spawn_blocking(move || s.gc(crate::storage_now_ms())).await;
+        let Ok(report) = tokio::task::spawn_blocking(move || s.gc(crate::storage_now_ms())).await else { continue };
+        for id in report.expired.into_iter().chain(report.evicted) {
+            // A scheduler that cannot be told now learns it when this node fails to serve the task.
+            let _ = sched.leave_task(id).await;
+        }
+    }
+}
+
+/// After a start, tells the schedulers which complete tasks this node already holds, so its cache serves
+/// the swarm before anyone asks this node for them. Only tasks named by their digest: children hold their
+/// pieces to that digest, while for a task named by its URL only the node that read the origin may
+/// announce the digest children check (and this node cannot tell whether that was itself).
+async fn announce_stored(store: Arc<Store>, sched: SchedulerClient) {
+    let mut told = 0usize;
+    for info in store.list() {
+        let Some(t) = store.get(&info.id).filter(|t| t.is_complete() && t.expected_sha256().is_some()) else {
+            continue;
+        };
+        let Some(len) = t.content_length() else { continue };
+        match sched.task_finished(info.id, len, t.piece_length(), t.sha256()).await {
+            Ok(()) => told += 1,
+            Err(e) => {
+                // The schedulers are unreachable: nothing to tell now; requests re-announce what they touch.
+                tracing::debug!(error = %e, told, "stored tasks not announced");
+                return;
+            }
+        }
+    }
+    if told > 0 {
+        tracing::info!(tasks = told, "stored tasks announced to the schedulers");
     }
 }
 

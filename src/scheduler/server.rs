@@ -395,7 +395,9 @@ impl Conn {
                 Ok(Outcome::none())
             }
             Msg::LeaveTask(l) => {
-                sh.state.leave_task(&host, task_id_from(&l.task_id)?)?;
+                let id = task_id_from(&l.task_id)?;
+                tracing::debug!(%host, task = %id, "host left the task");
+                sh.state.leave_task(&host, id)?;
                 Ok(Outcome::none())
             }
             Msg::Leave(_) => {
