@@ -8,23 +8,19 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::cluster::{self, get};
 use common::origin::{Origin, FLAVOURS};
-use common::{content, sha256};
+use common::sha256;
 
 const LEN: usize = (160 << 20) + 12345;
 
 fn fetch(origin: &Origin, ip: &str, yaml: &str) -> String {
-    let obj = Bytes::from(content(130, LEN));
-    let oid = hex::encode(sha256(&obj));
-    let path = format!("/lfs/objects/{oid}");
-    origin.put(&path, obj);
+    let (_, oid, url) = origin.put_lfs(130, LEN);
     origin.set_frame_delay(Duration::from_millis(2));
     let tmp = tempfile::tempdir().unwrap();
     let d = cluster::daemon_with(ip, &[], false, &tmp.path().join("d"), yaml);
     let out = tmp.path().join("out");
-    let (ok, err) = get(&d, &origin.url(&path), &out, None);
+    let (ok, err) = get(&d, &url, &out, None);
     assert!(ok, "{err}");
     assert_eq!(hex::encode(sha256(&std::fs::read(&out).unwrap())), oid);
     err

@@ -7,18 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::cluster::{self, get};
 use common::origin::{Origin, FLAVOURS};
-use common::{content, sha256};
-
-fn object(seed: u64, origin: &Origin) -> (String, String) {
-    let obj = Bytes::from(content(seed, 9 << 20));
-    let oid = hex::encode(sha256(&obj));
-    let path = format!("/lfs/objects/{oid}");
-    origin.put(&path, obj);
-    (origin.url(&path), oid)
-}
+use common::sha256;
 
 fn fetched_sha(out: &std::path::Path) -> String {
     hex::encode(sha256(&std::fs::read(out).unwrap()))
@@ -27,7 +18,7 @@ fn fetched_sha(out: &std::path::Path) -> String {
 #[test]
 fn a_restarted_daemon_announces_what_it_holds_and_peers_take_it_from_there() {
     let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
-    let (url, oid) = object(140, &origin);
+    let (_, oid, url) = origin.put_lfs(140, 9 << 20);
     let tmp = tempfile::tempdir().unwrap();
     let sched = cluster::scheduler("127.0.0.3");
     let dir_a = tmp.path().join("a");
@@ -51,7 +42,7 @@ fn a_restarted_daemon_announces_what_it_holds_and_peers_take_it_from_there() {
 #[test]
 fn a_task_deleted_by_gc_is_withdrawn_from_the_schedulers() {
     let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
-    let (url, oid) = object(141, &origin);
+    let (_, oid, url) = origin.put_lfs(141, 9 << 20);
     let tmp = tempfile::tempdir().unwrap();
     let sched = cluster::scheduler("127.0.0.3");
     // A keeps nothing for long: every task expires a second after it was last read.

@@ -7,10 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::cluster::{self, get, Daemon};
 use common::origin::{Origin, FLAVOURS};
-use common::{content, sha256};
+use common::sha256;
 
 const LEN: usize = 40 << 20;
 
@@ -19,7 +18,7 @@ const LEN: usize = 40 << 20;
 fn crash_then_fetch_again(
     ip: &str,
     origin: &Origin,
-    path: &str,
+    url: &str,
     oid: &str,
     tmp: &std::path::Path,
 ) -> (u64, u64, Daemon) {
@@ -27,9 +26,8 @@ fn crash_then_fetch_again(
     origin.set_frame_delay(Duration::from_millis(25));
     let dir = tmp.join(ip);
     let mut d = cluster::daemon(ip, &[], false, &dir);
-    let url = origin.url(path);
     let first = {
-        let (proxy, url, out) = (d.proxy, url.clone(), tmp.join("first"));
+        let (proxy, url, out) = (d.proxy, url.to_owned(), tmp.join("first"));
         std::thread::spawn(move || cluster::get_via(proxy, &url, &out, None))
     };
     // Bounded: the whole body takes about 4 s.
@@ -46,26 +44,18 @@ fn crash_then_fetch_again(
     origin.set_frame_delay(Duration::ZERO);
     let d = cluster::daemon(ip, &[], false, &dir);
     let out = tmp.join("second");
-    let (ok, err) = get(&d, &url, &out, None);
+    let (ok, err) = get(&d, url, &out, None);
     assert!(ok, "{err}");
     assert_eq!(hex::encode(sha256(&std::fs::read(&out).unwrap())), oid);
     (origin.bytes_sent() - at_kill, at_kill, d)
 }
 
-fn object() -> (Bytes, String, String) {
-    let obj = Bytes::from(content(120, LEN));
-    let oid = hex::encode(sha256(&obj));
-    let path = format!("/lfs/objects/{oid}");
-    (obj, oid, path)
-}
-
 #[test]
 fn a_download_cut_by_a_crash_resumes_from_its_first_missing_piece() {
-    let (obj, oid, path) = object();
     let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
-    origin.put(&path, obj);
+    let (_, oid, url) = origin.put_lfs(120, LEN);
     let tmp = tempfile::tempdir().unwrap();
-    let (second, at_kill, d) = crash_then_fetch_again("127.0.0.95", &origin, &path, &oid, tmp.path());
+    let (second, at_kill, d) = crash_then_fetch_again("127.0.0.95", &origin, &url, &oid, tmp.path());
     let line = d.proc.wait_for("resuming from the origin", Duration::from_secs(5));
     // Pieces are 4 MiB: what reached the disk before the kill is at most a few pieces short of what left
     // the origin, and none of it is fetched again.
@@ -78,11 +68,10 @@ fn a_download_cut_by_a_crash_resumes_from_its_first_missing_piece() {
 /// starts over from the first byte, and the object is still whole and right.
 #[test]
 fn an_origin_without_ranges_sends_the_whole_object_again() {
-    let (obj, oid, path) = object();
     let origin = Origin::start("127.0.0.2", FLAVOURS[1]);
-    origin.put(&path, obj);
+    let (_, oid, url) = origin.put_lfs(120, LEN);
     let tmp = tempfile::tempdir().unwrap();
-    let (second, _, d) = crash_then_fetch_again("127.0.0.96", &origin, &path, &oid, tmp.path());
+    let (second, _, d) = crash_then_fetch_again("127.0.0.96", &origin, &url, &oid, tmp.path());
     assert_eq!(second, LEN as u64, "a 200 is the whole object");
     assert_eq!(d.proc.count("resuming from the origin"), 0);
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::cluster::{self, get};
 use common::origin::{Origin, FLAVOURS};
-use common::{content, sha256};
+use common::sha256;
 use shoal::membership::{ClusterKey, HostIdentity};
 use shoal::scheduler::{ClientConfig, Decision, HostInfo, SchedulerClient, TaskProgress, TaskRequest};
 use shoal::storage::{Store, StoreConfig, TaskId, TaskSpec};
@@ -83,11 +83,8 @@ async fn rogue(dir: &std::path::Path, sched: std::net::SocketAddr, obj: Bytes) -
 
 #[test]
 fn a_parent_declaring_pieces_over_64_mib_is_not_used() {
-    let obj = Bytes::from(content(99, LEN));
-    let oid = hex::encode(sha256(&obj));
     let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
-    let path = format!("/lfs/objects/{oid}");
-    origin.put(&path, obj.clone());
+    let (obj, oid, url) = origin.put_lfs(99, LEN);
     let tmp = tempfile::tempdir().unwrap();
     let sched = cluster::scheduler("127.0.0.3");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
@@ -96,7 +93,7 @@ fn a_parent_declaring_pieces_over_64_mib_is_not_used() {
     let yaml = "engine:\n  parent_wait: 1s\n";
     let c = cluster::daemon_with("127.0.0.91", &[sched.addr], false, &tmp.path().join("c"), yaml);
     let out = tmp.path().join("c.out");
-    let (ok, err) = get(&c, &origin.url(&path), &out, None);
+    let (ok, err) = get(&c, &url, &out, None);
     assert!(ok, "{err}");
     assert_eq!(hex::encode(sha256(&std::fs::read(&out).unwrap())), oid);
     c.proc.wait_for("parent declares pieces over 64 MiB; not used", Duration::from_secs(5));

@@ -253,6 +253,16 @@ impl Origin {
         self.state.objects.lock().unwrap().insert(path.to_owned(), data);
     }
 
+    /// Puts `len` deterministic bytes (see `content`) where Git LFS keeps them, named by their sha256:
+    /// (bytes, oid in hex, URL).
+    pub fn put_lfs(&self, seed: u64, len: usize) -> (Bytes, String, String) {
+        let obj = Bytes::from(super::content(seed, len));
+        let oid = hex::encode(super::sha256(&obj));
+        let path = format!("/lfs/objects/{oid}");
+        self.put(&path, obj.clone());
+        (obj, oid, self.url(&path))
+    }
+
     /// Makes `path` break off after `after` bytes.
     pub fn truncate(&self, path: &str, after: usize) {
         self.state.truncate.lock().unwrap().insert(path.to_owned(), after);
