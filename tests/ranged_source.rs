@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::cluster::{self, get};
 use common::origin::{Origin, FLAVOURS};
-use common::sha256;
+use common::{content, sha256};
 
 const LEN: usize = (160 << 20) + 12345;
 
@@ -66,4 +66,28 @@ fn one_connection_when_the_origin_ignores_ranges_or_the_operator_says_so() {
     let ranges = Origin::start("127.0.0.2", FLAVOURS[0]);
     fetch(&ranges, "127.0.0.99", "engine:\n  origin_connections: 1\n");
     assert_eq!((ranges.requests(), ranges.ranges().len()), (1, 0), "one plain GET");
+}
+
+/// A new version uploaded while a download is split over connections: the chunk requests carry the
+/// window's ETag in If-Range, the origin answers them with the whole new version (200), and the download
+/// fails cleanly instead of joining two versions into an object that, named by its URL, no digest would
+/// catch. The next request fetches the new version whole.
+#[test]
+fn a_version_change_mid_download_fails_it_instead_of_mixing_versions() {
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let (old, new) = (content(150, 100 << 20), content(151, 100 << 20));
+    origin.put("/files/model.bin", old.into());
+    origin.replace_after_next_request("/files/model.bin", new.clone().into());
+    let tmp = tempfile::tempdir().unwrap();
+    let d = cluster::daemon("127.0.0.104", &[], false, &tmp.path().join("d"));
+    let url = origin.url("/files/model.bin");
+    let out = tmp.path().join("first");
+    let (ok, err) = get(&d, &url, &out, None);
+    assert!(!ok, "two versions must never make one object: {err}");
+    assert!(!out.exists(), "no file from a failed download");
+
+    let out = tmp.path().join("second");
+    let (ok, err) = get(&d, &url, &out, None);
+    assert!(ok, "{err}");
+    assert!(std::fs::read(&out).unwrap() == new, "the new version, whole");
 }

@@ -106,6 +106,10 @@ pub(super) async fn fetch(
     s: &Streaming<'_>,
 ) -> Result<u64, EngineError> {
     let chunks = Chunks::new(plan.window_end, plan.count, plan.chunk);
+    // Every chunk must be of the representation the window was: a new version uploaded meanwhile would
+    // make a mixed object that, named by its URL, no digest could catch. If-Range turns that into a 200.
+    let validator = validator(&resp.headers);
+    let validator = validator.as_ref();
     let worker = |window: Option<OriginResponse>| {
         let chunks = &chunks;
         async move {
@@ -115,7 +119,7 @@ pub(super) async fn fetch(
             };
             // Bounded: every round takes a chunk, and there are finitely many.
             while let Some(c) = chunks.take() {
-                n += segment(origin, req, task, c, s).await?;
+                n += segment(origin, req, task, c, validator, s).await?;
             }
             Ok::<u64, EngineError>(n)
         }
@@ -125,20 +129,28 @@ pub(super) async fn fetch(
     Ok(a + b.iter().sum::<u64>())
 }
 
+/// What names the representation of an answer for `If-Range`: a strong ETag, else Last-Modified.
+fn validator(h: &http::HeaderMap) -> Option<http::HeaderValue> {
+    let strong = h.get(http::header::ETAG).filter(|v| !v.as_bytes().starts_with(b"W/"));
+    strong.or_else(|| h.get(http::header::LAST_MODIFIED)).cloned()
+}
+
 /// Pieces `[a, b)` over one ranged GET; the last segment asks to the end and is checked whole.
 async fn segment(
     origin: &OriginClient,
     req: &FetchRequest,
     task: &Arc<Task>,
     (a, b): (u32, u32),
+    validator: Option<&http::HeaderValue>,
     s: &Streaming<'_>,
 ) -> Result<u64, EngineError> {
     let pl = u64::from(task.piece_length());
     let last = task.piece_count().is_none_or(|c| b >= c);
     let to = (!last).then(|| u64::from(b) * pl - 1);
-    let r = origin.get(&req.url, &req.headers, Some((u64::from(a) * pl, to))).await?;
+    let r = origin.get_if(&req.url, &req.headers, Some((u64::from(a) * pl, to)), validator).await?;
     if !r.range_proven {
-        // It proved ranges a moment ago; a 200 now would be the whole object on this connection.
+        // It proved ranges a moment ago: a 200 now is the whole object (changed since, or the origin
+        // stopped honouring ranges). The download fails; the next request starts afresh.
         return Err(EngineError::BadRange);
     }
     stream_pieces(task, r, (!last).then_some(b), s).await

@@ -76,6 +76,19 @@ impl OriginClient {
         headers: &[(String, String)],
         range: Option<(u64, Option<u64>)>,
     ) -> Result<OriginResponse, EngineError> {
+        self.get_if(url, headers, range, None).await
+    }
+
+    /// [`OriginClient::get`] of a range of the representation that `validator` (a strong ETag or a
+    /// Last-Modified date, from an earlier answer) names, sent as `If-Range`: if the object changed since,
+    /// the origin answers 200 with the whole new one, which is not `range_proven`.
+    pub async fn get_if(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        range: Option<(u64, Option<u64>)>,
+        validator: Option<&HeaderValue>,
+    ) -> Result<OriginResponse, EngineError> {
         let mut req = build(Method::GET, url, headers, SET_BY_THE_FETCH)?;
         if let Some((start, end)) = range {
             let spec = match end {
@@ -83,6 +96,9 @@ impl OriginClient {
                 None => format!("bytes={start}-"),
             };
             req.headers_mut().insert(RANGE, HeaderValue::from_str(&spec).map_err(|_| EngineError::BadRange)?);
+            if let Some(v) = validator {
+                req.headers_mut().insert(http::header::IF_RANGE, v.clone());
+            }
         }
         let (parts, body) = self.send(req).await?.into_parts();
         if !parts.status.is_success() {

@@ -47,6 +47,10 @@ struct State {
     one_byte_gets: AtomicU64,
     /// Every Range header received, in order.
     ranges: Mutex<Vec<String>>,
+    /// How many times each path was put: its ETag changes with every version after the first.
+    versions: Mutex<HashMap<String, u64>>,
+    /// Paths whose object is replaced by this one right after its next request is answered.
+    replace_after_next: Mutex<HashMap<String, Bytes>>,
 }
 
 /// The token a request presents: `?token=`, `?X-Amz-Signature=` or `Authorization: Bearer`.
@@ -129,6 +133,14 @@ async fn handle(
     let Some(obj) = st.objects.lock().unwrap().get(&path).cloned() else {
         return Ok(full(StatusCode::NOT_FOUND, Bytes::from_static(b"no such object\n")));
     };
+    let etag = match st.versions.lock().unwrap().get(&path).copied().unwrap_or(1) {
+        1 => "\"test-etag\"".to_owned(),
+        v => format!("\"test-etag-v{v}\""),
+    };
+    if let Some(next) = st.replace_after_next.lock().unwrap().remove(&path) {
+        // This request is answered with the old version; every later one sees the new.
+        put_version(&st, &path, next);
+    }
     if let Some(allowed) = st.tokens.lock().unwrap().get(&path).cloned() {
         if let Some(r) = refusal(&req, &allowed) {
             return Ok(r);
@@ -144,8 +156,14 @@ async fn handle(
     let mut body = obj.clone();
     let mut content_range = None;
     if fl.ranges {
-        if let Some((s, e)) =
-            req.headers().get("range").and_then(|v| v.to_str().ok()).and_then(|v| parse_range(v, total))
+        // If-Range naming another version than the current one: the whole current one (RFC 9110 13.1.5).
+        let same = req.headers().get("if-range").is_none_or(|v| v.as_bytes() == etag.as_bytes());
+        if let Some((s, e)) = req
+            .headers()
+            .get("range")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_range(v, total))
+            .filter(|_| same)
         {
             status = StatusCode::PARTIAL_CONTENT;
             body = obj.slice(s as usize..=e as usize);
@@ -195,7 +213,7 @@ async fn handle(
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert("content-type", "application/octet-stream".parse().unwrap());
-    h.insert("etag", "\"test-etag\"".parse().unwrap());
+    h.insert("etag", etag.parse().unwrap());
     if fl.content_length {
         h.insert("content-length", len.to_string().parse().unwrap());
     }
@@ -206,6 +224,11 @@ async fn handle(
         h.insert("content-range", cr.parse().unwrap());
     }
     Ok(r)
+}
+
+fn put_version(st: &State, path: &str, data: Bytes) {
+    st.objects.lock().unwrap().insert(path.to_owned(), data);
+    *st.versions.lock().unwrap().entry(path.to_owned()).or_insert(0) += 1;
 }
 
 fn parse_range(v: &str, total: u64) -> Option<(u64, u64)> {
@@ -250,7 +273,13 @@ impl Origin {
     }
 
     pub fn put(&self, path: &str, data: Bytes) {
-        self.state.objects.lock().unwrap().insert(path.to_owned(), data);
+        put_version(&self.state, path, data);
+    }
+
+    /// Replaces the object at `path` with `data` (a new version, a new ETag) right after the next request
+    /// for it is answered.
+    pub fn replace_after_next_request(&self, path: &str, data: Bytes) {
+        self.state.replace_after_next.lock().unwrap().insert(path.to_owned(), data);
     }
 
     /// Puts `len` deterministic bytes (see `content`) where Git LFS keeps them, named by their sha256:
