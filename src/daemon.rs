@@ -218,6 +218,8 @@ impl Node {
     /// closes the store.
     fn shutdown(self, rt: &tokio::runtime::Runtime, drain_timeout: Duration) {
         let proxy = &self.proxy;
+        // New clients are refused from the moment this is logged.
+        rt.block_on(proxy.stop_accepting(Duration::from_secs(2)));
         tracing::info!(connections = proxy.connections(), bound = ?drain_timeout, "shutting down: draining the proxy");
         let cut = rt.block_on(proxy.drain(drain_timeout));
         if cut > 0 {

@@ -39,6 +39,20 @@ pub(super) struct Drain {
     stop: watch::Sender<bool>,
     active: AtomicUsize,
     idle: Notify,
+    /// Accept loops still holding their listener.
+    listening: AtomicUsize,
+    unbound: Notify,
+}
+
+/// Held by each accept loop with its listener; dropped after the listener, when the loop ends.
+pub(super) struct ListenerGuard(Arc<Drain>);
+
+impl Drop for ListenerGuard {
+    fn drop(&mut self) {
+        if self.0.listening.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.unbound.notify_waiters();
+        }
+    }
 }
 
 /// Held by each connection's task; the count drops when the task ends, however it ends.
@@ -54,7 +68,39 @@ impl Drop for ConnGuard {
 
 impl Drain {
     pub(super) fn new() -> Arc<Drain> {
-        Arc::new(Drain { stop: watch::channel(false).0, active: AtomicUsize::new(0), idle: Notify::new() })
+        Arc::new(Drain {
+            stop: watch::channel(false).0,
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            listening: AtomicUsize::new(0),
+            unbound: Notify::new(),
+        })
+    }
+
+    /// Taken for each accept loop before it is spawned, so a drain that starts at once still waits for it.
+    pub(super) fn listener(self: &Arc<Self>) -> ListenerGuard {
+        self.listening.fetch_add(1, Ordering::AcqRel);
+        ListenerGuard(self.clone())
+    }
+
+    /// Signals the accept loops and waits until every one has closed its listener, or `bound` passes:
+    /// from then on a new client's connect is refused by the kernel.
+    async fn stop_accepting(&self, bound: Duration) {
+        self.stop.send_replace(true);
+        let deadline = tokio::time::Instant::now() + bound;
+        // Each turn ends with a listener closing or the deadline: bounded by both.
+        loop {
+            let closed = self.unbound.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.listening.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            tokio::select! {
+                _ = closed => {}
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
     }
 
     /// Connections open now.
@@ -127,5 +173,10 @@ impl ProxyHandle {
     /// connections still open at the bound (the caller cuts them by stopping the runtimes).
     pub async fn drain(&self, bound: Duration) -> usize {
         self.drain.drain(bound).await
+    }
+
+    /// Stops accepting: returns once every listener is closed (or after `bound`).
+    pub async fn stop_accepting(&self, bound: Duration) {
+        self.drain.stop_accepting(bound).await
     }
 }

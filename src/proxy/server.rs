@@ -89,7 +89,10 @@ pub fn start(cores: &Cores, addr: SocketAddr, engine: Arc<Engine>, cfg: ProxyCon
     }
     for (core, l) in listeners.into_iter().enumerate() {
         let (front, cfg, drain) = (front.clone(), cfg.clone(), drain.clone());
+        let listening = drain.listener();
         cores.spawn_on(core, async move {
+            // Dropped with this future, after the listener: a drain knows when accepting has stopped.
+            let _listening = listening;
             let l = match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => l,
                 Err(e) => {
