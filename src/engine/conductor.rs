@@ -387,9 +387,9 @@ async fn from_origin(
         Err(EngineError::OriginStatus { status: http::StatusCode::RANGE_NOT_SATISFIABLE, .. }) if range.is_some() => {
             engine.origin.get(&req.url, &req.headers, None).await?
         }
-        // A window of an object whose length the origin does not say (`bytes 0-N/*`) cannot be planned
-        // around, nor be taken for the whole: ask for the whole object.
-        Ok(r) if r.range_proven && r.content_length.is_none() => {
+        // A window that cannot be joined with later ranges (length unknown, or nothing to hold them to
+        // its version) is not the whole either: ask for the whole object on one connection.
+        Ok(r) if super::segments::unjoinable(&r.headers, r.content_length, r.end, req.expected_sha256.is_some()) => {
             engine.origin.get(&req.url, &req.headers, None).await?
         }
         r => r?,

@@ -95,8 +95,8 @@ impl Chunks {
 }
 
 /// Runs `plan`: the first connection reads `resp`'s window, then every connection takes chunks in order
-/// until none is left; the first error ends them all (the task fails and the next request resumes what
-/// was stored). Returns the bytes the origin delivered.
+/// until none is left; the first error ends them all (the task fails; a digest-named one resumes from
+/// what was stored at the next request). Returns the bytes the origin delivered.
 pub(super) async fn fetch(
     origin: &OriginClient,
     req: &FetchRequest,
@@ -129,6 +129,19 @@ pub(super) async fn fetch(
     Ok(a + b.iter().sum::<u64>())
 }
 
+/// Whether a proven 206 window that stops short of the object's end cannot be joined with later ranges
+/// into one object: its total length is unknown, or nothing would hold those ranges to the window's
+/// version (no digest named up front, no validator for `If-Range`). The caller then asks for the whole
+/// object on one connection instead.
+pub(super) fn unjoinable(headers: &http::HeaderMap, total: Option<u64>, end: Option<u64>, digest_named: bool) -> bool {
+    let Some(end) = end else { return false };
+    match total {
+        None => true,
+        Some(t) if end + 1 >= t => false,
+        Some(_) => !digest_named && validator(headers).is_none(),
+    }
+}
+
 /// What names the representation of an answer for `If-Range`: a strong ETag, else Last-Modified.
 fn validator(h: &http::HeaderMap) -> Option<http::HeaderValue> {
     let strong = h.get(http::header::ETAG).filter(|v| !v.as_bytes().starts_with(b"W/"));
@@ -158,7 +171,27 @@ async fn segment(
 
 #[cfg(test)]
 mod tests {
-    use super::{first_range, Chunks, WINDOW};
+    use super::{first_range, unjoinable, Chunks, WINDOW};
+
+    #[test]
+    fn a_window_is_joined_with_later_ranges_only_when_they_can_be_held_to_its_version() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = http::HeaderMap::new();
+            for (n, v) in pairs {
+                m.insert(http::header::HeaderName::from_bytes(n.as_bytes()).unwrap(), v.parse().unwrap());
+            }
+            m
+        };
+        let (none, strong, weak) = (h(&[]), h(&[("etag", "\"a\"")]), h(&[("etag", "W/\"a\"")]));
+        let dated = h(&[("last-modified", "Fri, 04 Dec 2026 10:00:00 GMT")]);
+        let (w, t) = (Some(99), Some(1000));
+        assert!(!unjoinable(&none, t, None, false), "a 200 is the whole object");
+        assert!(!unjoinable(&none, Some(100), w, false), "a window that reaches the end is the whole object");
+        assert!(unjoinable(&strong, None, w, true), "no total length: nothing to plan around");
+        assert!(!unjoinable(&none, t, w, true), "the digest named up front holds the joined whole");
+        assert!(!unjoinable(&strong, t, w, false) && !unjoinable(&dated, t, w, false), "If-Range holds each range");
+        assert!(unjoinable(&none, t, w, false) && unjoinable(&weak, t, w, false), "nothing holds them: one GET");
+    }
 
     #[test]
     fn chunks_come_in_order_cover_the_rest_and_end_at_the_piece_count() {
