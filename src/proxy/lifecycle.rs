@@ -87,20 +87,7 @@ impl Drain {
     /// from then on a new client's connect is refused by the kernel.
     async fn stop_accepting(&self, bound: Duration) {
         self.stop.send_replace(true);
-        let deadline = tokio::time::Instant::now() + bound;
-        // Each turn ends with a listener closing or the deadline: bounded by both.
-        loop {
-            let closed = self.unbound.notified();
-            tokio::pin!(closed);
-            closed.as_mut().enable();
-            if self.listening.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            tokio::select! {
-                _ = closed => {}
-                _ = tokio::time::sleep_until(deadline) => return,
-            }
-        }
+        until_zero(&self.listening, &self.unbound, bound).await;
     }
 
     /// Connections open now.
@@ -122,20 +109,25 @@ impl Drain {
     /// passes; returns how many were still open.
     async fn drain(&self, bound: Duration) -> usize {
         self.stop.send_replace(true);
-        let deadline = tokio::time::Instant::now() + bound;
-        // Each turn ends with a connection closing or the deadline: bounded by both.
-        loop {
-            let closed = self.idle.notified();
-            tokio::pin!(closed);
-            closed.as_mut().enable();
-            let n = self.active.load(Ordering::Acquire);
-            if n == 0 {
-                return 0;
-            }
-            tokio::select! {
-                _ = closed => {}
-                _ = tokio::time::sleep_until(deadline) => return self.active.load(Ordering::Acquire),
-            }
+        until_zero(&self.active, &self.idle, bound).await
+    }
+}
+
+/// Waits until `count` is zero (`zeroed` is notified when it gets there) or `bound` passes; returns the
+/// count then.
+async fn until_zero(count: &AtomicUsize, zeroed: &Notify, bound: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + bound;
+    // Each turn ends with the count reaching zero or the deadline: bounded by both.
+    loop {
+        let notified = zeroed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if count.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(deadline) => return count.load(Ordering::Acquire),
         }
     }
 }
