@@ -344,8 +344,7 @@ async fn geometry(
 /// node holds the first pieces of a task whose content digest is known in advance. Only then: the
 /// pieces on disk could be of another version of a URL-named object, and only a digest named up front
 /// proves the joined whole right.
-fn resume_offset(engine: &Arc<Engine>, req: &FetchRequest) -> Option<u64> {
-    let t = engine.store.get(&req.task_id)?;
+fn resume_offset(t: &Task) -> Option<u64> {
     if t.is_complete() || t.expected_sha256().is_none() {
         return None;
     }
@@ -379,8 +378,10 @@ async fn from_origin(
     // origin serves ranges; an origin that answers 200 instead sends the whole object again.
     // With several connections allowed, even a fresh download asks for a range (from 0): a 206 proves
     // the origin serves ranges, and the rest of the object can go over more connections.
-    let resume = resume_offset(engine, req);
-    let pl = engine.store.get(&req.task_id).map_or(0, |t| u64::from(t.piece_length()));
+    let existing = engine.store.get(&req.task_id);
+    let resume = existing.as_ref().and_then(|t| resume_offset(t));
+    // A task already on disk keeps its piece length: the first window must end on one of its pieces.
+    let pl = existing.as_ref().map_or(0, |t| u64::from(t.piece_length()));
     let range = super::segments::first_range(resume, engine.cfg.origin_connections, pl);
     let resp = match engine.origin.get(&req.url, &req.headers, range).await {
         // The range does not fit what the origin holds now (or the object is empty): the whole object.
