@@ -340,17 +340,21 @@ async fn geometry(
     None
 }
 
-/// Where an interrupted download of the task can go on: the offset of its first missing piece, when this
+/// Where an interrupted download of the task can go on: the offset of its first missing piece (and where
+/// that gap ends), when this
 /// node holds the first pieces of a task whose content digest is known in advance. Only then: the
 /// pieces on disk could be of another version of a URL-named object, and only a digest named up front
 /// proves the joined whole right.
-fn resume_offset(t: &Task) -> Option<u64> {
+fn resume_offset(t: &Task) -> Option<(u64, Option<u64>)> {
     if t.is_complete() || t.expected_sha256().is_none() {
         return None;
     }
     let count = t.piece_count()?;
     let first_missing = (0..count).find(|&k| !t.has_piece(k))?;
-    (first_missing > 0).then(|| u64::from(first_missing) * u64::from(t.piece_length()))
+    // Where the first gap ends (the next stored piece), so the first request does not fetch again what
+    // other connections had stored ahead of it.
+    let gap_end = (first_missing..count).find(|&k| t.has_piece(k)).map(|k| u64::from(k) * u64::from(t.piece_length()));
+    (first_missing > 0).then(|| (u64::from(first_missing) * u64::from(t.piece_length()), gap_end))
 }
 
 fn publish(
@@ -395,7 +399,7 @@ async fn from_origin(
         }
         r => r?,
     };
-    if let Some(at) = resume.filter(|_| resp.range_proven) {
+    if let Some((at, _)) = resume.filter(|_| resp.range_proven) {
         tracing::info!(task = %req.task_id, offset = at, "resuming from the origin");
     }
     let spec = TaskSpec {

@@ -28,22 +28,30 @@ use super::FetchRequest;
 use crate::storage::Task;
 
 /// What one chunk request asks for (rounded to whole pieces): long enough that a request's round trip
-/// is small beside its transfer, short enough that the hash never trails far behind the download.
-pub(super) const CHUNK: u64 = 32 << 20;
-/// What the first request asks for: a multiple of every automatic piece length (powers of two up to
-/// 64 MiB), so the window always ends on a piece boundary.
-pub(super) const WINDOW: u64 = crate::storage::layout::MAX_AUTO_PIECE as u64;
+/// is small beside its transfer, short enough that the hash never trails far behind the download: the
+/// pieces other connections fetch ahead of the hash wait in memory for it (storage's hold cap, 32 MiB),
+/// and with 4 connections of 8 MiB they fit; 32 MiB chunks ran 96 MiB ahead and most pieces had to be
+/// read back from the file to be hashed (docs/benchmarks.md).
+pub(super) const CHUNK: u64 = 8 << 20;
+/// What the first request asks for (at least one piece): a power of two, so with power-of-two piece
+/// lengths the window always ends on a piece boundary.
+pub(super) const WINDOW: u64 = 16 << 20;
 
-/// The range of the first request of a download from `at` (0, or where an interrupted one resumes):
-/// a bounded window when several connections are allowed, the rest of the object on one connection
-/// when resuming with one, nothing (a plain GET) otherwise.
-pub(super) fn first_range(at: Option<u64>, connections: usize, piece_length: u64) -> Option<(u64, Option<u64>)> {
+/// The range of the first request of a download from `at` (0, or where an interrupted one resumes, with
+/// the end of the gap there if pieces after it are stored): a bounded window when several connections
+/// are allowed, the rest of the object on one connection when resuming with one, nothing (a plain GET)
+/// otherwise.
+pub(super) fn first_range(
+    at: Option<(u64, Option<u64>)>,
+    connections: usize,
+    piece_length: u64,
+) -> Option<(u64, Option<u64>)> {
     if connections < 2 {
-        return at.map(|at| (at, None));
+        return at.map(|(at, _)| (at, None));
     }
-    let at = at.unwrap_or(0);
-    let window = WINDOW.max(piece_length);
-    Some((at, Some(at + window - 1)))
+    let (at, gap_end) = at.unwrap_or((0, None));
+    let end = at + WINDOW.max(piece_length);
+    Some((at, Some(gap_end.filter(|&g| g > at).map_or(end, |g| g.min(end)) - 1)))
 }
 
 /// How the rest of the download goes once the first answer is in.
@@ -94,6 +102,13 @@ impl Chunks {
     }
 }
 
+/// The part of chunk `[a, b)` from its first missing piece to its last one, if any is missing.
+fn missing_within(task: &Task, (a, b): (u32, u32)) -> Option<(u32, u32)> {
+    let lo = (a..b).find(|&k| !task.has_piece(k))?;
+    let hi = (lo..b).rev().find(|&k| !task.has_piece(k))?;
+    Some((lo, hi + 1))
+}
+
 /// Runs `plan`: the first connection reads `resp`'s window, then every connection takes chunks in order
 /// until none is left; the first error ends them all (the task fails; a digest-named one resumes from
 /// what was stored at the next request). Returns the bytes the origin delivered.
@@ -119,7 +134,11 @@ pub(super) async fn fetch(
             };
             // Bounded: every round takes a chunk, and there are finitely many.
             while let Some(c) = chunks.take() {
-                n += segment(origin, req, task, c, validator, s).await?;
+                // A resumed download asks only for what is missing: a chunk already stored is skipped,
+                // and one partly stored is narrowed to the pieces between its first and last gap.
+                if let Some(c) = missing_within(task, c) {
+                    n += segment(origin, req, task, c, validator, s).await?;
+                }
             }
             Ok::<u64, EngineError>(n)
         }
@@ -215,10 +234,15 @@ mod tests {
     fn the_first_request_is_a_bounded_window_only_when_connections_may_follow() {
         let pl = 4u64 << 20;
         assert_eq!(first_range(None, 1, pl), None, "one connection: a plain GET");
-        assert_eq!(first_range(Some(8 * pl), 1, pl), Some((8 * pl, None)), "resuming on one: to the end");
+        assert_eq!(first_range(Some((8 * pl, None)), 1, pl), Some((8 * pl, None)), "resuming on one: to the end");
         assert_eq!(first_range(None, 4, pl), Some((0, Some(WINDOW - 1))));
-        assert_eq!(first_range(Some(8 * pl), 4, pl), Some((8 * pl, Some(8 * pl + WINDOW - 1))));
-        assert_eq!(first_range(Some(0), 4, 128 << 20), Some((0, Some((128 << 20) - 1))), "a window holds a piece");
-        assert_eq!(WINDOW % (64 << 20), 0);
+        assert_eq!(first_range(Some((8 * pl, None)), 4, pl), Some((8 * pl, Some(8 * pl + WINDOW - 1))));
+        assert_eq!(first_range(Some((8 * pl, Some(9 * pl))), 4, pl), Some((8 * pl, Some(9 * pl - 1))));
+        assert_eq!(
+            first_range(Some((0, None)), 4, 128 << 20),
+            Some((0, Some((128 << 20) - 1))),
+            "a window holds a piece"
+        );
+        assert!(WINDOW.is_power_of_two() && WINDOW >= u64::from(crate::storage::layout::MIN_AUTO_PIECE));
     }
 }
