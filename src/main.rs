@@ -35,6 +35,7 @@ fn daemon_cmd(a: &shoal::cli::DaemonArgs) -> anyhow::Result<()> {
     let destinations = c.destinations().map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?;
     let mut store = StoreConfig::new(c.data_dir.clone().unwrap_or_else(daemon::default_data_dir));
     store.io_engine = c.storage.io_engine;
+    store.ingest = c.storage.ingest;
     store.gc = c.gc_limits();
     let cfg = DaemonConfig {
         store,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::storage::IoEngineChoice;
+use crate::storage::{Ingest, IoEngineChoice};
 use crate::units::{parse_duration, parse_size};
 
 /// The commented default configuration.
@@ -133,6 +133,8 @@ pub struct SchedulerConfig {
 pub struct StorageConfig {
     #[serde(deserialize_with = "engine_choice")]
     pub io_engine: IoEngineChoice,
+    #[serde(deserialize_with = "parsed")]
+    pub ingest: Ingest,
     #[serde(deserialize_with = "opt_size")]
     pub quota: Option<u64>,
     pub high_watermark: f64,
@@ -210,6 +212,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             io_engine: IoEngineChoice::Auto,
+            ingest: Ingest::default(),
             quota: None,
             high_watermark: 0.8,
             low_watermark: 0.6,
@@ -258,6 +261,10 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn parsed<'de, D: Deserializer<'de>, T: std::str::FromStr<Err = String>>(d: D) -> Result<T, D::Error> {
+    String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
 }
 
 fn engine_choice<'de, D: Deserializer<'de>>(d: D) -> Result<IoEngineChoice, D::Error> {

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, HOST, RANGE};
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
@@ -19,6 +19,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::error::EngineError;
 use crate::metrics::{self, Metrics};
+use crate::storage::buf::{self, PieceBuf};
 use crate::storage::{Task, TaskState};
 use crate::upstream::{denial_in, error_chain, https_connector, Destinations, Https, HOP_BY_HOP};
 
@@ -303,7 +304,9 @@ struct PieceWriter<'a> {
     in_flight: usize,
     budget: &'a IngestBudget,
     held: Reservation,
-    buf: BytesMut,
+    /// Page-aligned and pooled: a full piece goes to the disk (O_DIRECT when the store ingests that way)
+    /// and to waiting clients from this memory, with no further copy.
+    buf: PieceBuf,
     /// The piece being filled, and the object offset after the last byte taken.
     k: u32,
     total: u64,
@@ -320,7 +323,7 @@ impl<'a> PieceWriter<'a> {
         let pl = task.piece_length() as usize;
         let k = u32::try_from(start / pl as u64).map_err(|_| EngineError::BadRange)?;
         let held = budget.reserve(pl).await;
-        let (buf, writes) = (BytesMut::with_capacity(pl), VecDeque::new());
+        let (buf, writes) = (buf::take(pl), VecDeque::new());
         Ok(PieceWriter { task, pl, in_flight, budget, held, buf, k, total: start, writes })
     }
 
@@ -328,18 +331,18 @@ impl<'a> PieceWriter<'a> {
     async fn push(&mut self, mut data: Bytes, end: Option<u32>) -> Result<(), EngineError> {
         // Bounded by the frame's length: every round moves at least one byte into a piece.
         while !data.is_empty() && end.is_none_or(|e| self.k < e) {
-            let take = (self.pl - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data.split_to(take));
+            let take = self.buf.fill_from(&data);
+            data = data.split_off(take);
             self.total += take as u64;
-            if self.buf.len() == self.pl {
-                let piece = std::mem::take(&mut self.buf).freeze();
+            if self.buf.is_full() {
+                let piece = std::mem::replace(&mut self.buf, PieceBuf::empty()).freeze();
                 let held = std::mem::replace(&mut self.held, Reservation { _permit: None });
                 self.spawn_write(piece, held);
                 if self.writes.len() >= self.in_flight.max(1) {
                     join(self.writes.pop_front()).await?;
                 }
                 self.held = self.budget.reserve(self.pl).await;
-                self.buf = BytesMut::with_capacity(self.pl);
+                self.buf = buf::take(self.pl);
             }
         }
         Ok(())
@@ -359,7 +362,7 @@ impl<'a> PieceWriter<'a> {
     async fn finish(&mut self) -> Result<(), EngineError> {
         if !self.buf.is_empty() {
             let held = std::mem::replace(&mut self.held, Reservation { _permit: None });
-            let piece = std::mem::take(&mut self.buf).freeze();
+            let piece = std::mem::replace(&mut self.buf, PieceBuf::empty()).freeze();
             self.spawn_write(piece, held);
         }
         while let Some(w) = self.writes.pop_front() {

@@ -89,6 +89,11 @@ pub fn crc_and_hash(task: &Task, k: u32, data: &[u8], expected: Option<u32>) -> 
     (crc, ok)
 }
 
+/// The first piece the whole-content hash has not taken yet.
+pub(super) fn next_unhashed(task: &Task) -> u32 {
+    lock(&task.hasher).next
+}
+
 /// Starts a hashing run if the next piece in order is available and no run is active.
 pub fn kick(task: &Arc<Task>) {
     let mut h = lock(&task.hasher);
@@ -161,6 +166,14 @@ fn run(task: Arc<Task>, mut ctx: Sha256) {
         ) else {
             continue;
         };
+        // A piece still in memory is the very bytes whose crc was computed before they were stored.
+        if let Some(b) = task.resident_piece(k).filter(|b| b.len() == len as usize) {
+            ctx.update(&b);
+            let mut h = lock(&task.hasher);
+            h.next = k + 1;
+            h.crcs.push(crc);
+            continue;
+        }
         buf.resize(len as usize, 0);
         if let Err(e) = task.data.read_exact_at(&mut buf, off) {
             task.fail(FailReason::io("reading a piece for the sha256", &e));
@@ -211,6 +224,7 @@ pub(super) fn settle(task: &Arc<Task>, digest: [u8; 32]) {
     task.meta.set_actual_sha256(&digest);
     task.meta.set_state_bits(ST_COMPLETE);
     task.meta.clear_state_bits(ST_DIRTY);
+    task.release_resident();
     if let Err(e) = task.meta.flush(false) {
         tracing::warn!(task = %task.id(), error = %e, "metadata flush failed; the task reloads as dirty");
     }

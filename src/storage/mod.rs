@@ -7,6 +7,7 @@
 //! Called by: the engine (writes pieces, waits for them), transfer and proxy (zero-copy reads), the daemon
 //! (open, GC, clean close).
 
+pub mod buf;
 mod digest;
 mod error;
 mod gc;
@@ -22,7 +23,7 @@ mod zerocopy;
 pub use error::{FailReason, Result, StorageError};
 pub use gc::GcReport;
 pub use id::{BadTaskId, TaskId};
-pub use io::{IoEngine, IoEngineChoice};
+pub use io::{Ingest, IoEngine, IoEngineChoice};
 pub use meta::{HEADER_SIZE as META_HEADER_SIZE, MAGIC as META_MAGIC, VERSION as META_VERSION};
 pub use store::{GcLimits, LoadReport, Store, StoreConfig, TaskSpec};
 pub use task::{Task, TaskInfo, TaskState};

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::error::{Result, StorageError};
-use super::io::{IoEngine, IoEngineChoice};
+use super::io::{Ingest, IoEngine, IoEngineChoice};
 use super::layout;
 use super::meta::{Meta, NewMeta, ST_COMPLETE, ST_DIRTY};
 use super::task::{now_ms, Task, TaskInfo};
@@ -24,13 +24,20 @@ use super::TaskId;
 pub struct StoreConfig {
     pub data_dir: PathBuf,
     pub io_engine: IoEngineChoice,
+    /// How pieces are written (page cache or O_DIRECT).
+    pub ingest: Ingest,
     /// The GC limits at start ([`Store::set_gc_limits`] replaces them later).
     pub gc: GcLimits,
 }
 
 impl StoreConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        StoreConfig { data_dir: data_dir.into(), io_engine: IoEngineChoice::Auto, gc: GcLimits::default() }
+        StoreConfig {
+            data_dir: data_dir.into(),
+            io_engine: IoEngineChoice::Auto,
+            ingest: Ingest::default(),
+            gc: GcLimits::default(),
+        }
     }
 }
 
@@ -214,6 +221,23 @@ impl Store {
         }
     }
 
+    /// A second, write-only descriptor of a content file opened with O_DIRECT, when the store ingests that
+    /// way and the file system accepts it (tmpfs before 6.6 and some FUSE file systems do not: those tasks
+    /// are written through the page cache, and the daemon says so once).
+    fn open_direct(&self, data_path: &Path) -> Option<std::fs::File> {
+        if self.cfg.ingest != Ingest::Direct {
+            return None;
+        }
+        match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(data_path) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| tracing::warn!(error = %e, "O_DIRECT refused here; writing through the page cache"));
+                None
+            }
+        }
+    }
+
     fn load_task(&self, id: TaskId, meta_path: &Path, data_path: &Path) -> Result<(Arc<Task>, bool)> {
         let meta = Meta::open(meta_path, id)?;
         let data =
@@ -233,7 +257,8 @@ impl Store {
         }
         // Hashing of surviving pieces starts with the next write or wait, not here: a process that only
         // reads the store (or lists it) never competes with the one that will resume the download.
-        Ok((Task::new(meta, data, data_path.to_owned(), self.engine), unclean))
+        let direct = self.open_direct(data_path);
+        Ok((Task::new(meta, data, direct, data_path.to_owned(), self.engine), unclean))
     }
 
     /// The task with this ID, if the store has it (pins it against GC while the handle lives).
@@ -313,7 +338,8 @@ impl Store {
         )
         .map_err(cleanup)?;
         meta.flush(true).map_err(cleanup)?;
-        let task = Task::new(meta, data, data_path.clone(), self.engine);
+        let direct = self.open_direct(&data_path);
+        let task = Task::new(meta, data, direct, data_path.clone(), self.engine);
         // An empty object is complete as soon as it exists (its digest is that of no bytes).
         super::digest::kick(&task);
         Ok(task)

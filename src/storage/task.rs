@@ -6,7 +6,7 @@
 //! Against power loss and bit rot, every piece is checked against its crc the first time this process
 //! reads it (see `verified`), and a task is marked complete only after an fdatasync.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use super::buf;
 use super::digest::HashState;
 use super::error::{FailReason, Result, StorageError};
 use super::io::IoEngine;
@@ -60,6 +61,12 @@ pub struct Task {
     pub(super) id: TaskId,
     pub(super) meta: Meta,
     pub(super) data: Arc<File>,
+    /// The same file opened with O_DIRECT, when the store ingests that way.
+    direct: Option<Arc<File>>,
+    /// Stored pieces still in memory (daemon-wide cap, [`buf::HOLD_CAP`]): those the whole-content hash
+    /// has not reached yet, so it need not read them back, and the newest two, so a client streaming the
+    /// download as it lands reads them without a copy (and, with O_DIRECT, without going to the disk).
+    held: Mutex<BTreeMap<u32, buf::Held>>,
     pub(super) data_path: PathBuf,
     pub(super) io: IoEngine,
     writing: Mutex<HashSet<u32>>,
@@ -89,13 +96,15 @@ pub(super) fn now_ms() -> u64 {
 }
 
 impl Task {
-    pub(super) fn new(meta: Meta, data: File, data_path: PathBuf, io: IoEngine) -> Arc<Task> {
+    pub(super) fn new(meta: Meta, data: File, direct: Option<File>, data_path: PathBuf, io: IoEngine) -> Arc<Task> {
         let words = (meta.capacity as usize).div_ceil(64);
         Arc::new(Task {
             id: meta.id,
             verified: (0..words).map(|_| AtomicU64::new(0)).collect(),
             meta,
             data: Arc::new(data),
+            direct: direct.map(Arc::new),
+            held: Mutex::new(BTreeMap::new()),
             data_path,
             io,
             writing: Mutex::new(HashSet::new()),
@@ -356,13 +365,19 @@ impl Task {
         }
         let _claim = Claim(&self.writing, k);
         let offset = k as u64 * self.meta.piece_length as u64;
-        self.io.write_piece_at(&self.data, data, offset).await.map_err(|e| StorageError::io(&self.data_path, e))?;
+        self.io
+            .store_piece(&self.data, self.direct.as_ref(), data.clone(), offset)
+            .await
+            .map_err(|e| StorageError::io(&self.data_path, e))?;
         // The task may have failed or been removed while the bytes were in flight; a piece of a dropped
         // task must not be published.
         self.check_failed()?;
         self.meta.mark_piece(k, crc);
         unhash.1 = false;
         self.set_verified(k);
+        if !self.is_complete() {
+            self.keep_in_memory(k, data);
+        }
         self.notify();
         super::digest::kick(self);
         Ok(())
@@ -430,6 +445,13 @@ impl Task {
             return Err(StorageError::Invalid(format!("piece {k} has {len} bytes; slice at {from}")));
         }
         let n = max.min(len - from);
+        if let Some(b) = self.resident_piece(k).filter(|b| b.len() == len as usize) {
+            self.touch();
+            if from + n == len {
+                self.consumed(k);
+            }
+            return Ok(b.slice(from as usize..(from + n) as usize));
+        }
         if !self.is_verified(k) || !self.has_piece(k) {
             let whole = self.read_piece(k).await?;
             return Ok(whole.slice(from as usize..(from + n) as usize));
@@ -443,10 +465,58 @@ impl Task {
         Ok(Bytes::from(v))
     }
 
+    /// Piece `k`'s bytes if they are still in memory and the piece is still complete (a piece found
+    /// corrupt on disk and cleared must not be served from memory either).
+    pub(super) fn resident_piece(&self, k: u32) -> Option<Bytes> {
+        let r = lock(&self.held);
+        r.get(&k).filter(|_| self.has_piece(k)).map(|h| h.bytes().clone())
+    }
+
+    fn keep_in_memory(&self, k: u32, data: Bytes) {
+        let next = super::digest::next_unhashed(self);
+        let mut m = lock(&self.held);
+        // When the cap is reached this task makes room: first pieces the hash took before its last two
+        // (oldest first: a streaming client is past them), then pieces farther ahead than this one (the hash needs the
+        // nearest first; the others are read back from the file when it gets there).
+        let mut data = Some(data);
+        // Bounded by the map: every round inserts, or removes one entry, or gives up.
+        while let Some(d) = data.take() {
+            match buf::Held::try_new(d) {
+                Ok(h) => {
+                    m.insert(k, h);
+                }
+                Err(d) => {
+                    // The two pieces the hash took last are where a streaming client reads: kept.
+                    let stale = m.keys().next().copied().filter(|&x| x + 2 < next);
+                    if let Some(v) = stale.or_else(|| m.keys().next_back().copied().filter(|&far| far > k)) {
+                        m.remove(&v);
+                        data = Some(d);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A client has read the last byte of piece `k` from memory; once hashed, it need not stay there.
+    fn consumed(&self, k: u32) {
+        if k < super::digest::next_unhashed(self) {
+            lock(&self.held).remove(&k);
+        }
+    }
+
+    /// Lets every piece in memory go (the task is complete, failed or gone): the buffers return to the pool.
+    pub(super) fn release_resident(&self) {
+        lock(&self.held).clear();
+    }
+
     /// Reads a complete piece through the io engine, checking its crc32c.
     pub async fn read_piece(&self, k: u32) -> Result<Bytes> {
         let crc = self.meta.piece_crc(k).ok_or(StorageError::PieceMissing(k))?;
         let (off, len) = self.stored_range(k).ok_or(StorageError::PieceMissing(k))?;
+        if let Some(b) = self.resident_piece(k).filter(|b| b.len() == len as usize) {
+            self.touch();
+            return Ok(b);
+        }
         let v = self
             .io
             .read_exact_at(&self.data, len as usize, off)
@@ -565,6 +635,7 @@ impl Task {
             *f = Some(reason);
         }
         drop(f);
+        self.release_resident();
         self.notify();
     }
 
@@ -572,6 +643,7 @@ impl Task {
     /// look. Whoever still holds a handle gets errors (never a silently shortened body), since a discarded
     /// task is either failed or one that GC proved nobody was using.
     pub fn discard(&self, reason: FailReason) {
+        self.release_resident();
         if !self.removed.swap(true, Ordering::AcqRel) {
             // Unlinking alone would keep the blocks until the last descriptor closes.
             let _ = self.data.set_len(0);

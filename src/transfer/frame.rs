@@ -250,21 +250,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Exactly `len` raw bytes (a piece payload), failing if no byte arrives for `stall`.
+    /// Exactly `len` raw bytes (a piece payload), failing if no byte arrives for `stall`. Read straight
+    /// from the socket into a pooled, page-aligned piece buffer: storage can write it with O_DIRECT.
     pub async fn read_payload(&mut self, len: usize, stall: Duration) -> Result<Bytes, ReadError> {
-        let mut out = BytesMut::with_capacity(len);
-        let take = self.buf.len().min(len);
-        out.extend_from_slice(&self.buf[..take]);
+        let mut out = crate::storage::buf::take(len);
+        let take = out.fill_from(&self.buf[..self.buf.len().min(len)]);
         self.buf.advance(take);
         // Bounded: each turn adds at least one byte or returns.
-        while out.len() < len {
-            let want = len - out.len();
-            let mut dst = (&mut out).limit(want);
-            match tokio::time::timeout(stall, self.inner.read_buf(&mut dst)).await {
+        while !out.is_full() {
+            match tokio::time::timeout(stall, self.inner.read(out.spare_mut())).await {
                 Err(_) => return Err(ReadError::Stalled),
                 Ok(Err(e)) => return Err(ReadError::Io(e)),
                 Ok(Ok(0)) => return Err(ReadError::Eof { mid_piece: true }),
-                Ok(Ok(_)) => {}
+                Ok(Ok(n)) => out.advance(n),
             }
         }
         Ok(out.freeze())

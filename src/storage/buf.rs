@@ -1,0 +1,232 @@
+//! Piece buffers: page-aligned, so a full piece can be written with O_DIRECT straight from the memory it
+//! was received into, and recycled, so a download does not fault in fresh memory for every piece.
+//!
+//! A filled buffer becomes an immutable [`Bytes`] without a copy; when the last clone of it is dropped, the
+//! memory goes back to the daemon-wide pool (up to [`IDLE_CAP`] bytes of idle buffers; beyond that it is
+//! freed). On the VM this project is measured on, memory the kernel hands out fresh costs ~2.5 s of CPU
+//! per GiB on first touch (the hypervisor backs it lazily), which is why both the pool and O_DIRECT
+//! (no page-cache pages at all) pay.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use bytes::Bytes;
+
+/// Alignment O_DIRECT needs of buffer addresses, lengths and file offsets (covers 512 B and 4 KiB sectors).
+pub const ALIGN: usize = 4096;
+/// Idle buffers kept for reuse, daemon-wide; in-use buffers are bounded by the engine's ingest budget.
+pub const IDLE_CAP: usize = 16 << 20;
+
+/// A piece-sized buffer: `cap` usable bytes starting at a page boundary, the first `len` of them filled.
+pub struct PieceBuf {
+    /// `class(cap) + ALIGN` bytes, so that an aligned window of `cap` always fits; never grown (never
+    /// moves). Sizes come in powers of two so that a last, short piece's buffer is reused by a full one.
+    mem: Vec<u8>,
+    off: usize,
+    len: usize,
+    cap: usize,
+}
+
+impl PieceBuf {
+    fn alloc(cap: usize) -> PieceBuf {
+        // calloc'd: pages the kernel has not handed out yet cost nothing until written.
+        let mem = vec![0u8; class(cap) + ALIGN];
+        let off = mem.as_ptr().align_offset(ALIGN);
+        PieceBuf { mem, off, len: 0, cap }
+    }
+
+    /// A buffer with no room at all, holding no memory (a placeholder while a full one is handed on).
+    pub fn empty() -> PieceBuf {
+        PieceBuf { mem: Vec::new(), off: 0, len: 0, cap: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len == self.cap
+    }
+
+    /// Copies as much of `src` as fits; returns how many bytes were taken.
+    pub fn fill_from(&mut self, src: &[u8]) -> usize {
+        let n = src.len().min(self.cap - self.len);
+        let at = self.off + self.len;
+        self.mem[at..at + n].copy_from_slice(&src[..n]);
+        self.len += n;
+        n
+    }
+
+    /// The unfilled part, for reading from a socket straight into the buffer; see [`PieceBuf::advance`].
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        let (from, to) = (self.off + self.len, self.off + self.cap);
+        &mut self.mem[from..to]
+    }
+
+    /// Marks `n` more bytes of the spare part as filled.
+    pub fn advance(&mut self, n: usize) {
+        self.len = (self.len + n).min(self.cap);
+    }
+
+    /// The filled bytes as `Bytes`, without copying; the memory returns to the pool when every clone is gone.
+    pub fn freeze(self) -> Bytes {
+        Bytes::from_owner(Pooled(Some(self)))
+    }
+}
+
+impl AsRef<[u8]> for PieceBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.mem[self.off..self.off + self.len]
+    }
+}
+
+/// Owner behind a frozen buffer's `Bytes`: gives the memory back to the pool on drop.
+struct Pooled(Option<PieceBuf>);
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_ref().map_or(&[], |b| b.as_ref())
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            pool().put(b);
+        }
+    }
+}
+
+/// Idle buffers by allocation size, and their total.
+#[derive(Default)]
+struct Idle {
+    by_size: HashMap<usize, Vec<Vec<u8>>>,
+    total: usize,
+}
+
+struct Pool {
+    idle: Mutex<Idle>,
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| Pool { idle: Mutex::new(Idle::default()) })
+}
+
+impl Pool {
+    fn put(&self, b: PieceBuf) {
+        let size = b.mem.len();
+        let mut g = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if size > 0 && g.total + size <= IDLE_CAP {
+            g.by_size.entry(size).or_default().push(b.mem);
+            g.total += size;
+        }
+    }
+
+    fn take(&self, cap: usize) -> Option<Vec<u8>> {
+        let mut g = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mem = g.by_size.get_mut(&(class(cap) + ALIGN))?.pop()?;
+        g.total -= mem.len();
+        Some(mem)
+    }
+}
+
+fn class(cap: usize) -> usize {
+    cap.checked_next_power_of_two().unwrap_or(cap).max(ALIGN)
+}
+
+/// Bytes of stored pieces kept in memory daemon-wide (see [`Held`]).
+static HELD: AtomicUsize = AtomicUsize::new(0);
+/// At most this many bytes of stored pieces stay in memory at once, daemon-wide.
+pub const HOLD_CAP: usize = 32 << 20;
+
+/// A stored piece kept in memory for a while after it reached the disk: for the whole-content hash when
+/// it arrived ahead of the pieces before it (ranged origin connections, several parents), and for
+/// clients streaming the download as it lands. Counts against [`HOLD_CAP`] until dropped.
+pub struct Held(Bytes);
+
+impl Held {
+    /// Holds `b` if the daemon-wide cap has room; otherwise gives it back (the piece is read back from the
+    /// file when needed).
+    pub fn try_new(b: Bytes) -> Result<Held, Bytes> {
+        let n = b.len();
+        match HELD.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| (cur + n <= HOLD_CAP).then_some(cur + n)) {
+            Ok(_) => Ok(Held(b)),
+            Err(_) => Err(b),
+        }
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD.fetch_sub(self.0.len(), Ordering::AcqRel);
+    }
+}
+
+/// Bytes of stored pieces held in memory right now, daemon-wide.
+pub fn held_bytes() -> usize {
+    HELD.load(Ordering::Acquire)
+}
+
+/// An empty buffer of `cap` bytes, reused from the pool when one of that size is idle.
+pub fn take(cap: usize) -> PieceBuf {
+    match pool().take(cap) {
+        Some(mem) => {
+            let off = mem.as_ptr().align_offset(ALIGN);
+            PieceBuf { mem, off, len: 0, cap }
+        }
+        None => PieceBuf::alloc(cap),
+    }
+}
+
+/// Bytes that O_DIRECT can write as they are: an aligned address and an offset on a block boundary.
+pub fn direct_writable(b: &[u8], offset: u64) -> bool {
+    (b.as_ptr() as usize) % ALIGN == 0 && offset % ALIGN as u64 == 0
+}
+
+/// Idle bytes held by the pool (for tests and metrics).
+pub fn idle_bytes() -> usize {
+    pool().idle.lock().unwrap_or_else(|p| p.into_inner()).total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_aligned_filled_in_order_and_come_back() {
+        let mut b = take(3 * ALIGN);
+        assert_eq!(b.spare_mut().as_ptr() as usize % ALIGN, 0);
+        assert_eq!(b.fill_from(&[1; 5000]), 5000);
+        assert_eq!(b.fill_from(&[2; 10_000]), 3 * ALIGN - 5000, "takes only what fits");
+        assert!(b.is_full());
+        let bytes = b.freeze();
+        assert_eq!(bytes.len(), 3 * ALIGN);
+        assert!(direct_writable(&bytes, 0) && !direct_writable(&bytes[1..], 0) && !direct_writable(&bytes, 512));
+        assert_eq!(&bytes[..5000], &[1; 5000][..]);
+        assert_eq!(bytes[5000], 2);
+        let clone = bytes.slice(ALIGN..);
+        drop(bytes);
+        let before = idle_bytes();
+        drop(clone);
+        assert!(idle_bytes() > before || idle_bytes() + 3 * ALIGN + ALIGN > IDLE_CAP, "the last clone returns it");
+        let mut again = take(3 * ALIGN);
+        assert!(again.is_empty());
+        again.spare_mut()[..3].copy_from_slice(b"abc");
+        again.advance(3);
+        assert_eq!(again.as_ref(), b"abc");
+    }
+}
