@@ -7,7 +7,7 @@
 //! per GiB on first touch (the hypervisor backs it lazily), which is why both the pool and O_DIRECT
 //! (no page-cache pages at all) pay.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -174,6 +174,56 @@ impl Drop for Held {
     fn drop(&mut self) {
         HELD.fetch_sub(self.0.len(), Ordering::AcqRel);
     }
+}
+
+/// One task's stored pieces still in memory, by piece index.
+#[derive(Default)]
+pub struct HeldPieces(Mutex<BTreeMap<u32, Held>>);
+
+impl HeldPieces {
+    pub fn get(&self, k: u32) -> Option<Bytes> {
+        lock(&self.0).get(&k).map(|h| h.0.clone())
+    }
+
+    /// Keeps piece `k` (the hash has taken every piece before `next`). When the cap is reached, this
+    /// task makes room: first pieces the hash took before its last two (oldest first: a streaming
+    /// client is past them), then pieces farther ahead than this one (the hash needs the nearest first;
+    /// the others are read back from the file when it gets there). Otherwise `k` is not kept.
+    pub fn keep(&self, k: u32, data: Bytes, next: u32) {
+        let mut m = lock(&self.0);
+        let mut data = Some(data);
+        // Bounded by the map: every round inserts, or removes one entry, or gives up.
+        while let Some(d) = data.take() {
+            match Held::try_new(d) {
+                Ok(h) => {
+                    m.insert(k, h);
+                }
+                Err(d) => {
+                    // The two pieces the hash took last are where a streaming client reads: kept.
+                    let stale = m.keys().next().copied().filter(|&x| x + 2 < next);
+                    if let Some(v) = stale.or_else(|| m.keys().next_back().copied().filter(|&far| far > k)) {
+                        m.remove(&v);
+                        data = Some(d);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A client read piece `k` to its end: once the hash has it too, it need not stay.
+    pub fn consumed(&self, k: u32, next: u32) {
+        if k < next {
+            lock(&self.0).remove(&k);
+        }
+    }
+
+    pub fn clear(&self) {
+        lock(&self.0).clear();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Bytes of stored pieces held in memory right now, daemon-wide.

@@ -6,7 +6,7 @@
 //! Against power loss and bit rot, every piece is checked against its crc the first time this process
 //! reads it (see `verified`), and a task is marked complete only after an fdatasync.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
@@ -66,7 +66,7 @@ pub struct Task {
     /// Stored pieces still in memory (daemon-wide cap, [`buf::HOLD_CAP`]): those the whole-content hash
     /// has not reached yet, so it need not read them back, and the newest two, so a client streaming the
     /// download as it lands reads them without a copy (and, with O_DIRECT, without going to the disk).
-    held: Mutex<BTreeMap<u32, buf::Held>>,
+    held: buf::HeldPieces,
     pub(super) data_path: PathBuf,
     pub(super) io: IoEngine,
     writing: Mutex<HashSet<u32>>,
@@ -104,7 +104,7 @@ impl Task {
             meta,
             data: Arc::new(data),
             direct: direct.map(Arc::new),
-            held: Mutex::new(BTreeMap::new()),
+            held: buf::HeldPieces::default(),
             data_path,
             io,
             writing: Mutex::new(HashSet::new()),
@@ -468,45 +468,21 @@ impl Task {
     /// Piece `k`'s bytes if they are still in memory and the piece is still complete (a piece found
     /// corrupt on disk and cleared must not be served from memory either).
     pub(super) fn resident_piece(&self, k: u32) -> Option<Bytes> {
-        let r = lock(&self.held);
-        r.get(&k).filter(|_| self.has_piece(k)).map(|h| h.bytes().clone())
+        self.held.get(k).filter(|_| self.has_piece(k))
     }
 
     fn keep_in_memory(&self, k: u32, data: Bytes) {
-        let next = super::digest::next_unhashed(self);
-        let mut m = lock(&self.held);
-        // When the cap is reached this task makes room: first pieces the hash took before its last two
-        // (oldest first: a streaming client is past them), then pieces farther ahead than this one (the hash needs the
-        // nearest first; the others are read back from the file when it gets there).
-        let mut data = Some(data);
-        // Bounded by the map: every round inserts, or removes one entry, or gives up.
-        while let Some(d) = data.take() {
-            match buf::Held::try_new(d) {
-                Ok(h) => {
-                    m.insert(k, h);
-                }
-                Err(d) => {
-                    // The two pieces the hash took last are where a streaming client reads: kept.
-                    let stale = m.keys().next().copied().filter(|&x| x + 2 < next);
-                    if let Some(v) = stale.or_else(|| m.keys().next_back().copied().filter(|&far| far > k)) {
-                        m.remove(&v);
-                        data = Some(d);
-                    }
-                }
-            }
-        }
+        self.held.keep(k, data, super::digest::next_unhashed(self));
     }
 
     /// A client has read the last byte of piece `k` from memory; once hashed, it need not stay there.
     fn consumed(&self, k: u32) {
-        if k < super::digest::next_unhashed(self) {
-            lock(&self.held).remove(&k);
-        }
+        self.held.consumed(k, super::digest::next_unhashed(self));
     }
 
     /// Lets every piece in memory go (the task is complete, failed or gone): the buffers return to the pool.
     pub(super) fn release_resident(&self) {
-        lock(&self.held).clear();
+        self.held.clear();
     }
 
     /// Reads a complete piece through the io engine, checking its crc32c.
