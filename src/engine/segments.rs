@@ -25,7 +25,8 @@ use std::sync::Arc;
 use super::error::EngineError;
 use super::source::{stream_pieces, OriginClient, OriginResponse, Streaming};
 use super::FetchRequest;
-use crate::storage::Task;
+use crate::storage::buf::HOLD_CAP;
+use crate::storage::{Task, TaskState};
 
 /// What one chunk request asks for (rounded to whole pieces): long enough that a request's round trip
 /// is small beside its transfer, short enough that the hash never trails far behind the download: the
@@ -102,6 +103,24 @@ impl Chunks {
     }
 }
 
+/// Waits (up to `limit`) until chunk `[a, b)` ends within what storage keeps in memory ahead of the
+/// whole-object hash ([`HOLD_CAP`]): a connection that ran farther ahead would store pieces that have
+/// to be read back from the file to be hashed (on a VM, costing more CPU than the hash itself). The
+/// hash follows the first connection's pieces within milliseconds, so this only keeps connections from
+/// racing a slow one; a stalled download is ended by the idle bound on the connection it waits for.
+async fn near_the_hash(task: &Task, (_, b): (u32, u32), chunk: u32, limit: std::time::Duration) {
+    let pl = u64::from(task.piece_length()).max(1);
+    let ahead = u32::try_from(HOLD_CAP as u64 / pl).unwrap_or(u32::MAX).max(chunk);
+    let deadline = tokio::time::Instant::now() + limit;
+    // Bounded by the deadline.
+    while b > task.hashed_pieces().saturating_add(ahead)
+        && tokio::time::Instant::now() < deadline
+        && matches!(task.state(), TaskState::InProgress)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
 /// The part of chunk `[a, b)` from its first missing piece to its last one, if any is missing.
 fn missing_within(task: &Task, (a, b): (u32, u32)) -> Option<(u32, u32)> {
     let lo = (a..b).find(|&k| !task.has_piece(k))?;
@@ -134,6 +153,7 @@ pub(super) async fn fetch(
             };
             // Bounded: every round takes a chunk, and there are finitely many.
             while let Some(c) = chunks.take() {
+                near_the_hash(task, c, plan.chunk, s.idle).await;
                 // A resumed download asks only for what is missing: a chunk already stored is skipped,
                 // and one partly stored is narrowed to the pieces between its first and last gap.
                 if let Some(c) = missing_within(task, c) {

@@ -77,6 +77,11 @@ impl PieceBuf {
         self.len = (self.len + n).min(self.cap);
     }
 
+    /// Keeps only the first `n` filled bytes.
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n);
+    }
+
     /// The filled bytes as `Bytes`, without copying; the memory returns to the pool when every clone is gone.
     pub fn freeze(self) -> Bytes {
         Bytes::from_owner(Pooled(Some(self)))

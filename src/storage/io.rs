@@ -163,6 +163,29 @@ impl IoEngine {
         }
     }
 
+    /// Reads `len` bytes at `offset` (block-aligned) through an O_DIRECT descriptor into a pooled,
+    /// aligned buffer: the whole blocks covering them, the file's end cutting the last one short.
+    pub async fn read_direct(self, direct: &Arc<File>, len: usize, offset: u64) -> io::Result<Bytes> {
+        let want = len.div_ceil(super::buf::ALIGN) * super::buf::ALIGN;
+        let mut b = super::buf::take(want);
+        let f = direct.clone();
+        // O_DIRECT reads of whole pieces: on the blocking pool for either engine (no page cache to hit).
+        let b = blocking(move || {
+            // Bounded: each turn reads at least one byte or ends.
+            while b.len() < len {
+                let at = offset + b.len() as u64;
+                match f.read_at(b.spare_mut(), at)? {
+                    0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "task file shorter than piece")),
+                    n => b.advance(n),
+                }
+            }
+            b.truncate(len);
+            Ok(b)
+        })
+        .await?;
+        Ok(b.freeze())
+    }
+
     /// Reads exactly `len` bytes at `offset`.
     pub async fn read_exact_at(self, file: &Arc<File>, len: usize, offset: u64) -> io::Result<Vec<u8>> {
         match self {

@@ -1,8 +1,10 @@
 //! The storage engine: every piece that arrives from an origin or a peer is written here, and every piece
 //! served to a client or a peer is read from here.
 //!
-//! Owns: task content files (preallocated, written through io_uring or pread/pwrite), their mmap-backed
-//! metadata (storage-format.md), piece waiters, the whole-content digest, zero-copy read handles and GC.
+//! Owns: task content files (preallocated, written through io_uring or pread/pwrite, with O_DIRECT from
+//! page-aligned pooled piece buffers by default), their mmap-backed metadata (storage-format.md), the
+//! stored pieces kept in memory for the hash and for streaming readers (`buf`), piece waiters, the
+//! whole-content digest, zero-copy and upload read handles, and GC.
 //! Never: speaks HTTP or the peer protocol, or decides where bytes come from; it calls nothing above it.
 //! Called by: the engine (writes pieces, waits for them), transfer and proxy (zero-copy reads), the daemon
 //! (open, GC, clean close).
@@ -17,6 +19,7 @@ pub mod layout;
 mod meta;
 mod store;
 mod task;
+mod upload;
 mod uring;
 mod zerocopy;
 

@@ -221,14 +221,14 @@ impl Store {
         }
     }
 
-    /// A second, write-only descriptor of a content file opened with O_DIRECT, when the store ingests that
+    /// A second descriptor of a content file, opened with O_DIRECT, when the store ingests that
     /// way and the file system accepts it (tmpfs before 6.6 and some FUSE file systems do not: those tasks
     /// are written through the page cache, and the daemon says so once).
     fn open_direct(&self, data_path: &Path) -> Option<std::fs::File> {
         if self.cfg.ingest != Ingest::Direct {
             return None;
         }
-        match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(data_path) {
+        match OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(data_path) {
             Ok(f) => Some(f),
             Err(e) => {
                 static SAID: std::sync::Once = std::sync::Once::new();

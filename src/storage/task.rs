@@ -62,7 +62,7 @@ pub struct Task {
     pub(super) meta: Meta,
     pub(super) data: Arc<File>,
     /// The same file opened with O_DIRECT, when the store ingests that way.
-    direct: Option<Arc<File>>,
+    pub(super) direct: Option<Arc<File>>,
     /// Stored pieces still in memory (daemon-wide cap, [`buf::HOLD_CAP`]): those the whole-content hash
     /// has not reached yet, so it need not read them back, and the newest two, so a client streaming the
     /// download as it lands reads them without a copy (and, with O_DIRECT, without going to the disk).
@@ -407,11 +407,11 @@ impl Task {
         Ok(())
     }
 
-    fn is_verified(&self, k: u32) -> bool {
+    pub(super) fn is_verified(&self, k: u32) -> bool {
         self.verified[(k / 64) as usize].load(Ordering::Acquire) & (1 << (k % 64)) != 0
     }
 
-    fn set_verified(&self, k: u32) {
+    pub(super) fn set_verified(&self, k: u32) {
         self.verified[(k / 64) as usize].fetch_or(1 << (k % 64), Ordering::AcqRel);
     }
 
@@ -427,7 +427,7 @@ impl Task {
     }
 
     /// Where a stored piece's bytes are; before the length is known every stored piece is a full one.
-    fn stored_range(&self, k: u32) -> Option<(u64, u32)> {
+    pub(super) fn stored_range(&self, k: u32) -> Option<(u64, u32)> {
         match self.content_length() {
             Some(_) => self.piece_range(k),
             None => {
@@ -463,6 +463,11 @@ impl Task {
             .map_err(|e| StorageError::io(&self.data_path, e))?;
         self.touch();
         Ok(Bytes::from(v))
+    }
+
+    /// Pieces the whole-content hash has taken so far (it takes them in order).
+    pub fn hashed_pieces(&self) -> u32 {
+        super::digest::next_unhashed(self)
     }
 
     /// Piece `k`'s bytes if they are still in memory and the piece is still complete (a piece found
@@ -522,7 +527,14 @@ impl Task {
             self.read_piece(k).await?;
         }
         self.touch();
-        Ok(ZeroCopy { file: self.data.clone(), offset: off, len: len as u64, _pin: self.clone() })
+        Ok(ZeroCopy {
+            file: self.data.clone(),
+            offset: off,
+            len: len as u64,
+            mem: None,
+            _lease: None,
+            _pin: self.clone(),
+        })
     }
 
     /// A zero-copy handle for any byte range whose pieces are all complete (proxy Range responses).
@@ -535,7 +547,7 @@ impl Task {
                 self.zero_copy_piece(k).await?;
             }
         }
-        Ok(ZeroCopy { file: self.data.clone(), offset, len, _pin: self.clone() })
+        Ok(ZeroCopy { file: self.data.clone(), offset, len, mem: None, _lease: None, _pin: self.clone() })
     }
 
     /// Puts the complete content at `dest`: a hard link when `dest` is on the same file system (no copy at

@@ -28,6 +28,11 @@ pub struct ZeroCopy {
     pub file: Arc<File>,
     pub offset: u64,
     pub len: u64,
+    /// The same bytes already in memory (a piece still held after it was stored, or read with O_DIRECT):
+    /// sent from there, so sending never fills the page cache (see `Task::upload_piece`).
+    pub(super) mem: Option<bytes::Bytes>,
+    /// The share of the daemon's upload-buffer budget `mem` holds, returned when the last clone goes.
+    pub(super) _lease: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
     pub(super) _pin: Arc<super::Task>,
 }
 
@@ -44,11 +49,20 @@ impl ZeroCopy {
     /// A sub-range, `offset` relative to this one (callers pacing a send chunk by chunk).
     pub fn slice(&self, offset: u64, len: u64) -> Option<ZeroCopy> {
         let end = offset.checked_add(len)?;
-        (end <= self.len).then(|| ZeroCopy { offset: self.offset + offset, len, ..self.clone() })
+        let mem = match &self.mem {
+            Some(m) if end <= self.len => Some(m.slice(offset as usize..end as usize)),
+            _ => None,
+        };
+        (end <= self.len).then(|| ZeroCopy { offset: self.offset + offset, len, mem, ..self.clone() })
     }
 
     /// Sends the whole range to `sock`; returns the bytes sent (always `len` on success).
     pub async fn send_to(&self, sock: &TcpStream) -> io::Result<u64> {
+        if let Some(m) = &self.mem {
+            let mut w = SockWriter(sock);
+            w.write_all(m).await?;
+            return Ok(m.len() as u64);
+        }
         let mut sent = 0u64;
         let fd = self.file.as_raw_fd();
         while sent < self.len {
@@ -83,43 +97,15 @@ impl ZeroCopy {
     }
 
     async fn copy_to_socket(&self, sock: &TcpStream) -> io::Result<u64> {
-        struct Sock<'a>(&'a TcpStream);
-        impl AsyncWrite for Sock<'_> {
-            fn poll_write(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &[u8],
-            ) -> std::task::Poll<io::Result<usize>> {
-                // Loops on WouldBlock until readiness is registered; bounded by the kernel's answers.
-                loop {
-                    match self.0.try_write(buf) {
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => match self.0.poll_write_ready(cx) {
-                            std::task::Poll::Ready(Ok(())) => continue,
-                            std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
-                            std::task::Poll::Pending => return std::task::Poll::Pending,
-                        },
-                        r => return std::task::Poll::Ready(r),
-                    }
-                }
-            }
-            fn poll_flush(
-                self: std::pin::Pin<&mut Self>,
-                _: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<io::Result<()>> {
-                std::task::Poll::Ready(Ok(()))
-            }
-            fn poll_shutdown(
-                self: std::pin::Pin<&mut Self>,
-                _: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<io::Result<()>> {
-                std::task::Poll::Ready(Ok(()))
-            }
-        }
-        self.copy_to(&mut Sock(sock)).await
+        self.copy_to(&mut SockWriter(sock)).await
     }
 
     /// The copying path, for writers that are not sockets (or when sendfile is refused).
     pub async fn copy_to<W: AsyncWrite + Unpin>(&self, w: &mut W) -> io::Result<u64> {
+        if let Some(m) = &self.mem {
+            w.write_all(m).await?;
+            return Ok(m.len() as u64);
+        }
         let mut buf = vec![0u8; MAX_SEND.min(self.len as usize)];
         let mut sent = 0u64;
         while sent < self.len {
@@ -136,5 +122,37 @@ impl ZeroCopy {
             buf = b;
         }
         Ok(sent)
+    }
+}
+
+/// A borrowed socket as an `AsyncWrite` (the senders here only hold `&TcpStream`).
+struct SockWriter<'a>(&'a TcpStream);
+
+impl AsyncWrite for SockWriter<'_> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        // Loops on WouldBlock until readiness is registered; bounded by the kernel's answers.
+        loop {
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match self.0.poll_write_ready(cx) {
+                    std::task::Poll::Ready(Ok(())) => continue,
+                    std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                    std::task::Poll::Pending => return std::task::Poll::Pending,
+                },
+                r => return std::task::Poll::Ready(r),
+            }
+        }
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }

@@ -413,7 +413,7 @@ impl Shared {
                 Ok(Ok(())) => {}
             }
         }
-        let zc = task.zero_copy_piece(k).await.map_err(|e| match e {
+        let zc = task.upload_piece(k).await.map_err(|e| match e {
             StorageError::PieceMissing(_) => (ErrorCode::PieceNotAvailable, e.to_string()),
             e => (ErrorCode::Storage, e.to_string()),
         })?;
