@@ -16,7 +16,7 @@
 # Needs root (ip netns, tc), nginx (installed with apt-get when missing), curl, a release build, and about
 # ROUNDS × rates × SIZE × 3 of disk under /var/tmp. Addresses exist only inside this run's namespaces;
 # every process and namespace is removed on exit, even when interrupted. Exits non-zero only if the set-up
-# fails: a missed goal is a figure to report. Writes results.md to OUTDIR (default
+# fails: a missed goal is a figure to report. SHOAL_BIN=path measures another build of the daemon. Writes results.md to OUTDIR (default
 # /var/tmp/shoal-bench/bench-link).
 set -euo pipefail
 
@@ -42,7 +42,8 @@ if ! command -v nginx >/dev/null; then
 fi
 cargo build --release -q
 cargo build --release -q --example cpu_floor
-BIN=$ROOT/target/release/shoal
+# SHOAL_BIN: another build of the daemon to measure (an older commit, for a before/after in one sitting).
+BIN=${SHOAL_BIN:-$ROOT/target/release/shoal}
 FLOOR_BIN=$ROOT/target/release/examples/cpu_floor
 mkdir -p "$OUT"
 

@@ -15,30 +15,84 @@ use bytes::Bytes;
 
 /// Alignment O_DIRECT needs of buffer addresses, lengths and file offsets (covers 512 B and 4 KiB sectors).
 pub const ALIGN: usize = 4096;
-/// Idle buffers kept for reuse, daemon-wide; in-use buffers are bounded by the engine's ingest budget.
-pub const IDLE_CAP: usize = 16 << 20;
+/// Idle buffers kept for reuse, daemon-wide; in-use buffers are bounded by the engine's ingest budget,
+/// [`HOLD_CAP`] and the upload budget. Reuse matters on a VM: memory given back and faulted in again
+/// costs ~2.5 s per GiB there. Measured against keeping idle buffers while all piece memory stayed
+/// under 64 MiB: the same CPU per GiB, and 12 MiB less RSS once downloads end (docs/benchmarks.md).
+pub const IDLE_CAP: usize = 32 << 20;
+
+/// Piece-buffer memory that exists right now, idle or in use (see [`live_bytes`]).
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// A buffer's memory: its own anonymous mapping (page-aligned, and given back to the kernel when dropped,
+/// so the daemon's RSS falls when downloads end; glibc kept heap buffers of this size in its arenas), or,
+/// should mapping fail, heap memory with an aligned window in it.
+enum Mem {
+    None,
+    Map(memmap2::MmapMut),
+    Heap { v: Vec<u8>, off: usize },
+}
+
+impl Mem {
+    /// `size` usable bytes (a power of two, at least [`ALIGN`]), page-aligned.
+    fn new(size: usize) -> Mem {
+        LIVE.fetch_add(size, Ordering::AcqRel);
+        match memmap2::MmapMut::map_anon(size) {
+            Ok(m) => {
+                // Transparent huge pages where the system allows them (THP "madvise"): a 4 MiB buffer
+                // then faults in twice rather than 1,024 times. Only advice: refused, nothing changes.
+                if size >= 2 << 20 {
+                    let _ = m.advise(memmap2::Advice::HugePage);
+                }
+                Mem::Map(m)
+            }
+            Err(_) => {
+                let v = vec![0u8; size + ALIGN];
+                let off = v.as_ptr().align_offset(ALIGN);
+                Mem::Heap { v, off }
+            }
+        }
+    }
+
+    /// The aligned, usable bytes.
+    fn window(&self) -> &[u8] {
+        match self {
+            Mem::None => &[],
+            Mem::Map(m) => m,
+            Mem::Heap { v, off } => &v[*off..*off + (v.len() - ALIGN)],
+        }
+    }
+
+    fn window_mut(&mut self) -> &mut [u8] {
+        match self {
+            Mem::None => &mut [],
+            Mem::Map(m) => m,
+            Mem::Heap { v, off } => {
+                let n = v.len() - ALIGN;
+                &mut v[*off..*off + n]
+            }
+        }
+    }
+}
+
+impl Drop for Mem {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(self.window().len(), Ordering::AcqRel);
+    }
+}
 
 /// A piece-sized buffer: `cap` usable bytes starting at a page boundary, the first `len` of them filled.
+/// Its memory comes in powers of two so that a last, short piece's buffer is reused by a full one.
 pub struct PieceBuf {
-    /// `class(cap) + ALIGN` bytes, so that an aligned window of `cap` always fits; never grown (never
-    /// moves). Sizes come in powers of two so that a last, short piece's buffer is reused by a full one.
-    mem: Vec<u8>,
-    off: usize,
+    mem: Mem,
     len: usize,
     cap: usize,
 }
 
 impl PieceBuf {
-    fn alloc(cap: usize) -> PieceBuf {
-        // calloc'd: pages the kernel has not handed out yet cost nothing until written.
-        let mem = vec![0u8; class(cap) + ALIGN];
-        let off = mem.as_ptr().align_offset(ALIGN);
-        PieceBuf { mem, off, len: 0, cap }
-    }
-
     /// A buffer with no room at all, holding no memory (a placeholder while a full one is handed on).
     pub fn empty() -> PieceBuf {
-        PieceBuf { mem: Vec::new(), off: 0, len: 0, cap: 0 }
+        PieceBuf { mem: Mem::None, len: 0, cap: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -60,16 +114,16 @@ impl PieceBuf {
     /// Copies as much of `src` as fits; returns how many bytes were taken.
     pub fn fill_from(&mut self, src: &[u8]) -> usize {
         let n = src.len().min(self.cap - self.len);
-        let at = self.off + self.len;
-        self.mem[at..at + n].copy_from_slice(&src[..n]);
+        let at = self.len;
+        self.mem.window_mut()[at..at + n].copy_from_slice(&src[..n]);
         self.len += n;
         n
     }
 
     /// The unfilled part, for reading from a socket straight into the buffer; see [`PieceBuf::advance`].
     pub fn spare_mut(&mut self) -> &mut [u8] {
-        let (from, to) = (self.off + self.len, self.off + self.cap);
-        &mut self.mem[from..to]
+        let (from, to) = (self.len, self.cap);
+        &mut self.mem.window_mut()[from..to]
     }
 
     /// Marks `n` more bytes of the spare part as filled.
@@ -90,7 +144,7 @@ impl PieceBuf {
 
 impl AsRef<[u8]> for PieceBuf {
     fn as_ref(&self) -> &[u8] {
-        &self.mem[self.off..self.off + self.len]
+        &self.mem.window()[..self.len]
     }
 }
 
@@ -114,7 +168,7 @@ impl Drop for Pooled {
 /// Idle buffers by allocation size, and their total.
 #[derive(Default)]
 struct Idle {
-    by_size: HashMap<usize, Vec<Vec<u8>>>,
+    by_size: HashMap<usize, Vec<Mem>>,
     total: usize,
 }
 
@@ -129,7 +183,7 @@ fn pool() -> &'static Pool {
 
 impl Pool {
     fn put(&self, b: PieceBuf) {
-        let size = b.mem.len();
+        let size = b.mem.window().len();
         let mut g = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if size > 0 && g.total + size <= IDLE_CAP {
             g.by_size.entry(size).or_default().push(b.mem);
@@ -137,10 +191,10 @@ impl Pool {
         }
     }
 
-    fn take(&self, cap: usize) -> Option<Vec<u8>> {
+    fn take(&self, cap: usize) -> Option<Mem> {
         let mut g = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let mem = g.by_size.get_mut(&(class(cap) + ALIGN))?.pop()?;
-        g.total -= mem.len();
+        let mem = g.by_size.get_mut(&class(cap))?.pop()?;
+        g.total -= mem.window().len();
         Some(mem)
     }
 }
@@ -238,18 +292,18 @@ pub fn held_bytes() -> usize {
 
 /// An empty buffer of `cap` bytes, reused from the pool when one of that size is idle.
 pub fn take(cap: usize) -> PieceBuf {
-    match pool().take(cap) {
-        Some(mem) => {
-            let off = mem.as_ptr().align_offset(ALIGN);
-            PieceBuf { mem, off, len: 0, cap }
-        }
-        None => PieceBuf::alloc(cap),
-    }
+    let mem = pool().take(cap).unwrap_or_else(|| Mem::new(class(cap)));
+    PieceBuf { mem, len: 0, cap }
 }
 
 /// Bytes that O_DIRECT can write as they are: an aligned address and an offset on a block boundary.
 pub fn direct_writable(b: &[u8], offset: u64) -> bool {
     (b.as_ptr() as usize) % ALIGN == 0 && offset % ALIGN as u64 == 0
+}
+
+/// Piece-buffer memory mapped right now, idle or in use.
+pub fn live_bytes() -> usize {
+    LIVE.load(Ordering::Acquire)
 }
 
 /// Idle bytes held by the pool (for tests and metrics).
@@ -277,7 +331,7 @@ mod tests {
         drop(bytes);
         let before = idle_bytes();
         drop(clone);
-        assert!(idle_bytes() > before || idle_bytes() + 3 * ALIGN + ALIGN > IDLE_CAP, "the last clone returns it");
+        assert!(idle_bytes() > before || idle_bytes() + 4 * ALIGN > IDLE_CAP, "the last clone returns it");
         let mut again = take(3 * ALIGN);
         assert!(again.is_empty());
         again.spare_mut()[..3].copy_from_slice(b"abc");

@@ -117,7 +117,7 @@ pub fn kick(task: &Arc<Task>) {
 }
 
 fn run(task: Arc<Task>, mut ctx: Sha256) {
-    let mut buf = Vec::new();
+    let mut chunk = super::buf::take(READ_BACK);
     // Bounded by the piece count: every round hashes one piece or leaves.
     loop {
         let k = {
@@ -174,22 +174,64 @@ fn run(task: Arc<Task>, mut ctx: Sha256) {
             h.crcs.push(crc);
             continue;
         }
-        buf.resize(len as usize, 0);
-        if let Err(e) = task.data.read_exact_at(&mut buf, off) {
-            task.fail(FailReason::io("reading a piece for the sha256", &e));
-            lock(&task.hasher).running = false;
-            return;
-        }
-        let got = crc32c::crc32c(&buf);
+        let (got, hashed) = match read_back(&task, &mut chunk, off, len as usize, &ctx) {
+            Ok(r) => r,
+            Err(e) => {
+                task.fail(FailReason::io("reading a piece for the sha256", &e));
+                lock(&task.hasher).running = false;
+                return;
+            }
+        };
         if got != crc {
             task.drop_corrupt_piece(k, crc, got);
             continue;
         }
-        ctx.update(&buf);
+        ctx = hashed;
         let mut h = lock(&task.hasher);
         h.next = k + 1;
         h.crcs.push(crc);
     }
+}
+
+/// How much of a piece the catch-up pass reads at a time: its memory per hashing task.
+const READ_BACK: usize = 1 << 20;
+
+/// Reads `len` bytes at `off` back from the task file in [`READ_BACK`] chunks (with O_DIRECT when the
+/// task has that descriptor: reading through the page cache would fill it for one pass), returning their
+/// crc32c and `ctx` advanced over them. The caller keeps the advanced digest only if the crc matches.
+fn read_back(
+    task: &Task,
+    chunk: &mut super::buf::PieceBuf,
+    off: u64,
+    len: usize,
+    ctx: &Sha256,
+) -> std::io::Result<(u32, Sha256)> {
+    let (file, align) = match &task.direct {
+        Some(d) => (d.as_ref(), super::buf::ALIGN),
+        None => (task.data.as_ref(), 1),
+    };
+    let (mut trial, mut crc, mut done) = (ctx.clone(), 0u32, 0usize);
+    // Bounded by len / READ_BACK chunks, each read in finitely many turns.
+    while done < len {
+        let n = (len - done).min(READ_BACK);
+        let want = n.div_ceil(align) * align;
+        chunk.truncate(0);
+        while chunk.len() < n {
+            let at = off + (done + chunk.len()) as u64;
+            let room = want - chunk.len();
+            match file.read_at(&mut chunk.spare_mut()[..room], at)? {
+                0 => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "task file shorter than piece"))
+                }
+                r => chunk.advance(r),
+            }
+        }
+        let bytes = &chunk.as_ref()[..n];
+        crc = crc32c::crc32c_append(crc, bytes);
+        trial.update(bytes);
+        done += n;
+    }
+    Ok((crc, trial))
 }
 
 fn finish(task: &Arc<Task>, ctx: Sha256) {
