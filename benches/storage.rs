@@ -2,7 +2,8 @@
 //! - ingest: 1 GiB of 4 MiB pieces through the store (crc32c, piece marking, sha256 and the final
 //!   fdatasync included) vs raw writes of the same size (O_DIRECT, and buffered pwrite), each ending with
 //!   fdatasync so all of them pay for the disk. `inorder4`: pieces in order, 4 in flight (an origin stream);
-//!   `random8`: random order, 8 in flight (pieces from several peers; sha256 then re-reads them).
+//!   `random8`: random order, 8 in flight (pieces from several peers; sha256 then re-reads those it
+//!   could not keep in memory). Each through O_DIRECT (`direct`, the default) and the page cache.
 //! - send: every piece of a cached 1 GiB task to a loopback socket, sendfile vs read + write.
 //!
 //! The summary at the end prints each figure as a ratio to its baseline.
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
-use shoal::storage::{IoEngineChoice, Store, StoreConfig, Task, TaskId, TaskSpec};
+use shoal::storage::{Ingest, IoEngineChoice, Store, StoreConfig, Task, TaskId, TaskSpec};
 
 const SIZE: u64 = 1 << 30;
 const PIECE: u32 = 4 << 20;
@@ -39,7 +40,11 @@ fn pieces() -> Vec<Bytes> {
                 x ^= x << 17;
                 v.extend_from_slice(&x.to_le_bytes());
             }
-            Bytes::from(v)
+            // In page-aligned piece buffers, as the origin and peer paths fill them: O_DIRECT ingest
+            // writes these as they are.
+            let mut b = shoal::storage::buf::take(PIECE as usize);
+            b.fill_from(&v);
+            b.freeze()
         })
         .collect()
 }
@@ -111,11 +116,14 @@ async fn ingest(store: &Arc<Store>, n: u8, data: &[Bytes], in_flight: usize, shu
     task.wait_complete().await.unwrap();
 }
 
-const INGEST: &[(&str, IoEngineChoice, usize, bool)] = &[
-    ("store_uring_inorder4", IoEngineChoice::Uring, 4, false),
-    ("store_sync_inorder4", IoEngineChoice::Sync, 4, false),
-    ("store_uring_random8", IoEngineChoice::Uring, 8, true),
-    ("store_sync_random8", IoEngineChoice::Sync, 8, true),
+/// (name, io engine, ingest mode, pieces in flight, random order)
+const INGEST: &[(&str, IoEngineChoice, Ingest, usize, bool)] = &[
+    ("store_uring_direct_inorder4", IoEngineChoice::Uring, Ingest::Direct, 4, false),
+    ("store_uring_buffered_inorder4", IoEngineChoice::Uring, Ingest::Buffered, 4, false),
+    ("store_sync_direct_inorder4", IoEngineChoice::Sync, Ingest::Direct, 4, false),
+    ("store_sync_buffered_inorder4", IoEngineChoice::Sync, Ingest::Buffered, 4, false),
+    ("store_uring_direct_random8", IoEngineChoice::Uring, Ingest::Direct, 8, true),
+    ("store_uring_buffered_random8", IoEngineChoice::Uring, Ingest::Buffered, 8, true),
 ];
 
 fn bench_ingest(c: &mut Criterion) {
@@ -128,9 +136,10 @@ fn bench_ingest(c: &mut Criterion) {
     g.bench_function("raw_odirect_fdatasync", |b| b.iter(|| raw_direct(&raw, &data)));
     g.bench_function("raw_pwrite_fdatasync", |b| b.iter(|| raw_buffered(&raw, &data)));
     let _ = std::fs::remove_file(&raw);
-    for (name, engine, in_flight, shuffled) in INGEST {
+    for (name, engine, ingest_mode, in_flight, shuffled) in INGEST {
         let mut cfg = StoreConfig::new(dir.path().join(name));
         cfg.io_engine = *engine;
+        cfg.ingest = *ingest_mode;
         let store = Store::open(cfg).unwrap().0;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let local = tokio::task::LocalSet::new();
@@ -202,9 +211,10 @@ fn interleaved_ingest(rounds: usize) {
     let local = tokio::task::LocalSet::new();
     let stores: Vec<_> = INGEST
         .iter()
-        .map(|(name, engine, _, _)| {
+        .map(|(name, engine, ingest_mode, _, _)| {
             let mut cfg = StoreConfig::new(dir.path().join(name));
             cfg.io_engine = *engine;
+            cfg.ingest = *ingest_mode;
             Store::open(cfg).unwrap().0
         })
         .collect();
@@ -218,7 +228,7 @@ fn interleaved_ingest(rounds: usize) {
                 0 => raw_direct(&raw, &data),
                 1 => raw_buffered(&raw, &data),
                 _ => {
-                    let (_, _, in_flight, shuffled) = INGEST[v - 2];
+                    let (_, _, _, in_flight, shuffled) = INGEST[v - 2];
                     local.block_on(&rt, ingest(&stores[v - 2], 1, &data, in_flight, shuffled));
                 }
             }

@@ -45,7 +45,8 @@ if ! command -v nginx >/dev/null; then
   DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq nginx-light >/dev/null
 fi
 cargo build --release -q
-BIN=$ROOT/target/release/shoal
+# SHOAL_BIN: another build of the daemon to measure (an older commit, for a before/after in one sitting).
+BIN=${SHOAL_BIN:-$ROOT/target/release/shoal}
 mkdir -p "$OUT"
 
 WORK=$(mktemp -d /var/tmp/shoal-bench-local.XXXXXX)

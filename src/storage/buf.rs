@@ -338,4 +338,36 @@ mod tests {
         again.advance(3);
         assert_eq!(again.as_ref(), b"abc");
     }
+
+    #[test]
+    fn held_pieces_keep_what_the_hash_and_a_reader_need_within_the_cap() {
+        let mib = |k: u32| Bytes::from(vec![k as u8; 1 << 20]);
+        let cap = (HOLD_CAP >> 20) as u32;
+        let h = HeldPieces::default();
+        // Nothing hashed yet: the nearest pieces fill the cap, farther ones are left to the file.
+        for k in 0..cap + 8 {
+            h.keep(k, mib(k), 0);
+        }
+        assert!(h.get(cap - 1).is_some() && h.get(cap).is_none());
+        assert!(held_bytes() <= HOLD_CAP);
+        h.keep(cap + 1, mib(0), 0);
+        assert!(h.get(cap + 1).is_none(), "farther than all held: not kept");
+        // Once the hash is at 20, pieces it took before its last two go first (oldest first).
+        h.keep(cap + 2, mib(1), 20);
+        assert!(h.get(0).is_none() && h.get(cap + 2).is_some());
+        assert!(h.get(18).is_some() && h.get(19).is_some(), "the last two hashed stay for a reader");
+        // A reader that finished a hashed piece lets it go; an unhashed one stays for the hash.
+        h.consumed(5, 20);
+        h.consumed(25, 20);
+        assert!(h.get(5).is_none() && h.get(25).is_some());
+        h.clear();
+        assert_eq!(held_bytes(), 0, "dropping held pieces returns their share of the cap");
+        // A piece nearer the hash than the farthest held one takes its place.
+        for k in 10..10 + cap {
+            h.keep(k, mib(k), 0);
+        }
+        h.keep(3, mib(3), 0);
+        assert!(h.get(3).is_some() && h.get(9 + cap).is_none() && h.get(8 + cap).is_some());
+        h.clear();
+    }
 }

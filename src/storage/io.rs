@@ -153,7 +153,13 @@ impl IoEngine {
         let head = buf.len() / super::buf::ALIGN * super::buf::ALIGN;
         match direct {
             Some(d) if head > 0 && super::buf::direct_writable(&buf, offset) => {
-                self.write_all_at(d, buf.slice(..head), offset).await?;
+                match self.write_all_at(d, buf.slice(..head), offset).await {
+                    // A device whose blocks are larger than ALIGN refuses it: the page cache then.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        return self.write_piece_at(buffered, buf, offset).await;
+                    }
+                    r => r?,
+                }
                 if head < buf.len() {
                     self.write_piece_at(buffered, buf.slice(head..), offset + head as u64).await?;
                 }
