@@ -164,6 +164,7 @@ impl Node {
         cores.spawn_on(0, report_load(upload.clone(), sched.clone()));
         cores.spawn_on(0, collect_garbage(store.clone(), sched.clone(), cfg.gc_interval));
         cores.spawn_on(0, announce_stored(store.clone(), sched.clone()));
+        cores.spawn_on(0, give_back_memory(proxy.connection_count()));
         tracing::info!(
             data_dir = %store.data_dir().display(),
             io_engine = store.engine().name(),
@@ -292,6 +293,26 @@ async fn collect_garbage(store: Arc<Store>, sched: SchedulerClient, interval: Du
         for id in report.expired.into_iter().chain(report.evicted) {
             // A scheduler that cannot be told now learns it when this node fails to serve the task.
             let _ = sched.leave_task(id).await;
+        }
+    }
+}
+
+/// Once the proxy has gone idle after serving connections, returns the allocator's free memory to the
+/// kernel (once per idle spell: never while busy, where it would only be faulted in again).
+async fn give_back_memory(connections: impl Fn() -> usize) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut busy_since_trim = false;
+    // Runs until the core stops at shutdown.
+    loop {
+        tick.tick().await;
+        match connections() {
+            0 if busy_since_trim => {
+                busy_since_trim = false;
+                let _ = tokio::task::spawn_blocking(crate::runtime::trim_heap).await;
+            }
+            0 => {}
+            _ => busy_since_trim = true,
         }
     }
 }

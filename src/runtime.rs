@@ -129,6 +129,19 @@ pub fn tune_long_lived(sock: &tokio::net::TcpStream) {
     let _ = socket2::SockRef::from(sock).set_tcp_keepalive(&ka);
 }
 
+/// Hands memory the allocator holds but no longer uses back to the kernel. glibc keeps freed memory in
+/// its per-thread arenas: after 1,000 connections each streaming 1 MiB slices, the daemon's RSS stayed at
+/// 446 MiB with no connection open (scripts/bench-rss.sh). Called when the proxy goes idle, not under
+/// load: memory handed back and faulted in again costs CPU (on a VM, ~2.5 s per GiB).
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers and only walks glibc's own arenas under their locks; any
+    // thread may call it at any time, also while others allocate or the process shuts down.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -161,6 +161,12 @@ impl ProxyHandle {
         self.drain.active.load(Ordering::Acquire)
     }
 
+    /// A reader of [`ProxyHandle::connections`] that outlives this borrow (for background tasks).
+    pub fn connection_count(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let d = self.drain.clone();
+        move || d.active.load(Ordering::Acquire)
+    }
+
     /// Stops accepting and lets in-flight responses finish, for at most `bound`. Returns the number of
     /// connections still open at the bound (the caller cuts them by stopping the runtimes).
     pub async fn drain(&self, bound: Duration) -> usize {
