@@ -131,6 +131,25 @@ impl PieceBuf {
         self.len = (self.len + n).min(self.cap);
     }
 
+    /// Fills the buffer from `file`, whose byte `offset` lands at the buffer's start, until at least
+    /// `need` bytes are in, asking for no more than `limit` (a block multiple, for O_DIRECT). The file
+    /// ending first is an error: a piece is never taken short.
+    pub fn read_at(&mut self, file: &std::fs::File, offset: u64, need: usize, limit: usize) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        // Bounded: each turn reads at least one byte or returns.
+        while self.len < need {
+            let (at, room) = (offset + self.len as u64, limit.min(self.cap) - self.len);
+            match file.read_at(&mut self.spare_mut()[..room], at)? {
+                0 => {
+                    let e = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "task file shorter than piece");
+                    return Err(e);
+                }
+                n => self.advance(n),
+            }
+        }
+        Ok(())
+    }
+
     /// Keeps only the first `n` filled bytes.
     pub fn truncate(&mut self, n: usize) {
         self.len = self.len.min(n);

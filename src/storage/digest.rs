@@ -7,7 +7,6 @@
 //! arrived out of order (from several peers) are read back from the page cache by a hashing thread, their
 //! crc32c checked on the way so a piece corrupted after it was written cannot poison the digest.
 
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -166,15 +165,16 @@ fn run(task: Arc<Task>, mut ctx: Sha256) {
         ) else {
             continue;
         };
-        // A piece still in memory is the very bytes whose crc was computed before they were stored.
-        if let Some(b) = task.resident_piece(k).filter(|b| b.len() == len as usize) {
-            ctx.update(&b);
-            let mut h = lock(&task.hasher);
-            h.next = k + 1;
-            h.crcs.push(crc);
-            continue;
-        }
-        let (got, hashed) = match read_back(&task, &mut chunk, off, len as usize, &ctx) {
+        let read = match task.resident_piece(k) {
+            // A piece still in memory is the very bytes whose crc was computed before they were stored.
+            Some(b) => {
+                let mut hashed = ctx.clone();
+                hashed.update(&b);
+                Ok((crc, hashed))
+            }
+            None => read_back(&task, &mut chunk, off, len as usize, &ctx),
+        };
+        let (got, hashed) = match read {
             Ok(r) => r,
             Err(e) => {
                 task.fail(FailReason::io("reading a piece for the sha256", &e));
@@ -216,16 +216,7 @@ fn read_back(
         let n = (len - done).min(READ_BACK);
         let want = n.div_ceil(align) * align;
         chunk.truncate(0);
-        while chunk.len() < n {
-            let at = off + (done + chunk.len()) as u64;
-            let room = want - chunk.len();
-            match file.read_at(&mut chunk.spare_mut()[..room], at)? {
-                0 => {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "task file shorter than piece"))
-                }
-                r => chunk.advance(r),
-            }
-        }
+        chunk.read_at(file, off + done as u64, n, want)?;
         let bytes = &chunk.as_ref()[..n];
         crc = crc32c::crc32c_append(crc, bytes);
         trial.update(bytes);

@@ -177,14 +177,7 @@ impl IoEngine {
         let f = direct.clone();
         // O_DIRECT reads of whole pieces: on the blocking pool for either engine (no page cache to hit).
         let b = blocking(move || {
-            // Bounded: each turn reads at least one byte or ends.
-            while b.len() < len {
-                let at = offset + b.len() as u64;
-                match f.read_at(b.spare_mut(), at)? {
-                    0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "task file shorter than piece")),
-                    n => b.advance(n),
-                }
-            }
+            b.read_at(&f, offset, len, want)?;
             b.truncate(len);
             Ok(b)
         })

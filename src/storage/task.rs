@@ -407,11 +407,11 @@ impl Task {
         Ok(())
     }
 
-    pub(super) fn is_verified(&self, k: u32) -> bool {
+    fn is_verified(&self, k: u32) -> bool {
         self.verified[(k / 64) as usize].load(Ordering::Acquire) & (1 << (k % 64)) != 0
     }
 
-    pub(super) fn set_verified(&self, k: u32) {
+    fn set_verified(&self, k: u32) {
         self.verified[(k / 64) as usize].fetch_or(1 << (k % 64), Ordering::AcqRel);
     }
 
@@ -445,7 +445,7 @@ impl Task {
             return Err(StorageError::Invalid(format!("piece {k} has {len} bytes; slice at {from}")));
         }
         let n = max.min(len - from);
-        if let Some(b) = self.resident_piece(k).filter(|b| b.len() == len as usize) {
+        if let Some(b) = self.resident_piece(k) {
             self.touch();
             if from + n == len {
                 self.consumed(k);
@@ -473,16 +473,17 @@ impl Task {
     /// Piece `k`'s bytes if they are still in memory and the piece is still complete (a piece found
     /// corrupt on disk and cleared must not be served from memory either).
     pub(super) fn resident_piece(&self, k: u32) -> Option<Bytes> {
-        self.held.get(k).filter(|_| self.has_piece(k))
+        let (_, len) = self.stored_range(k)?;
+        self.held.get(k).filter(|b| self.has_piece(k) && b.len() == len as usize)
     }
 
     fn keep_in_memory(&self, k: u32, data: Bytes) {
-        self.held.keep(k, data, super::digest::next_unhashed(self));
+        self.held.keep(k, data, self.hashed_pieces());
     }
 
     /// A client has read the last byte of piece `k` from memory; once hashed, it need not stay there.
     fn consumed(&self, k: u32) {
-        self.held.consumed(k, super::digest::next_unhashed(self));
+        self.held.consumed(k, self.hashed_pieces());
     }
 
     /// Lets every piece in memory go (the task is complete, failed or gone): the buffers return to the pool.
@@ -494,7 +495,7 @@ impl Task {
     pub async fn read_piece(&self, k: u32) -> Result<Bytes> {
         let crc = self.meta.piece_crc(k).ok_or(StorageError::PieceMissing(k))?;
         let (off, len) = self.stored_range(k).ok_or(StorageError::PieceMissing(k))?;
-        if let Some(b) = self.resident_piece(k).filter(|b| b.len() == len as usize) {
+        if let Some(b) = self.resident_piece(k) {
             self.touch();
             return Ok(b);
         }
@@ -503,17 +504,24 @@ impl Task {
             .read_exact_at(&self.data, len as usize, off)
             .await
             .map_err(|e| StorageError::io(&self.data_path, e))?;
-        // A piece this process wrote or already checked is trusted, as the zero-copy path trusts it: a
-        // client streaming a download as it lands would otherwise pay a second crc pass per piece.
+        self.check_read(k, crc, &v)?;
+        self.touch();
+        Ok(Bytes::from(v))
+    }
+
+    /// Checks bytes of piece `k` read back from the file against its stored `crc`, the first time this
+    /// process reads the piece; a mismatch forgets the piece so it is fetched again. A piece this process
+    /// wrote or already checked is trusted, as the zero-copy path trusts it: a client streaming a download
+    /// as it lands would otherwise pay a second crc pass per piece.
+    pub(super) fn check_read(&self, k: u32, crc: u32, bytes: &[u8]) -> Result<()> {
         if !self.is_verified(k) {
-            let got = crc32c::crc32c(&v);
+            let got = crc32c::crc32c(bytes);
             if got != crc {
                 return Err(self.drop_corrupt_piece(k, crc, got));
             }
             self.set_verified(k);
         }
-        self.touch();
-        Ok(Bytes::from(v))
+        Ok(())
     }
 
     /// The file, offset and length of piece `k` for sendfile/splice. The first request for a piece in this

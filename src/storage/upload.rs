@@ -26,25 +26,23 @@ impl Task {
     pub async fn upload_piece(self: &Arc<Self>, k: u32) -> Result<ZeroCopy> {
         let (off, len) = self.stored_range(k).ok_or(StorageError::PieceMissing(k))?;
         let crc = self.meta.piece_crc(k).ok_or(StorageError::PieceMissing(k))?;
-        let (mem, lease) = match (self.resident_piece(k), &self.direct, upload_lease(len)) {
-            (Some(b), _, _) if b.len() == len as usize => (b, None),
-            (_, Some(d), Some(lease)) => {
-                let b = self
-                    .io
-                    .read_direct(d, len as usize, off)
-                    .await
-                    .map_err(|e| StorageError::io(&self.data_path, e))?;
-                if !self.is_verified(k) {
-                    let got = crc32c::crc32c(&b);
-                    if got != crc {
-                        return Err(self.drop_corrupt_piece(k, crc, got));
-                    }
-                    self.set_verified(k);
+        let (mem, lease) = match (self.resident_piece(k), &self.direct) {
+            (Some(b), _) => (b, None),
+            (None, Some(d)) => match upload_lease(len) {
+                Some(lease) => {
+                    let b = self
+                        .io
+                        .read_direct(d, len as usize, off)
+                        .await
+                        .map_err(|e| StorageError::io(&self.data_path, e))?;
+                    self.check_read(k, crc, &b)?;
+                    (b, Some(Arc::new(lease)))
                 }
-                (b, Some(Arc::new(lease)))
-            }
-            // Buffered ingest, or every upload buffer in use: from the file.
-            _ => return self.zero_copy_piece(k).await,
+                // Every upload buffer in use: from the file.
+                None => return self.zero_copy_piece(k).await,
+            },
+            // Buffered ingest: from the file.
+            (None, None) => return self.zero_copy_piece(k).await,
         };
         self.touch();
         let (file, mem, _pin) = (self.data.clone(), Some(mem), self.clone());

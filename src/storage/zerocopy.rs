@@ -58,10 +58,8 @@ impl ZeroCopy {
 
     /// Sends the whole range to `sock`; returns the bytes sent (always `len` on success).
     pub async fn send_to(&self, sock: &TcpStream) -> io::Result<u64> {
-        if let Some(m) = &self.mem {
-            let mut w = SockWriter(sock);
-            w.write_all(m).await?;
-            return Ok(m.len() as u64);
+        if self.mem.is_some() {
+            return self.copy_to_socket(sock).await;
         }
         let mut sent = 0u64;
         let fd = self.file.as_raw_fd();
