@@ -60,3 +60,34 @@ node_daemon() {
   PIDS+=($!)
   for _ in $(seq 100); do grep -q "daemon started" "$WORK/daemon-$1.log" 2>/dev/null && break; sleep 0.1; done
 }
+
+# make_obj MIB: a copy of a random base file of MIB MiB as $WORK/www/<sha256>, with its own random first
+# 4 KiB (a distinct sha256); prints the sha256. The base is made once per size and kept until the clean-up.
+make_obj() {
+  [ -f "$WORK/base-$1" ] || head -c "$(($1 << 20))" /dev/urandom >"$WORK/base-$1"
+  cp "$WORK/base-$1" "$WORK/obj"
+  dd if=/dev/urandom of="$WORK/obj" bs=4096 count=1 conv=notrunc status=none
+  local oid; oid=$(sha256sum "$WORK/obj" | cut -d' ' -f1)
+  mv "$WORK/obj" "$WORK/www/$oid"
+  chmod 644 "$WORK/www/$oid"
+  echo "$oid"
+}
+
+# Hosts on one switch: bridge_switch makes a bridge in namespace "$P-sw"; bridge_host NAME OCTET makes
+# namespace "$P-NAME" joined to it at $NET.OCTET (eth0, unshaped: callers add their tc qdiscs). The
+# sourcing script sets P and NET and removes the "$P-*" namespaces in its clean-up.
+bridge_switch() {
+  ip netns add "$P-sw"
+  ip -n "$P-sw" link add br0 type bridge
+  ip -n "$P-sw" link set br0 up
+}
+bridge_host() {
+  local ns="$P-$1"
+  ip netns add "$ns"
+  ip link add "v$P$2" type veth peer name eth0 netns "$ns"
+  ip link set "v$P$2" netns "$P-sw"
+  ip -n "$P-sw" link set "v$P$2" master br0 up
+  ip -n "$ns" addr add "$NET.$2/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" link set lo up
+}

@@ -65,18 +65,9 @@ link_cleanup() {
 trap link_cleanup EXIT
 TCK=$(getconf CLK_TCK)
 
-ip netns add "$P-sw"
-ip -n "$P-sw" link add br0 type bridge
-ip -n "$P-sw" link set br0 up
+bridge_switch
 host() { # host NAME OCTET: a namespace on the bridge at $NET.OCTET, shaped later by set_rate
-  local ns="$P-$1"
-  ip netns add "$ns"
-  ip link add "v$P$2" type veth peer name eth0 netns "$ns"
-  ip link set "v$P$2" netns "$P-sw"
-  ip -n "$P-sw" link set "v$P$2" master br0 up
-  ip -n "$ns" addr add "$NET.$2/24" dev eth0
-  ip -n "$ns" link set eth0 up
-  ip -n "$ns" link set lo up
+  bridge_host "$1" "$2"
   HOSTS+=("$1:$2")
 }
 # Both directions of every host's link: the host's egress (eth0) and its ingress (the bridge port's egress).
@@ -99,14 +90,6 @@ host b 5
 echo "== making $ROUNDS objects per rate of $SIZE_MIB MiB"
 chmod 755 "$WORK"
 mkdir -p "$WORK/www"
-head -c "$((SIZE_MIB << 20))" /dev/urandom >"$WORK/base"
-make_obj() { # -> prints oid: a copy of the base with its own first 4 KiB
-  cp "$WORK/base" "$WORK/obj"
-  dd if=/dev/urandom of="$WORK/obj" bs=4096 count=1 conv=notrunc status=none
-  local oid; oid=$(sha256sum "$WORK/obj" | cut -d' ' -f1)
-  mv "$WORK/obj" "$WORK/www/$oid"; chmod 644 "$WORK/www/$oid"
-  echo "$oid"
-}
 
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes 1;
@@ -178,7 +161,7 @@ for RATE in $RATES; do
   set_rate "$RATE"
   echo "== $RATE: $ROUNDS rounds of $SIZE_MIB MiB, direct / cold through A / remote-peer hit through B"
   for r in $(seq "$ROUNDS"); do
-    oid=$(make_obj)
+    oid=$(make_obj "$SIZE_MIB")
     url="http://$NET.2:8080/$oid"
     cat "$WORK/www/$oid" >/dev/null   # the origin's copy in the page cache for every fetch
     if [ $((r % 2)) = 1 ]; then get b direct "$url"; cold "$url"; else cold "$url"; get b direct "$url"; fi

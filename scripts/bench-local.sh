@@ -64,16 +64,7 @@ echo "== making $ROUNDS objects of $SIZE_MIB MiB and $CONC of $RSS_MIB MiB"
 chmod 755 "$WORK"
 mkdir -p "$WORK/www"
 OIDS=()
-# One random file per size; each object is a copy with its own random first 4 KiB (a distinct sha256).
-make_obj() { # mib -> prints oid
-  [ -f "$WORK/base-$1" ] || head -c "$(($1 << 20))" /dev/urandom >"$WORK/base-$1"
-  cp "$WORK/base-$1" "$WORK/obj"
-  dd if=/dev/urandom of="$WORK/obj" bs=4096 count=1 conv=notrunc status=none
-  local oid; oid=$(sha256sum "$WORK/obj" | cut -d' ' -f1)
-  mv "$WORK/obj" "$WORK/www/$oid"
-  chmod 644 "$WORK/www/$oid"
-  echo "$oid"
-}
+# One random file per size; each object a copy of it (make_obj, bench-common.sh).
 for _ in $(seq "$ROUNDS"); do OIDS+=("$(make_obj "$SIZE_MIB")"); done
 RSS_OIDS=()
 for _ in $(seq "$CONC"); do RSS_OIDS+=("$(make_obj "$RSS_MIB")"); done

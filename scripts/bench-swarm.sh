@@ -39,10 +39,11 @@ BIN=$PWD/target/release/shoal
 P=shb$$                      # namespace prefix, unique per run
 NET=10.213.0                 # addresses exist only inside this run's namespaces
 WORK=$(mktemp -d /var/tmp/shoal-swarm.XXXXXX)
+# shellcheck source=scripts/bench-common.sh
+source "$ROOT/scripts/bench-common.sh"   # helpers; this script installs its own clean-up below
 # One cluster secret for this run's scheduler and daemons (they read it from the environment).
 "$BIN" secret generate > "$WORK/cluster.secret"
 export SHOAL_CLUSTER_SECRET_FILE=$WORK/cluster.secret
-PIDS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.5
@@ -57,19 +58,10 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-ip netns add "$P-sw"
-ip -n "$P-sw" link add br0 type bridge
-ip -n "$P-sw" link set br0 up
+bridge_switch
 host() { # host NAME OCTET RATE
-  local ns="$P-$1"
-  ip netns add "$ns"
-  ip link add "v$P$2" type veth peer name eth0 netns "$ns"
-  ip link set "v$P$2" netns "$P-sw"
-  ip -n "$P-sw" link set "v$P$2" master br0 up
-  ip -n "$ns" addr add "$NET.$2/24" dev eth0
-  ip -n "$ns" link set eth0 up
-  ip -n "$ns" link set lo up
-  tc -n "$ns" qdisc add dev eth0 root tbf rate "$3" burst 256kb latency 50ms
+  bridge_host "$1" "$2"
+  tc -n "$P-$1" qdisc add dev eth0 root tbf rate "$3" burst 256kb latency 50ms
 }
 in_ns() { local ns="$P-$1"; shift; ip netns exec "$ns" "$@"; }
 # Starts a long-running process in a namespace; $! is the process itself (ip execs it), so it can be killed.
