@@ -165,6 +165,18 @@ fn tasks_cmd(d: &shoal::cli::DaemonEndpoint, key: Option<&str>) -> anyhow::Resul
     Ok(())
 }
 
+/// `shoal lfs install|uninstall|agent`.
+fn lfs_cmd(c: shoal::cli::LfsCommand) -> anyhow::Result<()> {
+    let _ = c;
+    anyhow::bail!("shoal lfs: not built yet")
+}
+
+/// `shoal ca init`.
+fn ca_cmd(c: shoal::cli::CaCommand) -> anyhow::Result<()> {
+    let _ = c;
+    anyhow::bail!("shoal ca: not built yet")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
@@ -182,6 +194,8 @@ fn main() -> ExitCode {
             shoal::membership::generate_secret().map(|s| println!("{s}")).map_err(Into::into)
         }
         Command::Get(a) => get(a),
+        Command::Lfs(c) => lfs_cmd(c),
+        Command::Ca(c) => ca_cmd(c),
         Command::Ls(a) => tasks_cmd(&a.daemon, None),
         Command::Stat(a) => tasks_cmd(&a.daemon, Some(&a.task)),
     };

@@ -17,11 +17,46 @@ pub struct Giftless {
     pub proc: Proc,
     pub port: u16,
     pub access_log: PathBuf,
+    /// With HTTPS: the test CA that signed the server's certificate (PEM), for GIT_SSL_CAINFO and the
+    /// daemon's upstream bundle.
+    pub ca: Option<PathBuf>,
+}
+
+/// A throwaway CA and a server certificate for `hosts` signed by it, written as `ca.pem`, `cert.pem`
+/// and `key.pem` under `dir`. Returns the CA's path.
+pub fn test_ca(dir: &Path, hosts: &[&str]) -> PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    std::fs::create_dir_all(dir).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "shoal test origin CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>()).unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    dir.join("ca.pem")
 }
 
 impl Giftless {
     /// Starts giftless on 127.0.0.2 with local storage under `dir`.
     pub fn start(dir: &Path) -> Giftless {
+        Self::start_with(dir, None)
+    }
+
+    /// Starts giftless over HTTPS on 127.0.0.2 (`LFS_HOST`), its certificate signed by a fresh test CA
+    /// (`ca`).
+    pub fn start_https(dir: &Path) -> Giftless {
+        let tls = dir.join("origin-tls");
+        test_ca(&tls, &[LFS_HOST]);
+        Self::start_with(dir, Some(&tls))
+    }
+
+    fn start_with(dir: &Path, tls: Option<&Path>) -> Giftless {
         let gunicorn = Path::new(TOOLS).join("giftless-venv/bin/gunicorn");
         assert!(gunicorn.exists(), "{} missing: run scripts/install-test-deps.sh", gunicorn.display());
         let resolves = std::net::ToSocketAddrs::to_socket_addrs(&(LFS_HOST, 80)).map(|mut a| a.next().is_some());
@@ -48,8 +83,11 @@ impl Giftless {
         let mut cmd = Command::new(gunicorn);
         cmd.args(["--no-control-socket", "-w", "2", "-b", &format!("127.0.0.2:{port}")])
             .arg("--access-logfile")
-            .arg(&access_log)
-            .arg("giftless.wsgi_entrypoint:app")
+            .arg(&access_log);
+        if let Some(t) = tls {
+            cmd.arg("--certfile").arg(t.join("cert.pem")).arg("--keyfile").arg(t.join("key.pem"));
+        }
+        cmd.arg("giftless.wsgi_entrypoint:app")
             .env("GIFTLESS_CONFIG_FILE", &config)
             .current_dir(dir);
         let proc = Proc::spawn("giftless", cmd);
@@ -58,11 +96,12 @@ impl Giftless {
             assert!(Instant::now() < deadline, "giftless did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        Giftless { proc, port, access_log }
+        Giftless { proc, port, access_log, ca: tls.map(|t| t.join("ca.pem")) }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{LFS_HOST}:{}/shoal/test", self.port)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{LFS_HOST}:{}/shoal/test", self.port)
     }
 
     /// Object downloads the server has answered (GETs of object storage URLs).
@@ -89,7 +128,17 @@ pub fn git(home: &Path) -> Command {
         .env_remove("HTTP_PROXY")
         .env_remove("https_proxy")
         .env_remove("HTTPS_PROXY")
+        .env_remove("GIT_SSL_CAINFO")
         .stdin(Stdio::null());
+    c
+}
+
+/// `git(home)` trusting `server`'s test CA (git-lfs reads GIT_SSL_CAINFO and nothing else).
+pub fn git_for(home: &Path, server: &Giftless) -> Command {
+    let mut c = git(home);
+    if let Some(ca) = &server.ca {
+        c.env("GIT_SSL_CAINFO", ca);
+    }
     c
 }
 
@@ -130,7 +179,7 @@ pub fn publish(home: &Path, work: &Path, bare: &Path, server: &Giftless, files: 
         "git init",
     );
     let g = |args: &[&str]| {
-        let mut c = git(home);
+        let mut c = git_for(home, server);
         c.current_dir(work).args(args);
         c
     };
