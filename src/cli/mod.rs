@@ -82,6 +82,72 @@ pub enum Command {
     /// Cluster secrets (example: `shoal secret generate > /etc/shoal/cluster.secret`).
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Git LFS: Shoal as git-lfs's transfer agent, no per-host set-up (example: `shoal lfs install --global`).
+    #[command(subcommand)]
+    Lfs(LfsCommand),
+    /// The certificate authority for TLS interception (`proxy.intercept`) (example: `shoal ca init`).
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+/// Which git configuration file `shoal lfs install` and `uninstall` edit.
+#[derive(Args, Debug, Clone)]
+#[group(multiple = false)]
+pub struct GitScope {
+    /// The current repository's .git/config.
+    #[arg(long)]
+    pub local: bool,
+    /// The user's ~/.gitconfig (the default).
+    #[arg(long)]
+    pub global: bool,
+    /// The system's /etc/gitconfig.
+    #[arg(long)]
+    pub system: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LfsCommand {
+    /// Make git-lfs download and upload every object through `shoal lfs agent` (writes git config).
+    Install {
+        #[command(flatten)]
+        scope: GitScope,
+        /// Objects git-lfs hands the agent at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: u32,
+    },
+    /// Remove exactly the git config `shoal lfs install` wrote.
+    Uninstall {
+        #[command(flatten)]
+        scope: GitScope,
+    },
+    /// The transfer agent itself; git-lfs runs it (JSON lines on stdin and stdout).
+    Agent(LfsAgentArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LfsAgentArgs {
+    /// The daemon's proxy address; when nothing listens there, downloads run in this process.
+    #[arg(long, default_value = "127.0.0.1:65001", env = "SHOAL_DAEMON")]
+    pub daemon: String,
+    /// Cache directory of the in-process engine used when no daemon runs (default: the daemon's data dir).
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Give up on one object after this long.
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    pub timeout: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Create the interception CA (key 0600) and print how to make clients trust it.
+    Init {
+        /// Where to write ca.crt and ca.key [default: <data dir>/ca].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Replace an existing CA (clients that trusted the old one stop trusting the daemon).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Where `ls` and `stat` find the daemon.
