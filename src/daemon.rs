@@ -71,6 +71,8 @@ pub enum DaemonError {
          file holding the secret every scheduler and daemon shares (`shoal secret generate` makes one)"
     )]
     SecretRequired,
+    #[error(transparent)]
+    DataDir(#[from] crate::storage::DirLockError),
 }
 
 fn hostname() -> String {
@@ -113,12 +115,16 @@ struct Node {
     proxy: crate::proxy::lifecycle::ProxyHandle,
     /// The embedded scheduler of single-node mode; it stops when dropped.
     _embedded: Option<crate::scheduler::SchedulerHandle>,
+    /// This daemon owns the data directory until everything above has stopped (dropped last).
+    _dir_lock: crate::storage::DirLock,
 }
 
 impl Node {
     /// Opens the store, starts the per-core runtimes, upload server, scheduler client (or an embedded
     /// scheduler), engine, proxy, metrics endpoint and the background loops.
     fn start(cfg: &DaemonConfig) -> Result<Node, DaemonError> {
+        let holder = crate::storage::Holder::Daemon { proxy: cfg.proxy_addr.to_string() };
+        let dir_lock = crate::storage::DirLock::try_acquire(&cfg.store.data_dir, &holder)?;
         let (store, _report) = Store::open(cfg.store.clone())?;
         let (key, identity) = membership(cfg, &store)?;
         let cores = Cores::start(cfg.workers, "shoal-core")?;
@@ -176,7 +182,7 @@ impl Node {
             seed = cfg.seed,
             "daemon started"
         );
-        Ok(Node { store, cores, upload, sched, proxy, _embedded: embedded })
+        Ok(Node { store, cores, upload, sched, proxy, _embedded: embedded, _dir_lock: dir_lock })
     }
 
     /// Serves until SIGTERM/SIGINT, applying each SIGHUP's reload; returns the drain bound then in force.

@@ -3,9 +3,11 @@
 //! Floors, top to bottom; a module uses only what stands below it, so data flows one way:
 //! `cli` → `daemon` → `proxy` → `engine` → `transfer` / `scheduler` (client) → `storage`, `runtime`,
 //! with `config` beside `daemon`, and `upstream` (outbound HTTP) and `units` (sizes, durations) below
-//! every floor that needs them.
+//! every floor that needs them. Beside the daemon stand the programs that use one: `lfs` (git-lfs's
+//! transfer agent) → `client` (one download through the local daemon, or an in-process `engine`).
 
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod engine;

@@ -118,7 +118,7 @@ fn scheduler_cmd(a: &shoal::cli::SchedulerArgs) -> anyhow::Result<()> {
 }
 
 fn get(a: shoal::cli::GetArgs) -> anyhow::Result<()> {
-    let o = shoal::cli::get::GetOptions {
+    let o = shoal::client::GetOptions {
         url: a.url,
         output: a.output,
         daemon: a.daemon,
@@ -127,9 +127,10 @@ fn get(a: shoal::cli::GetArgs) -> anyhow::Result<()> {
         headers: a.headers,
         filtered_query_params: a.filtered_query_params,
         timeout: a.timeout,
+        progress: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let r = rt.block_on(shoal::cli::get::run(&o))?;
+    let r = rt.block_on(shoal::client::run(&o))?;
     tracing::info!(bytes = r.bytes, source = %r.source, task = %r.task_id, "downloaded {}", o.output.display());
     Ok(())
 }

@@ -12,7 +12,6 @@ use clap::{Args, Parser, Subcommand};
 use crate::storage::IoEngineChoice;
 use crate::units::{parse_duration, parse_size};
 
-pub mod get;
 pub mod tasks;
 
 impl DaemonArgs {

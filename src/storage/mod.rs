@@ -4,13 +4,14 @@
 //! Owns: task content files (preallocated, written through io_uring or pread/pwrite, with O_DIRECT from
 //! page-aligned pooled piece buffers by default), their mmap-backed metadata (storage-format.md), the
 //! stored pieces kept in memory for the hash and for streaming readers (`buf`), piece waiters, the
-//! whole-content digest, zero-copy and upload read handles, and GC.
+//! whole-content digest, zero-copy and upload read handles, GC, and the data directory's one-owner lock.
 //! Never: speaks HTTP or the peer protocol, or decides where bytes come from; it calls nothing above it.
 //! Called by: the engine (writes pieces, waits for them), transfer and proxy (zero-copy reads), the daemon
 //! (open, GC, clean close).
 
 pub mod buf;
 mod digest;
+mod dirlock;
 mod error;
 mod gc;
 mod id;
@@ -23,6 +24,7 @@ mod upload;
 mod uring;
 mod zerocopy;
 
+pub use dirlock::{DirLock, DirLockError, Holder};
 pub use error::{FailReason, Result, StorageError};
 pub use gc::GcReport;
 pub use id::{BadTaskId, TaskId};

@@ -558,28 +558,23 @@ impl Task {
         Ok(ZeroCopy { file: self.data.clone(), offset, len, mem: None, _lease: None, _pin: self.clone() })
     }
 
-    /// Puts the complete content at `dest`: a hard link when `dest` is on the same file system (no copy at
-    /// all), else a copy. Returns true when linked. `dest` must not exist.
-    pub fn export_to(&self, dest: &std::path::Path) -> Result<bool> {
+    /// Puts a copy of the complete content at `dest`, which must not exist.
+    pub fn export_to(&self, dest: &std::path::Path) -> Result<()> {
         if !self.is_complete() {
             return Err(StorageError::NotComplete);
         }
-        match std::fs::hard_link(&self.data_path, dest) {
-            Ok(()) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) || e.kind() == std::io::ErrorKind::PermissionDenied => {
-                // A new file, never through a link someone left at `dest`.
-                let mut out = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(dest)
-                    .map_err(|e| StorageError::io(dest, e))?;
-                let mut src = File::open(&self.data_path).map_err(|e| StorageError::io(&self.data_path, e))?;
-                std::io::copy(&mut src, &mut out).map_err(|e| StorageError::io(dest, e))?;
-                Ok(false)
-            }
-            Err(e) => Err(StorageError::io(dest, e)),
-        }
+        // A copy, never a hard link: whoever owns `dest` may change it, and the cache must not change with
+        // it. std's copy is copy_file_range here, which shares extents (a reflink) on file systems that can.
+        // A new file, never through a link someone left at `dest`.
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dest)
+            .map_err(|e| StorageError::io(dest, e))?;
+        let mut src = File::open(&self.data_path).map_err(|e| StorageError::io(&self.data_path, e))?;
+        std::io::copy(&mut src, &mut out).map_err(|e| StorageError::io(dest, e))?;
+        Ok(())
     }
 
     /// Waits until piece `k` is complete, or the task fails.

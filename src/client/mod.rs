@@ -1,7 +1,10 @@
-//! `shoal get URL -O FILE`: download one URL through a Shoal daemon's proxy into a file.
+//! A client of the node daemon: download one URL into a file, through the local daemon's proxy, or, when
+//! no daemon listens, with an engine in this process that caches in the same data directory.
 //!
-//! The file appears only when every byte arrived (and matched --digest): bytes go to `FILE.shoal-part`,
-//! are synced, then renamed; any failure removes the part file.
+//! Used by `shoal get` and by the git-lfs transfer agent (`lfs`). Owns: the output file's life (bytes go
+//! to `FILE.shoal-part`, are synced, then renamed; any failure removes the part file, so the file appears
+//! only when every byte arrived and matched the digest) and the data-directory lock that keeps two
+//! in-process engines (several git-lfs workers) from opening one store at once.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,6 +41,8 @@ pub enum GetError {
     File { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Embedded(String),
+    #[error(transparent)]
+    DataDir(#[from] crate::storage::DirLockError),
 }
 
 pub struct GetOptions {
@@ -51,7 +56,12 @@ pub struct GetOptions {
     /// Query parameters left out of the task ID, besides the built-in ones.
     pub filtered_query_params: Vec<String>,
     pub timeout: Duration,
+    /// Called with the bytes written so far, as they land (progress bars, git-lfs progress events).
+    pub progress: Option<Progress>,
 }
+
+/// A progress callback: total bytes so far.
+pub type Progress = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
 
 /// What a finished download reports.
 pub struct GetReport {
@@ -157,6 +167,9 @@ async fn fetch(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
             if let Some(b) = &bar {
                 b.set_position(got);
             }
+            if let Some(p) = &o.progress {
+                p(got);
+            }
         }
     }
     if let Some(b) = bar {
@@ -213,6 +226,21 @@ fn parse_digest(d: Option<&str>) -> Result<Option<[u8; 32]>, GetError> {
     Ok(Some(out))
 }
 
+/// The data directory for this process's engine. Another in-process engine (a sibling git-lfs worker) is
+/// waited for, bounded by the caller's timeout; a daemon holding it is an error at once (it should have
+/// answered at the proxy address: the client is pointed at the wrong one).
+async fn lock_data_dir(dir: &Path) -> Result<crate::storage::DirLock, GetError> {
+    use crate::storage::{DirLock, Holder};
+    loop {
+        match DirLock::try_acquire(dir, &Holder::Embedded) {
+            Err(e) if !e.held_by_daemon() && matches!(e, crate::storage::DirLockError::Busy { .. }) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            r => return r.map_err(Into::into),
+        }
+    }
+}
+
 /// Downloads with an engine in this process (no scheduler: straight from the origin), caching in
 /// `data_dir`, then links or copies the task file to the output.
 async fn embedded(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
@@ -233,6 +261,7 @@ async fn embedded(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
         headers.push((n.trim().to_owned(), v.trim().to_owned()));
     }
     let emb = |e: &dyn std::fmt::Display| GetError::Embedded(e.to_string());
+    let _lock = lock_data_dir(&o.data_dir).await?;
     let (store, _) = Store::open(StoreConfig::new(&o.data_dir)).map_err(|e| emb(&e))?;
     let pool = crate::transfer::Pool::new(crate::transfer::ClientConfig::default());
     let engine = Engine::new(store, pool, None, EngineConfig::default()).map_err(|e| emb(&e))?;
@@ -258,6 +287,9 @@ async fn embedded(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
     })?;
     let _ = std::fs::remove_file(part);
     f.task.export_to(part).map_err(|e| emb(&e))?;
+    if let Some(p) = &o.progress {
+        p(f.task.content_length().unwrap_or(0));
+    }
     std::fs::rename(part, &o.output).map_err(|source| GetError::File { path: o.output.clone(), source })?;
     Ok(GetReport {
         bytes: f.task.content_length().unwrap_or(0),
