@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod lfs;
 pub mod membership;
 pub mod metrics;
 pub mod proxy;

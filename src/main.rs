@@ -168,8 +168,37 @@ fn tasks_cmd(d: &shoal::cli::DaemonEndpoint, key: Option<&str>) -> anyhow::Resul
 
 /// `shoal lfs install|uninstall|agent`.
 fn lfs_cmd(c: shoal::cli::LfsCommand) -> anyhow::Result<()> {
-    let _ = c;
-    anyhow::bail!("shoal lfs: not built yet")
+    use shoal::cli::LfsCommand;
+    match c {
+        LfsCommand::Install { scope, concurrency, daemon } => {
+            let exe = std::env::current_exe()?;
+            for k in shoal::lfs::install(scope.scope(), &exe, concurrency, daemon.as_deref())? {
+                println!("set {k}");
+            }
+            println!("git-lfs now moves every object through `shoal lfs agent` (`shoal lfs uninstall` undoes this)");
+        }
+        LfsCommand::Uninstall { scope } => {
+            let removed = shoal::lfs::uninstall(scope.scope())?;
+            if removed.is_empty() {
+                println!("nothing of shoal's in that git config");
+            }
+            for k in removed {
+                println!("removed {k}");
+            }
+        }
+        LfsCommand::Agent(a) => {
+            let o = shoal::lfs::AgentOptions {
+                daemon: a.daemon,
+                data_dir: a.data_dir.unwrap_or_else(daemon::default_data_dir),
+                timeout: a.timeout,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let input = tokio::io::BufReader::new(tokio::io::stdin());
+            let out = shoal::lfs::Out::new(Box::new(std::io::stdout()));
+            rt.block_on(shoal::lfs::run_agent(&o, input, out))?;
+        }
+    }
+    Ok(())
 }
 
 /// `shoal ca init`.

@@ -14,6 +14,16 @@ use crate::units::{parse_duration, parse_size};
 
 pub mod tasks;
 
+impl GitScope {
+    pub fn scope(&self) -> crate::lfs::Scope {
+        match (self.local, self.system) {
+            (true, _) => crate::lfs::Scope::Local,
+            (_, true) => crate::lfs::Scope::System,
+            _ => crate::lfs::Scope::Global,
+        }
+    }
+}
+
 impl DaemonArgs {
     /// The configuration file (or the defaults) with every flag given on the command line on top.
     pub fn merge(&self, mut c: crate::config::Config) -> crate::config::Config {
@@ -110,9 +120,12 @@ pub enum LfsCommand {
     Install {
         #[command(flatten)]
         scope: GitScope,
-        /// Objects git-lfs hands the agent at once.
+        /// Objects git-lfs hands the agent at once (lfs.concurrenttransfers, unless already set).
         #[arg(long, default_value_t = 8)]
         concurrency: u32,
+        /// The daemon's proxy address, when not the default (written into the agent's arguments).
+        #[arg(long)]
+        daemon: Option<String>,
     },
     /// Remove exactly the git config `shoal lfs install` wrote.
     Uninstall {

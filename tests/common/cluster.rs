@@ -137,6 +137,18 @@ pub fn daemon(ip: &str, schedulers: &[SocketAddr], seed: bool, data_dir: &Path) 
 
 /// A daemon whose config file holds `yaml` (flags still set the addresses).
 pub fn daemon_with(ip: &str, schedulers: &[SocketAddr], seed: bool, data_dir: &Path, yaml: &str) -> Daemon {
+    daemon_env(ip, schedulers, seed, data_dir, yaml, &[])
+}
+
+/// [`daemon_with`] with extra environment (e.g. `SSL_CERT_FILE` naming a test origin's CA).
+pub fn daemon_env(
+    ip: &str,
+    schedulers: &[SocketAddr],
+    seed: bool,
+    data_dir: &Path,
+    yaml: &str,
+    env: &[(&str, &Path)],
+) -> Daemon {
     let proxy = free_addr(ip);
     let upload = free_addr(ip);
     let metrics = free_addr(ip);
@@ -157,6 +169,9 @@ pub fn daemon_with(ip: &str, schedulers: &[SocketAddr], seed: bool, data_dir: &P
     }
     if seed {
         cmd.arg("--seed");
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     let name = format!("{}@{ip}", if seed { "seed" } else { "peer" });
     let proc = Proc::spawn(&name, cmd);
