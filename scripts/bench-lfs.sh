@@ -6,6 +6,8 @@
 #   peer     through daemon B's proxy (own process, data dir and 127.0.0.x address, same standalone
 #            scheduler): B takes A's pieces
 #   local    through daemon A's proxy again, a fresh clone: A's cache
+# and the same three with `shoal lfs agent` (git-lfs's standalone transfer agent; no http.proxy, no URL
+# rewriting) against fresh daemons: acold, apeer, alocal.
 # Each is a `git clone` (default; LFS files checked out by the smudge filter) or `git lfs pull` in a
 # pointer-only clone (--op pull), of a repository whose LFS files have the given sizes. git-lfs runs with
 # its default transfer settings (lfs.concurrenttransfers 8, basic adapter). Every round starts fresh
@@ -161,10 +163,16 @@ fresh_cluster() {
 }
 
 # The timed operation: a clone (LFS files smudged) or an LFS pull into a pointer-only clone.
-# fetch DEST [PROXY]
+# fetch DEST [PROXY [agent]]
 fetch() {
-  local dest=$1 proxy=${2:-} cfg=(-c lfs.concurrenttransfers=8)
-  [ -n "$proxy" ] && cfg+=(-c "http.proxy=http://$proxy" -c lfs.transfer.enablehrefrewrite=true)
+  local dest=$1 proxy=${2:-} mode=${3:-proxy} cfg=(-c lfs.concurrenttransfers=8)
+  if [ "$mode" = agent ]; then
+    export SHOAL_DAEMON=$proxy
+    cfg+=(-c lfs.standalonetransferagent=shoal -c "lfs.customtransfer.shoal.path=$BIN")
+    cfg+=(-c "lfs.customtransfer.shoal.args=lfs agent" -c lfs.customtransfer.shoal.concurrent=true)
+  elif [ -n "$proxy" ]; then
+    cfg+=(-c "http.proxy=http://$proxy" -c lfs.transfer.enablehrefrewrite=true)
+  fi
   if [ "$OP" = pull ]; then
     GIT_LFS_SKIP_SMUDGE=1 git clone -q "file://$WORK/repo.git" "$dest"
     local t0; t0=$(now)
@@ -178,7 +186,7 @@ fetch() {
 }
 check() { (cd "$1" && sha256sum --quiet -c "$WORK/expected.sha256") || { echo "bench-lfs: $2: files differ" >&2; exit 1; }; }
 
-SCEN=(direct cold peer local floor)
+SCEN=(direct cold peer local acold apeer alocal floor)
 declare -A T GETS
 run() { # scenario round
   local s=$1 r=$2 dest="$WORK/clone-$1" g0 t
@@ -188,12 +196,14 @@ run() { # scenario round
     direct) t=$(fetch "$dest") ;;
     cold|local) t=$(fetch "$dest" "$a_PROXY") ;;
     peer) t=$(fetch "$dest" "$b_PROXY") ;;
+    acold|alocal) t=$(fetch "$dest" "$a_PROXY" agent) ;;
+    apeer) t=$(fetch "$dest" "$b_PROXY" agent) ;;
   esac
   check "$dest" "$s"
   T[$s]+="$t "
   GETS[$s]+="$(($(origin_gets) - g0)) "
   printf '  round %s %-6s %8.3f s  origin object GETs %s\n' "$r" "$s" "$t" "$(($(origin_gets) - g0))"
-  if [ "$s" = local ]; then
+  if [ "$s" = alocal ]; then
     # git-lfs's floor: the same operation with every object already in the LFS store (lfs.storage points
     # at this clone's), so nothing is transferred: hashing and writing the working tree remain.
     local fl="$WORK/clone-floor"
@@ -216,13 +226,17 @@ run() { # scenario round
   rm -rf "$dest"
 }
 
-echo "== $ROUNDS rounds of direct / cold / peer / local, $OP, ${TOTAL_MIB} MiB in $NFILES LFS files"
+echo "== $ROUNDS rounds of direct / cold / peer / local (proxy, then agent), $OP, ${TOTAL_MIB} MiB in $NFILES LFS files"
 for r in $(seq "$ROUNDS"); do
   fresh_cluster
   if [ $((r % 2)) = 1 ]; then run direct "$r"; fi
   run cold "$r"
   run peer "$r"
   run local "$r"
+  fresh_cluster
+  run acold "$r"
+  run apeer "$r"
+  run alocal "$r"
   if [ $((r % 2)) = 0 ]; then run direct "$r"; fi
 done
 
@@ -234,12 +248,15 @@ for s in "${SCEN[@]}"; do
   MED[$s]=$(printf '%s\n' "${X[@]}" | median)
   RATIO[$s]=$(for i in "${!X[@]}"; do awk -v x="${X[$i]}" -v d="${D[$i]}" 'BEGIN { printf "%.4f\n", x / d }'; done | median)
 done
-declare -A GOAL=([direct]="" [cold]=1.05 [peer]=0.3 [local]=0.25 [floor]="")
+declare -A GOAL=([direct]="" [cold]=1.05 [peer]=0.3 [local]=0.25 [acold]=1.05 [apeer]=0.3 [alocal]=0.25 [floor]="")
 declare -A LABEL=(
   [direct]="direct from giftless (no proxy)"
   [cold]="cold: through the P2P proxy, empty caches"
   [peer]="hit in a remote peer's cache (B gets A's pieces)"
   [local]="hit in the local cache (same daemon, fresh clone)"
+  [acold]="agent, cold (shoal lfs agent, no proxy set-up)"
+  [apeer]="agent, hit in a remote peer's cache"
+  [alocal]="agent, hit in the local cache"
   [floor]="no transfer: objects already in the LFS store (git-lfs floor)"
 )
 {
@@ -255,6 +272,12 @@ declare -A LABEL=(
     printf '| %s | %.2f | %.0f | %.2f× | %s | %s |\n' "${LABEL[$s]}" "${MED[$s]}" \
       "$(awk -v m="$TOTAL_MIB" -v t="${MED[$s]}" 'BEGIN { print m * 1048576 / t / 1e6 }')" "${RATIO[$s]}" "$verdict" "${GETS[$s]% }"
   done
+  read -ra F <<<"${T[floor]}"
+  for s in local alocal; do
+    read -ra X <<<"${T[$s]}"
+    fr=$(for i in "${!X[@]}"; do awk -v x="${X[$i]}" -v f="${F[$i]}" 'BEGIN { printf "%.4f\n", x / f }'; done | median)
+    printf '\n%s vs the git-lfs floor (median per round): %.2f× (goal: agent within 1.05×)\n' "$s" "$fr"
+  done
   echo
   echo "Per-round seconds: $(for s in "${SCEN[@]}"; do printf '%s [%s] ' "$s" "${T[$s]% }"; done)"
 } | tee "$OUT/results.md"
@@ -262,7 +285,7 @@ declare -A LABEL=(
 {
   printf '{"title": "git %s of %s MiB of LFS files, median of %s rounds (2-vCPU VM)", "scenarios": [' "$OP" "$TOTAL_MIB" "$ROUNDS"
   sep=""
-  for s in direct cold peer local floor; do
+  for s in "${SCEN[@]}"; do
     g=${GOAL[$s]:-null}
     printf '%s{"name": "%s", "seconds": %s, "ratio": %s, "goal": %s}' "$sep" "$s" "${MED[$s]}" "${RATIO[$s]}" "$g"
     sep=", "

@@ -128,6 +128,7 @@ fn get(a: shoal::cli::GetArgs) -> anyhow::Result<()> {
         filtered_query_params: a.filtered_query_params,
         timeout: a.timeout,
         progress: None,
+        hash_here: true,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let r = rt.block_on(shoal::client::run(&o))?;

@@ -28,8 +28,12 @@ fn git_agent(home: &Path, server: &Giftless, daemon: &str, data_dir: &Path) -> C
     c
 }
 
-fn clone(mut c: Command, bare: &Path, dest: &Path) {
-    c.args(["clone", "-q"]).arg(format!("file://{}", bare.display())).arg(dest);
+fn clone(c: Command, bare: &Path, dest: &Path) {
+    clone_url(c, &format!("file://{}", bare.display()), dest)
+}
+
+fn clone_url(mut c: Command, url: &str, dest: &Path) {
+    c.args(["clone", "-q", url]).arg(dest);
     run(c, "git clone with the shoal agent");
 }
 
@@ -175,4 +179,85 @@ fn install_and_uninstall_touch_only_their_own_keys() {
     let o = sh(&["lfs", "install", "--global"]).output().unwrap();
     assert!(!o.status.success(), "install over another agent must fail");
     assert!(String::from_utf8_lossy(&o.stderr).contains("\"other\""), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Commits `text` as `name` on top of `bare`'s main (no hooks: nothing to upload) with `home`'s git.
+fn commit_raw(home: &Path, bare: &Path, work: &Path, edit: impl FnOnce(&Path)) {
+    let mut c = git(home);
+    c.env("GIT_LFS_SKIP_SMUDGE", "1").args(["clone", "-q"]).arg(format!("file://{}", bare.display())).arg(work);
+    run(c, "clone to edit");
+    edit(work);
+    let g = |args: &[&str]| {
+        let mut c = git(home);
+        c.current_dir(work).args(args);
+        c
+    };
+    run(g(&["add", "-A"]), "git add");
+    run(g(&["commit", "-q", "-m", "edit"]), "git commit");
+    run(g(&["push", "-q", "--no-verify", "origin", "main"]), "git push");
+}
+
+#[test]
+fn an_object_the_server_lacks_fails_the_checkout_with_the_servers_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Giftless::start_https(tmp.path());
+    let publisher = git_home(&tmp.path().join("publisher"));
+    let files = vec![("real.bin", content(110, 100_000))];
+    let bare = tmp.path().join("repo.git");
+    publish(&publisher, &tmp.path().join("work"), &bare, &server, &files);
+    // A pointer to an object nobody uploaded.
+    let missing = "3".repeat(64);
+    commit_raw(&publisher, &bare, &tmp.path().join("edit"), |w| {
+        let pointer = format!("version https://git-lfs.github.com/spec/v1\noid sha256:{missing}\nsize 1234\n");
+        std::fs::write(w.join("missing.bin"), pointer).unwrap();
+    });
+    let sched = cluster::scheduler("127.0.0.3");
+    let env = [("SSL_CERT_FILE", server.ca.as_deref().unwrap())];
+    let a = cluster::daemon_env("127.0.0.74", &[sched.addr], false, &tmp.path().join("a"), "", &env);
+    let home = agent_home(&tmp.path().join("home"));
+    let mut c = git_agent(&home, &server, &a.proxy.to_string(), &tmp.path().join("unused"));
+    c.args(["clone", "-q"]).arg(format!("file://{}", bare.display())).arg(tmp.path().join("clone"));
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the checkout of a missing object must fail: {err}");
+    // giftless refuses the whole batch with a 404; git-lfs shows the code and the server's words.
+    assert!(err.contains(&missing) && err.contains("[404] the LFS server answered 404"), "{err}");
+    assert!(err.contains("Cannot find any of the requested objects"), "{err}");
+}
+
+#[test]
+fn an_ssh_remote_gets_its_api_and_headers_from_git_lfs_authenticate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Giftless::start_https(tmp.path());
+    let publisher = git_home(&tmp.path().join("publisher"));
+    let files = vec![("model.bin", content(120, 2 << 20))];
+    let bare = tmp.path().join("repo.git");
+    publish(&publisher, &tmp.path().join("work"), &bare, &server, &files);
+    // No lfs.url: the agent must derive the API from the ssh remote.
+    commit_raw(&publisher, &bare, &tmp.path().join("edit"), |w| std::fs::remove_file(w.join(".lfsconfig")).unwrap());
+    // An ssh that runs git's commands here and answers git-lfs-authenticate with the API's address.
+    let log = tmp.path().join("ssh.log");
+    let ssh = tmp.path().join("fake-ssh");
+    let answer = format!(r#"{{"href":"{}","header":{{"X-Shoal-Test":"from-ssh"}}}}"#, server.url());
+    std::fs::write(
+        &ssh,
+        format!(
+            "#!/bin/sh\nwhile [ \"$1\" = -p ] || [ \"$1\" = -o ]; do shift 2; done\nshift\n\
+             case \"$*\" in\n  git-lfs-authenticate*) echo \"$*\" >> '{}'; echo '{answer}' ;;\n  *) exec sh -c \"$*\" ;;\nesac\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let sched = cluster::scheduler("127.0.0.3");
+    let env = [("SSL_CERT_FILE", server.ca.as_deref().unwrap())];
+    let a = cluster::daemon_env("127.0.0.75", &[sched.addr], false, &tmp.path().join("a"), "", &env);
+    let home = agent_home(&tmp.path().join("home"));
+    let mut c = git_agent(&home, &server, &a.proxy.to_string(), &tmp.path().join("unused"));
+    c.env("GIT_SSH_COMMAND", &ssh).env("GIT_SSH_VARIANT", "simple");
+    clone_url(c, &format!("{}:{}", common::lfs::LFS_HOST, bare.display()), &tmp.path().join("clone"));
+    check(&tmp.path().join("clone"), &files);
+    let asked = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(asked.contains(&format!("git-lfs-authenticate '{}' download", bare.display())), "{asked}");
+    assert!(cluster::cached_files(&a.data_dir) >= 2, "the download went through the daemon");
 }

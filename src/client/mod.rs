@@ -58,6 +58,9 @@ pub struct GetOptions {
     pub timeout: Duration,
     /// Called with the bytes written so far, as they land (progress bars, git-lfs progress events).
     pub progress: Option<Progress>,
+    /// Hash the bytes here too, against `digest`. The daemon ends a body cleanly only once it verified
+    /// it; a caller whose own consumer hashes the file again (git-lfs does) skips this third pass.
+    pub hash_here: bool,
 }
 
 /// A progress callback: total bytes so far.
@@ -152,7 +155,7 @@ async fn fetch(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
         .open(part)
         .await
         .map_err(file_err)?;
-    let mut hasher = digest.map(|_| Sha256::new());
+    let mut hasher = digest.filter(|_| o.hash_here).map(|_| Sha256::new());
     let mut got = 0u64;
     let bar = progress_bar(expected_len, &header("x-shoal-source"));
     // Bounded by the body.

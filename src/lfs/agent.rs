@@ -180,6 +180,8 @@ async fn download(
         filtered_query_params: Vec::new(),
         timeout: o.timeout,
         progress: Some(progress),
+        // git-lfs hashes the file before it keeps it; the daemon verified it before ending the body.
+        hash_here: false,
     };
     let r = crate::client::run(&g).await.map_err(LfsError::Download)?;
     if r.bytes != size {
