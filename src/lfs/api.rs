@@ -231,7 +231,7 @@ impl Api {
         let resp = tokio::time::timeout(HEAD_TIMEOUT, self.client.request(req))
             .await
             .map_err(|_| unreachable("no answer in time".into()))?
-            .map_err(|e| unreachable(error_chain(&e)))?;
+            .map_err(|e| unreachable(crate::upstream::error_chain(&e)))?;
         let status = resp.status();
         let body = tokio::time::timeout(HEAD_TIMEOUT, Limited::new(resp.into_body(), MAX_ANSWER).collect())
             .await
@@ -256,18 +256,6 @@ fn server_message(body: &[u8]) -> String {
         Ok(m) => m.message,
         Err(_) => String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_owned(),
     }
-}
-
-/// An error and its causes on one line (TLS failures say why only in the source chain).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// rustls settings as git's: which roots, and whether to verify at all.
