@@ -87,9 +87,7 @@ impl Giftless {
         if let Some(t) = tls {
             cmd.arg("--certfile").arg(t.join("cert.pem")).arg("--keyfile").arg(t.join("key.pem"));
         }
-        cmd.arg("giftless.wsgi_entrypoint:app")
-            .env("GIFTLESS_CONFIG_FILE", &config)
-            .current_dir(dir);
+        cmd.arg("giftless.wsgi_entrypoint:app").env("GIFTLESS_CONFIG_FILE", &config).current_dir(dir);
         let proc = Proc::spawn("giftless", cmd);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.2", port)).is_err() {
