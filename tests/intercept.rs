@@ -55,6 +55,8 @@ struct TlsOrigin {
 const TLS_SERVER: &str = r#"
 import functools, http.server, ssl, sys
 ip, port, root, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+# HTTP/1.1: the origin keeps connections alive (its answers carry Content-Length).
+http.server.SimpleHTTPRequestHandler.protocol_version = "HTTP/1.1"
 handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=root)
 server = http.server.ThreadingHTTPServer((ip, port), handler)
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -276,10 +278,49 @@ fn a_host_not_listed_is_tunnelled_and_the_client_sees_the_origins_own_certificat
     let refused = fetch(&url, &shoal_ca);
     assert!(refused.body.is_empty() && refused.stderr.contains("SSL certificate problem"), "{}", refused.stderr);
 
-    // The listed host through the same daemon: Shoal's certificate.
-    let got = fetch(&format!("https://{LFS_HOST}:{}/hello.txt", listed.port), &shoal_ca);
+    // The listed host through the same daemon: Shoal's certificate, and keep-alive inside the tunnel (two
+    // requests, one TLS connection).
+    let listed_url = format!("https://{LFS_HOST}:{}/hello.txt", listed.port);
+    let got = curl(d.proxy, tmp.path(), &["-v", "--cacert", shoal_ca.to_str().unwrap(), &listed_url, &listed_url]);
     assert_eq!((got.status, got.body.as_slice()), (200, &b"hello through interception"[..]), "{}", got.stderr);
     assert!(issuer(&got.stderr).contains("Shoal interception CA"), "Shoal's issuer: {}", got.stderr);
+    assert_eq!(got.stderr.matches("issuer: ").count(), 1, "one handshake for both requests: {}", got.stderr);
+    assert_eq!(listed.gets(), 2);
+}
+
+#[test]
+fn connect_ports_and_denied_destinations_still_apply_to_intercepted_hosts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shoal_ca = ca_init(&tmp.path().join("shoal-ca"));
+    let origin_ca = test_ca(&tmp.path().join("origin-ca"), &[LFS_HOST]);
+    let yaml = format!(
+        "proxy:\n  intercept: [{LFS_HOST}]\n  intercept_ca: {}\n  deny_destinations: [127.0.0.2/32]\n\
+         upstream:\n  ca_file: {}\n",
+        tmp.path().join("shoal-ca").display(),
+        origin_ca.display()
+    );
+    let d = cluster::daemon_with("127.0.0.127", &[], false, &tmp.path().join("d"), &yaml);
+    // connect_ports is [443] by default: another port is refused before anything is issued.
+    let answer = connect_raw(d.proxy, &format!("{LFS_HOST}:8443"));
+    assert!(answer.starts_with("HTTP/1.1 403") && answer.contains("proxy.connect_ports"), "{answer}");
+    // Port 443, but lfs-origin.test is 127.0.0.2, which deny_destinations refuses.
+    let answer = connect_raw(d.proxy, &format!("{LFS_HOST}:443"));
+    assert!(answer.starts_with("HTTP/1.1 403") && answer.contains("127.0.0.2 is denied by policy"), "{answer}");
+    // curl sees the refusal as such.
+    let got = curl(d.proxy, tmp.path(), &["--cacert", shoal_ca.to_str().unwrap(), &format!("https://{LFS_HOST}/x")]);
+    assert!(got.stderr.contains("CONNECT tunnel failed, response 403"), "{}", got.stderr);
+    assert_eq!(d.proc.count("CONNECT intercepted"), 0);
+}
+
+/// A CONNECT to `target` through `proxy`, by hand: the proxy's whole answer (it closes after a refusal).
+fn connect_raw(proxy: SocketAddr, target: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }
 
 /// Starts a daemon on `data_dir` with `yaml` that must refuse to start: its error output.
