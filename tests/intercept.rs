@@ -336,6 +336,8 @@ fn refused_start(data_dir: &Path, yaml: &str) -> String {
     let mut p = Proc::spawn("daemon", cmd);
     let status = p.wait_exit(Duration::from_secs(20)).expect("the daemon should refuse to start");
     assert!(!status.success());
+    // The exit can come before the log reader has taken the last line: wait for the error line itself.
+    p.wait_for("shoal: ", Duration::from_secs(10));
     let log = p.log.lock().unwrap().join("\n");
     assert!(!log.contains("daemon started"), "{log}");
     log
