@@ -2,9 +2,11 @@
 //!
 //! Floors, top to bottom; a module uses only what stands below it, so data flows one way:
 //! `cli` → `daemon` → `proxy` → `engine` → `transfer` / `scheduler` (client) → `storage`, `runtime`,
-//! with `config` beside `daemon`, and `upstream` (outbound HTTP) and `units` (sizes, durations) below
-//! every floor that needs them. Beside the daemon stand the programs that use one: `lfs` (git-lfs's
-//! transfer agent) → `client` (one download through the local daemon, or an in-process `engine`).
+//! with `config` beside `daemon`, `tls` (the interception CA and its leaf certificates) below `proxy`,
+//! and `upstream` (outbound HTTP, origins' TLS trust) and `units` (sizes, durations) below every floor
+//! that needs them.
+//! Beside the daemon stand the programs that use one: `lfs` (git-lfs's transfer agent) → `client` (one
+//! download through the local daemon, or an in-process `engine`).
 
 pub mod cli;
 pub mod client;
@@ -18,6 +20,7 @@ pub mod proxy;
 pub mod runtime;
 pub mod scheduler;
 pub mod storage;
+pub mod tls;
 pub mod transfer;
 pub mod units;
 pub mod upstream;

@@ -33,7 +33,12 @@ fn daemon_cmd(a: &shoal::cli::DaemonArgs) -> anyhow::Result<()> {
     let c = a.merge(load_config(a.config.as_deref())?);
     let rules = c.proxy_rules().map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?;
     let destinations = c.destinations().map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?;
-    let mut store = StoreConfig::new(c.data_dir.clone().unwrap_or_else(daemon::default_data_dir));
+    let data_dir = c.data_dir.clone().unwrap_or_else(daemon::default_data_dir);
+    let upstream_tls = c.upstream_tls().map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?;
+    let intercept = c.intercept(&data_dir).map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?;
+    let mut engine = c.engine_config(destinations.clone());
+    engine.origin_tls = Some(upstream_tls.clone());
+    let mut store = StoreConfig::new(data_dir);
     store.io_engine = c.storage.io_engine;
     store.ingest = c.storage.ingest;
     store.gc = c.gc_limits();
@@ -48,7 +53,7 @@ fn daemon_cmd(a: &shoal::cli::DaemonArgs) -> anyhow::Result<()> {
         seed: c.seed,
         advertise_ip: c.advertise_ip,
         upload_rate: c.upload.rate,
-        engine: c.engine_config(destinations.clone()),
+        engine,
         proxy: shoal::proxy::server::ProxyConfig {
             rules,
             destinations,
@@ -57,6 +62,8 @@ fn daemon_cmd(a: &shoal::cli::DaemonArgs) -> anyhow::Result<()> {
             allow_clients: std::sync::Arc::new(
                 c.allow_clients().map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?,
             ),
+            intercept,
+            upstream_tls: Some(upstream_tls),
             ..Default::default()
         },
         drain_timeout: c.proxy.drain_timeout,
@@ -93,6 +100,9 @@ fn reload(a: &shoal::cli::DaemonArgs, path: &std::path::Path, running: &Config) 
         ("proxy.allow_destinations", c.proxy.allow_destinations != running.proxy.allow_destinations),
         ("proxy.connect_ports", c.proxy.connect_ports != running.proxy.connect_ports),
         ("proxy.allow_clients", c.proxy.allow_clients != running.proxy.allow_clients),
+        ("proxy.intercept", c.proxy.intercept != running.proxy.intercept),
+        ("proxy.intercept_ca", c.proxy.intercept_ca != running.proxy.intercept_ca),
+        ("upstream.ca_file", c.upstream != running.upstream),
     ]
     .into_iter()
     .filter_map(|(k, changed)| changed.then_some(k))
@@ -204,8 +214,11 @@ fn lfs_cmd(c: shoal::cli::LfsCommand) -> anyhow::Result<()> {
 
 /// `shoal ca init`.
 fn ca_cmd(c: shoal::cli::CaCommand) -> anyhow::Result<()> {
-    let _ = c;
-    anyhow::bail!("shoal ca: not built yet")
+    let shoal::cli::CaCommand::Init { dir, force } = c;
+    let dir = dir.unwrap_or_else(|| daemon::default_data_dir().join("ca"));
+    let made = shoal::tls::ca::init(&dir, force)?;
+    print!("{}", shoal::tls::trust_instructions(&made.cert));
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -136,7 +136,9 @@ fn default_values_render_valid_manifests_with_expected_flags() {
     for key in ["daemon.yaml", "seed-peer.yaml"] {
         let text = cm["data"][key].as_str().unwrap_or_else(|| panic!("ConfigMap without {key}"));
         assert_config_checks(key, text);
-        for needle in ["io_engine: auto", "ttl: 30d", "gc_interval: 60s", "rules: []", "default_rules: true"] {
+        for needle in
+            ["io_engine: auto", "ttl: 30d", "gc_interval: 60s", "rules: []", "default_rules: true", "intercept: []"]
+        {
             assert!(text.contains(needle), "{key} lacks {needle}:\n{text}");
         }
         let cfg = yaml(text);
@@ -222,6 +224,9 @@ fn non_default_values_render_valid_manifests_with_expected_flags() {
         assert_eq!(proxy["default_rules"], false);
         assert_eq!(proxy["filtered_query_params"], serde_json::json!(["X-Goog-*", "sig"]));
         assert_eq!(proxy["drain_timeout"], "30s");
+        assert_eq!(proxy["intercept"], serde_json::json!(["lfs.example.com", "*.blob.example.com"]));
+        assert_eq!(proxy["intercept_ca"], "/var/lib/shoal/intercept-ca");
+        assert_eq!(cfg["upstream"]["ca_file"], "/etc/ssl/certs/ca-certificates.crt");
     }
 
     // hostNetwork: proxy on the node IP (the kubelet expands $(NODE_IP)), cluster DNS kept, host IP

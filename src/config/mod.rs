@@ -32,6 +32,7 @@ pub struct Config {
     pub seed: bool,
     pub advertise_ip: Option<IpAddr>,
     pub proxy: ProxyConfig,
+    pub upstream: UpstreamConfig,
     pub upload: UploadConfig,
     pub metrics: MetricsConfig,
     pub scheduler: SchedulerConfig,
@@ -73,6 +74,18 @@ pub struct ProxyConfig {
     pub connect_ports: Vec<PortSpec>,
     /// Networks (CIDR) whose clients may use the proxy; others get 403.
     pub allow_clients: Vec<String>,
+    /// Hosts (`host`, `*.domain`) whose CONNECT tunnels are terminated with the interception CA.
+    pub intercept: Vec<String>,
+    /// Directory of the interception CA (`ca.crt`, `ca.key`); `None`: `<data_dir>/ca`.
+    pub intercept_ca: Option<PathBuf>,
+}
+
+/// How the daemon talks to origins.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// A PEM bundle of CA certificates trusted for origins, besides the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A port or a port range as the file writes it.
@@ -186,6 +199,8 @@ impl Default for ProxyConfig {
             allow_destinations: Vec::new(),
             connect_ports: vec![PortSpec::One(443)],
             allow_clients: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            intercept: Vec::new(),
+            intercept_ca: None,
         }
     }
 }
@@ -338,7 +353,46 @@ impl Config {
         }
         self.destinations().map_err(|(key, why)| bad(&key, &why))?;
         self.allow_clients().map_err(|(key, why)| bad(&key, &why))?;
+        self.intercept_hosts().map_err(|(key, why)| bad(&key, &why))?;
         Ok(())
+    }
+
+    /// `proxy.intercept` as host patterns. An error names the key and the reason.
+    pub fn intercept_hosts(&self) -> Result<Vec<crate::proxy::intercept::HostPattern>, (String, String)> {
+        use crate::proxy::intercept::HostPattern;
+        let parse = |(i, h): (usize, &String)| {
+            HostPattern::parse(h).map_err(|e| (format!("proxy.intercept[{i}]"), e.to_string()))
+        };
+        self.proxy.intercept.iter().enumerate().map(parse).collect()
+    }
+
+    /// The interception set-up: `None` when `proxy.intercept` is empty, else its hosts with the CA of
+    /// `proxy.intercept_ca` (default `<data_dir>/ca`), which must load and sign certificates that verify.
+    /// An error names the key and the reason.
+    pub fn intercept(
+        &self,
+        data_dir: &Path,
+    ) -> Result<Option<std::sync::Arc<crate::proxy::intercept::Intercept>>, (String, String)> {
+        use crate::tls::{leaf::DEFAULT_CAPACITY, Ca, Leaves};
+        let hosts = self.intercept_hosts()?;
+        if hosts.is_empty() {
+            return Ok(None);
+        }
+        let dir = self.proxy.intercept_ca.clone().unwrap_or_else(|| data_dir.join("ca"));
+        let why = |e: crate::tls::TlsError| {
+            let hint = format!("(proxy.intercept is set; `shoal ca init --dir {}` creates a CA)", dir.display());
+            ("proxy.intercept_ca".to_owned(), format!("interception CA in {}: {e} {hint}", dir.display()))
+        };
+        let ca = Ca::load(&dir).map_err(why)?;
+        let leaves = Leaves::new(ca, DEFAULT_CAPACITY, &dir).map_err(why)?;
+        Ok(Some(std::sync::Arc::new(crate::proxy::intercept::Intercept::new(hosts, leaves))))
+    }
+
+    /// The TLS settings that verify origins: the system's roots plus `upstream.ca_file`. An error names
+    /// the key and the reason.
+    pub fn upstream_tls(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, (String, String)> {
+        crate::upstream::client_tls(self.upstream.ca_file.as_deref())
+            .map_err(|e| ("upstream.ca_file".to_owned(), e.to_string()))
     }
 
     /// `proxy.allow_clients` as networks. An error names the key and the reason.

@@ -14,6 +14,10 @@ pub enum EngineError {
     Denied(crate::upstream::Denied),
     #[error("origin unreachable: {0}")]
     OriginConnect(String),
+    /// TLS to the origin failed: most often its certificate is not trusted. Never retried without
+    /// verification; the client reads the reason.
+    #[error(transparent)]
+    OriginTls(crate::upstream::TlsRefusal),
     #[error("origin sent no response head within {0:?}")]
     OriginHeadTimeout(std::time::Duration),
     #[error("origin body stalled: no byte for {idle:?} after {received} bytes")]

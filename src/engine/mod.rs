@@ -70,6 +70,8 @@ pub struct EngineConfig {
     pub seed_filtered_params: Vec<String>,
     /// How long the origin's yes to an authorization probe is reused for the same task and credentials.
     pub authorize_ttl: Duration,
+    /// How origins' certificates are verified (`upstream::client_tls`); `None`: the system's roots.
+    pub origin_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for EngineConfig {
@@ -91,6 +93,7 @@ impl Default for EngineConfig {
             destinations: crate::upstream::Destinations::standard(),
             seed_filtered_params: identity::DEFAULT_FILTERED_PARAMS.iter().map(|p| p.to_string()).collect(),
             authorize_ttl: Duration::from_secs(60),
+            origin_tls: None,
         }
     }
 }
@@ -135,7 +138,11 @@ impl Engine {
         scheduler: Option<SchedulerClient>,
         cfg: EngineConfig,
     ) -> Result<Arc<Engine>, EngineError> {
-        let origin = OriginClient::new(cfg.origin_connect_timeout, cfg.origin_head_timeout, cfg.destinations.clone())?;
+        let (connect, head, dest) = (cfg.origin_connect_timeout, cfg.origin_head_timeout, cfg.destinations.clone());
+        let origin = match &cfg.origin_tls {
+            Some(tls) => OriginClient::with_tls(connect, head, dest, tls),
+            None => OriginClient::new(connect, head, dest)?,
+        };
         Ok(Arc::new(Engine {
             store,
             origin,

@@ -21,7 +21,9 @@ use super::error::EngineError;
 use crate::metrics::{self, Metrics};
 use crate::storage::buf::{self, PieceBuf};
 use crate::storage::{Task, TaskState};
-use crate::upstream::{denial_in, error_chain, https_connector, Destinations, Https, HOP_BY_HOP};
+use crate::upstream::{
+    denial_in, error_chain, https_connector, https_connector_with, tls_refusal_in, Destinations, Https, HOP_BY_HOP,
+};
 
 /// Client headers that a back-to-source GET sets itself: the whole object, identity-encoded, from its host.
 const SET_BY_THE_FETCH: &[&str] = &["host", "range", "if-range", "accept-encoding"];
@@ -65,8 +67,22 @@ impl OriginClient {
     ) -> Result<OriginClient, EngineError> {
         let https = https_connector(connect_timeout, destinations)
             .map_err(|e| EngineError::OriginConnect(format!("TLS roots: {e}")))?;
+        Ok(Self::from_connector(https, head_timeout))
+    }
+
+    /// [`OriginClient::new`] verifying origins' certificates with `tls` (`upstream::client_tls`).
+    pub fn with_tls(
+        connect_timeout: Duration,
+        head_timeout: Duration,
+        destinations: Arc<Destinations>,
+        tls: &rustls::ClientConfig,
+    ) -> OriginClient {
+        Self::from_connector(https_connector_with(connect_timeout, destinations, tls), head_timeout)
+    }
+
+    fn from_connector(https: Https, head_timeout: Duration) -> OriginClient {
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
-        Ok(OriginClient { client, head_timeout })
+        OriginClient { client, head_timeout }
     }
 
     /// GET `url` with the client's `headers` (hop-by-hop ones dropped) and an optional byte range.
@@ -153,12 +169,14 @@ impl OriginClient {
     }
 
     async fn send(&self, req: Request<Empty<Bytes>>) -> Result<http::Response<Incoming>, EngineError> {
+        let host = req.uri().host().unwrap_or("").to_owned();
         tokio::time::timeout(self.head_timeout, self.client.request(req))
             .await
             .map_err(|_| EngineError::OriginHeadTimeout(self.head_timeout))?
-            .map_err(|e| match denial_in(&e) {
-                Some(d) => EngineError::Denied(d.clone()),
-                None => EngineError::OriginConnect(error_chain(&e)),
+            .map_err(|e| match (denial_in(&e), tls_refusal_in(&host, &e)) {
+                (Some(d), _) => EngineError::Denied(d.clone()),
+                (None, Some(t)) => EngineError::OriginTls(t),
+                (None, None) => EngineError::OriginConnect(error_chain(&e)),
             })
     }
 }

@@ -1,8 +1,9 @@
 //! Pass-through: requests that are not P2P go upstream unchanged, and CONNECT becomes a byte tunnel.
 //!
-//! Owns: the upstream HTTP(S) client of the proxy, hop-by-hop header removal (RFC 9110 §7.6.1) in both
-//! directions, and CONNECT tunnels (no interception: the proxy never sees inside TLS). Bodies stream both
-//! ways; nothing is buffered whole. Never: caches anything or touches the engine.
+//! Owns: the upstream HTTP(S) client of the proxy (origins' certificates always verified), hop-by-hop
+//! header removal (RFC 9110 §7.6.1) in both directions, and byte tunnels for CONNECT to hosts that are not
+//! intercepted (the proxy never sees inside those; intercept.rs terminates the listed ones). Bodies stream
+//! both ways; nothing is buffered whole. Never: caches anything or touches the engine.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::respond::{text, Body, BodyError};
 use crate::upstream::{
-    denial_in, dial, error_chain, https_connector, strip_hop_by_hop, Destinations, DialError, Https,
+    denial_in, dial, error_chain, https_connector, https_connector_with, strip_hop_by_hop, tls_refusal_in,
+    Destinations, DialError, Https,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -37,13 +39,19 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
+    /// `tls` verifies origins' certificates (`upstream::client_tls`); `None`: the system's roots.
     pub fn new(
         connect_timeout: Duration,
         head_timeout: Duration,
         destinations: Arc<Destinations>,
+        tls: Option<&rustls::ClientConfig>,
     ) -> Result<Forwarder, ForwardError> {
-        let https =
-            https_connector(connect_timeout, destinations.clone()).map_err(|e| ForwardError::Tls(e.to_string()))?;
+        let https = match tls {
+            Some(tls) => https_connector_with(connect_timeout, destinations.clone(), tls),
+            None => {
+                https_connector(connect_timeout, destinations.clone()).map_err(|e| ForwardError::Tls(e.to_string()))?
+            }
+        };
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
         Ok(Forwarder { client, destinations, connect_timeout, head_timeout })
     }
@@ -59,6 +67,7 @@ impl Forwarder {
             }
             _ => return text(StatusCode::BAD_REQUEST, "shoal: request URL must be absolute http(s)"),
         }
+        let host = url.host().unwrap_or("").to_owned();
         parts.uri = url;
         let sent = tokio::time::timeout(self.head_timeout, self.client.request(Request::from_parts(parts, body)));
         let resp = match sent.await {
@@ -66,6 +75,9 @@ impl Forwarder {
             Ok(Err(e)) => {
                 if let Some(d) = denial_in(&e) {
                     return text(StatusCode::FORBIDDEN, &format!("shoal: {d}"));
+                }
+                if let Some(t) = tls_refusal_in(&host, &e) {
+                    return text(StatusCode::BAD_GATEWAY, &format!("shoal: {t}"));
                 }
                 let what = if e.is_connect() { "upstream connect failed" } else { "upstream request failed" };
                 return text(StatusCode::BAD_GATEWAY, &format!("shoal: {what}: {}", one_line(&e)));

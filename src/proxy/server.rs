@@ -1,8 +1,9 @@
 //! The forward-proxy listener: one SO_REUSEPORT listener per core, HTTP/1.1 with keep-alive.
 //!
 //! Owns: connection settings (header size limit, header/idle timeout, the write stall bound) and executing
-//! each request's plan (plan.rs): refusals, pass-through and CONNECT (forward.rs), and P2P responses whose
-//! head goes out as soon as the task exists and whose body streams as pieces complete (respond.rs).
+//! each request's plan (plan.rs): refusals, pass-through and CONNECT (forward.rs; intercept.rs for hosts in
+//! `proxy.intercept`, whose inner requests come back here), and P2P responses whose head goes out as soon
+//! as the task exists and whose body streams as pieces complete (respond.rs).
 //!
 //! A sendfile responder for complete local hits was measured against this one (scripts/bench-proxy-hit.sh,
 //! docs/benchmarks.md) and removed: on this machine hyper was faster at the same CPU per GiB.
@@ -23,6 +24,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
 use super::forward::Forwarder;
+use super::intercept::{self, Intercept, Limits};
 use super::lifecycle::{Drain, LiveRules, ProxyHandle};
 use super::plan::{plan, reply, P2pPlan, Plan, Reply, ReplyBody, TaskFacts, PASS_HEADERS};
 use super::respond::{task_body, text, wait_length, Body};
@@ -48,6 +50,10 @@ pub struct ProxyConfig {
     pub upstream_head_timeout: Duration,
     /// Networks whose clients are served; a connection from elsewhere gets a 403 and is closed.
     pub allow_clients: Arc<Vec<ipnet::IpNet>>,
+    /// CONNECT tunnels to these hosts are terminated and their requests served like plain ones.
+    pub intercept: Option<Arc<Intercept>>,
+    /// How pass-through verifies origins' certificates (`upstream::client_tls`); `None`: system roots.
+    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// The clients served by default: this machine only.
@@ -64,6 +70,8 @@ impl Default for ProxyConfig {
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_head_timeout: Duration::from_secs(120),
             allow_clients: Arc::new(LOOPBACK.iter().filter_map(|n| n.parse().ok()).collect()),
+            intercept: None,
+            upstream_tls: None,
         }
     }
 }
@@ -72,15 +80,34 @@ struct Front {
     engine: Arc<Engine>,
     rules: Arc<LiveRules>,
     forward: Forwarder,
+    intercept: Option<Arc<Intercept>>,
+    destinations: Arc<crate::upstream::Destinations>,
+    limits: Limits,
+    /// Intercepted connections count as open connections and close on a drain, like the others.
+    drain: Arc<Drain>,
 }
 
 /// Starts one accept loop per core on `addr`; the handle reloads rules and drains connections.
 pub fn start(cores: &Cores, addr: SocketAddr, engine: Arc<Engine>, cfg: ProxyConfig) -> std::io::Result<ProxyHandle> {
-    let forward = Forwarder::new(cfg.upstream_connect_timeout, cfg.upstream_head_timeout, cfg.destinations.clone())
+    let (connect, head, tls) = (cfg.upstream_connect_timeout, cfg.upstream_head_timeout, cfg.upstream_tls.as_deref());
+    let forward = Forwarder::new(connect, head, cfg.destinations.clone(), tls)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let rules = Arc::new(LiveRules::new(cfg.rules.clone()));
     let drain = Drain::new();
-    let front = Arc::new(Front { engine, rules: rules.clone(), forward });
+    let limits = Limits {
+        client_timeout: cfg.header_read_timeout,
+        max_header_bytes: cfg.max_header_bytes,
+        resolve_timeout: cfg.upstream_connect_timeout,
+    };
+    let front = Arc::new(Front {
+        engine,
+        rules: rules.clone(),
+        forward,
+        intercept: cfg.intercept.clone(),
+        destinations: cfg.destinations.clone(),
+        limits,
+        drain: drain.clone(),
+    });
     let first = reuseport_listener(addr)?;
     let bound = first.local_addr()?;
     let mut listeners = vec![first];
@@ -201,13 +228,41 @@ async fn route(front: Arc<Front>, req: Request<Incoming>) -> Result<Response<Bod
     let planned = plan(&front.rules.current(), req.method(), req.uri(), req.headers());
     Ok(match planned {
         Plan::Refuse { status, reason } => text(status, reason),
-        Plan::Connect { host, port } => front.forward.connect(req, host, port).await,
+        Plan::Connect { host, port } => match front.intercept.clone().filter(|i| i.covers(&host)) {
+            Some(i) => match i.open(&front.destinations, &host, port, front.limits).await {
+                Ok(tls) => {
+                    tracing::debug!(%host, port, "CONNECT intercepted");
+                    spawn_intercepted(front.clone(), req, tls, host, port);
+                    Response::new(http_body_util::Empty::new().map_err(|n| match n {}).boxed())
+                }
+                Err(refused) => refused,
+            },
+            None => front.forward.connect(req, host, port).await,
+        },
         Plan::Pass { url } => front.forward.forward(req, url).await,
         Plan::P2p(p) => {
             tracing::Span::current().record("task", tracing::field::display(p.fetch.task_id));
             p2p(&front.engine, *p).await
         }
     })
+}
+
+/// Serves an intercepted tunnel once the 200 is out: its requests go through [`handle`] like the
+/// listener's. (A plain function, not async: the spawned future holds `handle`'s, whose own type holds
+/// `route`'s, and that must not depend on itself.)
+fn spawn_intercepted(
+    front: Arc<Front>,
+    req: Request<Incoming>,
+    tls: Arc<rustls::ServerConfig>,
+    host: String,
+    port: u16,
+) {
+    let (guard, stop, limits) = (front.drain.enter(), front.drain.stopping(), front.limits);
+    let svc = move |r| handle(front.clone(), r);
+    tokio::spawn(async move {
+        intercept::serve(req, tls, host, port, svc, limits, stop).await;
+        drop(guard);
+    });
 }
 
 /// Executes a P2P plan: the task's head as soon as the task exists, then its bytes as pieces land.

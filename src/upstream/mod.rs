@@ -2,11 +2,13 @@
 //! back-to-source fetches and the proxy's pass-through.
 //!
 //! Owns: the connector (destination policy, TCP with a connect timeout, rustls verifying against the
-//! system's roots), the destination policy itself (policy.rs), the hop-by-hop header list and its
-//! removal, and the one-line rendering of an error chain. Never: sends a request itself. Called by:
-//! engine and proxy.
+//! system's roots and `upstream.ca_file`), the destination policy itself (policy.rs), which origins are
+//! trusted and how a refused certificate is told (trust.rs), the hop-by-hop header list and its removal,
+//! and the one-line rendering of an error chain. Never: sends a request itself, or connects to an origin
+//! without verifying its certificate. Called by: engine and proxy.
 
 pub mod policy;
+pub mod trust;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,7 +21,8 @@ use http::Uri;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-pub use policy::{denial_in, dial, Denied, Destinations, DialError};
+pub use policy::{check_host, denial_in, dial, Denied, Destinations, DialError};
+pub use trust::{client_tls, tls_refusal_in, TlsRefusal, TrustError};
 
 pub type Https = hyper_rustls::HttpsConnector<Guarded>;
 
@@ -52,13 +55,17 @@ impl tower_service::Service<Uri> for Guarded {
 /// The connector every outbound HTTP(S) client of the daemon uses (origins, pass-through): destinations
 /// checked by `policy`, TCP with a connect timeout and no Nagle, TLS through rustls verifying against the
 /// system's roots (or `SSL_CERT_FILE`).
-pub fn https_connector(connect_timeout: Duration, policy: Arc<Destinations>) -> Result<Https, std::io::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(provider)?
+pub fn https_connector(connect_timeout: Duration, policy: Arc<Destinations>) -> Result<Https, TrustError> {
+    Ok(https_connector_with(connect_timeout, policy, &*client_tls(None)?))
+}
+
+/// [`https_connector`] verifying origins with `tls` (from [`client_tls`]).
+pub fn https_connector_with(connect_timeout: Duration, policy: Arc<Destinations>, tls: &rustls::ClientConfig) -> Https {
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
         .https_or_http()
         .enable_http1()
-        .wrap_connector(Guarded { policy, connect_timeout }))
+        .wrap_connector(Guarded { policy, connect_timeout })
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the proxy's own: never

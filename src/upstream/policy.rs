@@ -116,14 +116,7 @@ fn is_local(ip: IpAddr) -> bool {
 /// `timeout`. A host whose every address is denied fails with the first denial.
 pub async fn dial(policy: &Destinations, host: &str, port: u16, timeout: Duration) -> Result<TcpStream, DialError> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
-            .await
-            .map_err(|_| DialError::Timeout { host: host.to_owned(), after: timeout })?
-            .map_err(|source| DialError::Resolve { host: host.to_owned(), source })?
-            .collect(),
-    };
+    let addrs = resolve(host, port, timeout).await?;
     let mut first_err = None;
     for addr in addrs {
         if let Err(d) = policy.check(addr) {
@@ -144,6 +137,35 @@ pub async fn dial(policy: &Destinations, host: &str, port: u16, timeout: Duratio
         }
     }
     Err(first_err.unwrap_or_else(|| DialError::NoAddress { host: host.to_owned() }))
+}
+
+/// Whether `host:port` may be dialled at all, without connecting: resolves it and fails with the first
+/// denial when the policy refuses every address (what [`dial`] would then fail with). For a CONNECT the
+/// proxy answers itself (an intercepted one), so the client gets the same 403 as for a tunnel.
+pub async fn check_host(policy: &Destinations, host: &str, port: u16, timeout: Duration) -> Result<(), DialError> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let mut first_err = None;
+    for addr in resolve(host, port, timeout).await? {
+        match policy.check(addr) {
+            Ok(()) => return Ok(()),
+            Err(d) => {
+                first_err.get_or_insert(DialError::Denied(d));
+            }
+        }
+    }
+    Err(first_err.unwrap_or_else(|| DialError::NoAddress { host: host.to_owned() }))
+}
+
+/// The addresses of `host` (an IP literal is its own), the lookup bounded by `timeout`.
+async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<Vec<SocketAddr>, DialError> {
+    Ok(match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| DialError::Timeout { host: host.to_owned(), after: timeout })?
+            .map_err(|source| DialError::Resolve { host: host.to_owned(), source })?
+            .collect(),
+    })
 }
 
 /// The policy's refusal somewhere in an error's chain (hyper wraps the connector's error).
@@ -222,7 +244,10 @@ mod tests {
             let e = dial(&p, "localhost", addr.port(), Duration::from_secs(2)).await;
             let e = e.expect_err("localhost is denied by the policy");
             assert!(denial_in(&e).is_some(), "{e}");
+            let e = check_host(&p, "localhost", addr.port(), Duration::from_secs(2)).await.unwrap_err();
+            assert!(denial_in(&e).is_some(), "checked like a dial, without connecting: {e}");
             let open = Destinations::open();
+            assert!(check_host(&open, "localhost", 1, Duration::from_secs(2)).await.is_ok());
             assert!(dial(&open, "127.0.0.1", addr.port(), Duration::from_secs(2)).await.is_ok());
             let e = dial(&open, "[::1]", 1, Duration::from_secs(2)).await.err().unwrap();
             assert!(denial_in(&e).is_none());
