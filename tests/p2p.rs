@@ -309,7 +309,7 @@ fn single_node_daemon_with_embedded_scheduler_serves_the_second_get_locally() {
 }
 
 #[test]
-fn shoal_get_without_a_daemon_runs_an_embedded_engine_and_links_from_its_cache() {
+fn shoal_get_without_a_daemon_runs_an_embedded_engine_and_copies_from_its_cache() {
     use std::os::unix::fs::MetadataExt;
     let (obj, oid) = object(64, 5 * MIB + 3);
     let origin = Origin::start("127.0.0.2", FLAVOURS[1]);
@@ -334,8 +334,11 @@ fn shoal_get_without_a_daemon_runs_an_embedded_engine_and_links_from_its_cache()
     for f in ["a", "b"] {
         assert_eq!(file_sha(&tmp.path().join(f)), oid);
     }
-    // Same file system: both outputs are hard links to the cached task file, not copies.
-    assert!(std::fs::metadata(tmp.path().join("a")).unwrap().nlink() >= 3);
+    // Copies, never hard links to the cached task file: changing an output leaves the cache as it was.
+    assert_eq!(std::fs::metadata(tmp.path().join("a")).unwrap().nlink(), 1);
+    std::fs::write(tmp.path().join("a"), b"changed by its owner").unwrap();
+    assert!(run("c").contains("source=local (embedded)"));
+    assert_eq!(file_sha(&tmp.path().join("c")), oid, "the cache did not change with the output");
 }
 
 #[test]

@@ -245,7 +245,7 @@ async fn lock_data_dir(dir: &Path) -> Result<crate::storage::DirLock, GetError> 
 }
 
 /// Downloads with an engine in this process (no scheduler: straight from the origin), caching in
-/// `data_dir`, then links or copies the task file to the output.
+/// `data_dir`, then copies the task file to the output.
 async fn embedded(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
     use crate::engine::{Engine, EngineConfig, FetchRequest};
     use crate::storage::{Store, StoreConfig};

@@ -46,7 +46,7 @@ pub struct TaskInfo {
     pub created_ms: u64,
     pub last_access_ms: u64,
     pub sha256: Option<[u8; 32]>,
-    /// The content file (what `shoal get` hard-links).
+    /// The content file (what `shoal get` copies out).
     pub data_path: PathBuf,
 }
 
