@@ -261,3 +261,63 @@ fn an_ssh_remote_gets_its_api_and_headers_from_git_lfs_authenticate() {
     assert!(asked.contains(&format!("git-lfs-authenticate '{}' download", bare.display())), "{asked}");
     assert!(cluster::cached_files(&a.data_dir) >= 2, "the download went through the daemon");
 }
+
+/// A git credential helper answering `password` for every URL and logging each operation
+/// (get, store, erase) to `log`.
+fn credential_helper(dir: &Path, password: &str, log: &Path) -> PathBuf {
+    let p = dir.join(format!("helper-{}", log.file_name().unwrap().to_string_lossy()));
+    let script = format!(
+        "#!/bin/sh\necho \"$1\" >> '{}'\ncat > /dev/null\nif [ \"$1\" = get ]; then echo username=_jwt; echo password={password}; fi\n",
+        log.display()
+    );
+    std::fs::write(&p, script).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    p
+}
+
+#[test]
+fn a_private_server_gets_gits_credentials_and_the_helpers_hear_how_they_fared() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Giftless::start_https_private(tmp.path());
+    let token = Giftless::token();
+    let publisher = git_home(&tmp.path().join("publisher"));
+    let plog = tmp.path().join("publisher.log");
+    let helper = credential_helper(tmp.path(), &token, &plog);
+    let mut c = git(&publisher);
+    c.args(["config", "--global", "credential.helper"]).arg(&helper);
+    run(c, "git config credential.helper");
+    let files = vec![("model.bin", content(130, 1 << 20))];
+    let bare = tmp.path().join("repo.git");
+    publish(&publisher, &tmp.path().join("work"), &bare, &server, &files);
+
+    let sched = cluster::scheduler("127.0.0.3");
+    let env = [("SSL_CERT_FILE", server.ca.as_deref().unwrap())];
+    let a = cluster::daemon_env("127.0.0.76", &[sched.addr], false, &tmp.path().join("a"), "", &env);
+    let clone_with = |password: &str, name: &str| {
+        let home = agent_home(&tmp.path().join(format!("home-{name}")));
+        let log = tmp.path().join(format!("{name}.log"));
+        let mut c = git(&home);
+        c.args(["config", "--global", "credential.helper"]).arg(credential_helper(tmp.path(), password, &log));
+        run(c, "git config credential.helper");
+        let mut c = git_agent(&home, &server, &a.proxy.to_string(), &tmp.path().join("unused"));
+        c.args(["clone", "-q"]).arg(format!("file://{}", bare.display())).arg(tmp.path().join(name));
+        let o = c.output().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+            std::fs::read_to_string(&log).unwrap_or_default(),
+        )
+    };
+
+    let (ok, err, ops) = clone_with(&token, "good");
+    assert!(ok, "{err}");
+    check(&tmp.path().join("good"), &files);
+    assert!(ops.lines().any(|l| l == "get") && ops.lines().any(|l| l == "store"), "filled, then approved: {ops}");
+    assert!(!ops.lines().any(|l| l == "erase"), "{ops}");
+
+    let (ok, err, ops) = clone_with("not-the-token", "bad");
+    assert!(!ok, "a refused credential must fail the checkout");
+    assert!(err.contains("authentication failed"), "{err}");
+    assert!(ops.lines().any(|l| l == "erase"), "the helpers were told to forget it: {ops}");
+    assert!(!ops.lines().any(|l| l == "store"), "{ops}");
+}

@@ -45,7 +45,25 @@ pub fn test_ca(dir: &Path, hosts: &[&str]) -> PathBuf {
 impl Giftless {
     /// Starts giftless on 127.0.0.2 with local storage under `dir`.
     pub fn start(dir: &Path) -> Giftless {
-        Self::start_with(dir, None)
+        Self::start_with(dir, None, false)
+    }
+
+    /// [`Giftless::start_https`] that serves only requests carrying a token ([`Giftless::token`]): as a
+    /// Bearer header or as Basic `_jwt:<token>`, the way git's credential helpers hand it over.
+    pub fn start_https_private(dir: &Path) -> Giftless {
+        let tls = dir.join("origin-tls");
+        test_ca(&tls, &[LFS_HOST]);
+        Self::start_with(dir, Some(&tls), true)
+    }
+
+    /// A token giftless accepts for everything under shoal/test (HS256 with its key).
+    pub fn token() -> String {
+        let py = Path::new(TOOLS).join("giftless-venv/bin/python");
+        let script = "import jwt; print(jwt.encode({'sub': 'tester', 'scopes': 'obj:shoal/test/*'}, \
+                      'shoal-test-key', algorithm='HS256'))";
+        let o = Command::new(py).args(["-c", script]).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap().trim().to_owned()
     }
 
     /// Starts giftless over HTTPS on 127.0.0.2 (`LFS_HOST`), its certificate signed by a fresh test CA
@@ -53,10 +71,10 @@ impl Giftless {
     pub fn start_https(dir: &Path) -> Giftless {
         let tls = dir.join("origin-tls");
         test_ca(&tls, &[LFS_HOST]);
-        Self::start_with(dir, Some(&tls))
+        Self::start_with(dir, Some(&tls), false)
     }
 
-    fn start_with(dir: &Path, tls: Option<&Path>) -> Giftless {
+    fn start_with(dir: &Path, tls: Option<&Path>, private: bool) -> Giftless {
         let gunicorn = Path::new(TOOLS).join("giftless-venv/bin/gunicorn");
         assert!(gunicorn.exists(), "{} missing: run scripts/install-test-deps.sh", gunicorn.display());
         let resolves = std::net::ToSocketAddrs::to_socket_addrs(&(LFS_HOST, 80)).map(|mut a| a.next().is_some());
@@ -65,16 +83,22 @@ impl Giftless {
         let storage = dir.join("lfs-storage");
         std::fs::create_dir_all(&storage).unwrap();
         let config = dir.join("giftless.yaml");
+        let auth = if private {
+            "factory: giftless.auth.jwt:factory\n    options:\n      algorithm: HS256\n      private_key: shoal-test-key"
+        } else {
+            "giftless.auth.allow_anon:read_write"
+        };
         // Action JWTs must outlive the advertised expires_in (900 s), or downloads get 401s.
         std::fs::write(
             &config,
             format!(
-                "AUTH_PROVIDERS:\n  - giftless.auth.allow_anon:read_write\n\
+                "AUTH_PROVIDERS:\n  - {}\n\
                  TRANSFER_ADAPTERS:\n  basic:\n    factory: giftless.transfer.basic_streaming:factory\n    options:\n      \
                  storage_class: giftless.storage.local_storage:LocalStorage\n      storage_options:\n        path: {}\n      \
                  action_lifetime: 900\n\
                  PRE_AUTHORIZED_ACTION_PROVIDER:\n  factory: giftless.auth.jwt:factory\n  options:\n    algorithm: HS256\n    \
                  private_key: shoal-test-key\n    default_lifetime: 900\n",
+                auth,
                 storage.display()
             ),
         )
