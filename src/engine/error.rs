@@ -30,6 +30,10 @@ pub enum EngineError {
     TooLong { expected: u64 },
     #[error("origin answered a range request with an inconsistent Content-Range")]
     BadRange,
+    #[error("origin redirected more than {0} times")]
+    TooManyRedirects(usize),
+    #[error("origin redirected to {to} from https: refused (never a silent downgrade)")]
+    Downgrade { to: String },
     #[error("invalid url {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error("invalid header {0:?}")]

@@ -106,18 +106,18 @@ impl OriginClient {
         range: Option<(u64, Option<u64>)>,
         validator: Option<&HeaderValue>,
     ) -> Result<OriginResponse, EngineError> {
-        let mut req = build(Method::GET, url, headers, SET_BY_THE_FETCH)?;
+        let mut extra = Vec::new();
         if let Some((start, end)) = range {
             let spec = match end {
                 Some(e) => format!("bytes={start}-{e}"),
                 None => format!("bytes={start}-"),
             };
-            req.headers_mut().insert(RANGE, HeaderValue::from_str(&spec).map_err(|_| EngineError::BadRange)?);
+            extra.push((RANGE, HeaderValue::from_str(&spec).map_err(|_| EngineError::BadRange)?));
             if let Some(v) = validator {
-                req.headers_mut().insert(http::header::IF_RANGE, v.clone());
+                extra.push((http::header::IF_RANGE, v.clone()));
             }
         }
-        let (parts, body) = self.send(req).await?.into_parts();
+        let (parts, body) = self.follow(Method::GET, url, headers, SET_BY_THE_FETCH, &extra).await?.into_parts();
         if !parts.status.is_success() {
             return Err(EngineError::OriginStatus { status: parts.status, headers: Box::new(parts.headers) });
         }
@@ -155,17 +155,60 @@ impl OriginClient {
         url: &str,
         headers: &[(String, String)],
     ) -> Result<StatusCode, EngineError> {
-        let ranged = method == Method::GET;
-        let mut req = build(method, url, headers, SET_BY_THE_PROBE)?;
-        if ranged {
-            req.headers_mut().insert(RANGE, HeaderValue::from_static("bytes=0-0"));
-        }
-        let resp = self.send(req).await?;
+        let extra = match method == Method::GET {
+            true => vec![(RANGE, HeaderValue::from_static("bytes=0-0"))],
+            false => Vec::new(),
+        };
+        let resp = self.follow(method, url, headers, SET_BY_THE_PROBE, &extra).await?;
         let status = resp.status();
         if !status.is_success() {
             return Err(EngineError::OriginStatus { status, headers: Box::new(resp.into_parts().0.headers) });
         }
         Ok(status)
+    }
+
+    /// Sends `method url` and follows the origin's redirects (at most [`MAX_REDIRECTS`]) within the same
+    /// task: a registry's 307 to blob storage, a hub's 302 to its CDN. Credentials (Authorization, Cookie)
+    /// go only to the origin they were sent to: a hop to another scheme, host or port drops them (the
+    /// signed URL carries its own). A hop from https to http is refused: never a silent downgrade.
+    async fn follow(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(String, String)],
+        skip: &[&str],
+        extra: &[(HeaderName, HeaderValue)],
+    ) -> Result<http::Response<Incoming>, EngineError> {
+        let first: Uri = url.parse().map_err(|e: http::uri::InvalidUri| EngineError::InvalidUrl {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let mut at = first.clone();
+        // Bounded by MAX_REDIRECTS.
+        for hop in 0..=MAX_REDIRECTS {
+            let cross = at.scheme() != first.scheme() || at.authority() != first.authority();
+            let kept: Vec<(String, String)> = match cross {
+                true => headers.iter().filter(|(n, _)| !is_credential(n)).cloned().collect(),
+                false => headers.to_vec(),
+            };
+            let mut req = build(method.clone(), &at.to_string(), &kept, skip)?;
+            for (n, v) in extra {
+                req.headers_mut().insert(n.clone(), v.clone());
+            }
+            let resp = self.send(req).await?;
+            let Some(next) = redirect_target(&at, &resp) else { return Ok(resp) };
+            if hop == MAX_REDIRECTS {
+                return Err(EngineError::TooManyRedirects(MAX_REDIRECTS));
+            }
+            if at.scheme_str() == Some("https") && next.scheme_str() != Some("https") {
+                // Host and path only: a signed query is a credential.
+                let to = format!("http://{}{}", next.authority().map(|a| a.as_str()).unwrap_or(""), next.path());
+                return Err(EngineError::Downgrade { to });
+            }
+            tracing::debug!(from = %at.host().unwrap_or(""), to = %next.host().unwrap_or(""), "following the origin's redirect");
+            at = next;
+        }
+        Err(EngineError::TooManyRedirects(MAX_REDIRECTS))
     }
 
     async fn send(&self, req: Request<Empty<Bytes>>) -> Result<http::Response<Incoming>, EngineError> {
@@ -179,6 +222,35 @@ impl OriginClient {
                 (None, None) => EngineError::OriginConnect(error_chain(&e)),
             })
     }
+}
+
+/// Redirect hops followed for one request (browsers and curl allow more; registries and hubs use one).
+pub const MAX_REDIRECTS: usize = 5;
+
+/// Headers that carry a client's credentials, sent only to the origin they were meant for.
+fn is_credential(name: &str) -> bool {
+    ["authorization", "cookie", "proxy-authorization"].iter().any(|c| name.eq_ignore_ascii_case(c))
+}
+
+/// Where a redirect answer points (absolute, or resolved against `base`); `None` for any other answer.
+fn redirect_target(base: &Uri, resp: &http::Response<Incoming>) -> Option<Uri> {
+    if !matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+        return None;
+    }
+    let loc = resp.headers().get(http::header::LOCATION)?.to_str().ok()?;
+    resolve_location(base, loc)
+}
+
+/// `loc` as an absolute http(s) URL: absolute as given, `//host/path`, or a path on `base`'s origin.
+pub(crate) fn resolve_location(base: &Uri, loc: &str) -> Option<Uri> {
+    let u: Uri = if loc.starts_with("//") {
+        format!("{}:{loc}", base.scheme_str()?).parse().ok()?
+    } else if loc.starts_with('/') {
+        format!("{}://{}{loc}", base.scheme_str()?, base.authority()?).parse().ok()?
+    } else {
+        loc.parse().ok()?
+    };
+    (matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some_and(|h| !h.is_empty())).then_some(u)
 }
 
 /// Client headers a probe leaves out: its own range, and the conditions that would turn a "may read"
@@ -430,6 +502,19 @@ async fn join(h: Option<tokio::task::JoinHandle<crate::storage::Result<()>>>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirect_locations_resolve_against_the_answering_origin() {
+        let base: Uri = "https://reg.example:5000/v2/a/blobs/sha256:00".parse().unwrap();
+        let r = |l: &str| resolve_location(&base, l).map(|u| u.to_string());
+        assert_eq!(r("https://s3.example/b?sig=1").as_deref(), Some("https://s3.example/b?sig=1"));
+        assert_eq!(r("/other/path?x=1").as_deref(), Some("https://reg.example:5000/other/path?x=1"));
+        assert_eq!(r("//cdn.example/x").as_deref(), Some("https://cdn.example/x"));
+        for bad in ["ftp://x/y", "relative/path", "", "http://", "https:///nohost"] {
+            assert_eq!(r(bad), None, "{bad}");
+        }
+        assert!(is_credential("Authorization") && is_credential("cookie") && !is_credential("accept"));
+    }
 
     #[test]
     fn content_range_parsing() {

@@ -51,6 +51,10 @@ struct State {
     versions: Mutex<HashMap<String, u64>>,
     /// Paths whose object is replaced by this one right after its next request is answered.
     replace_after_next: Mutex<HashMap<String, Bytes>>,
+    /// Paths answered with a redirect: (status, Location).
+    redirects: Mutex<HashMap<String, (u16, String)>>,
+    /// Every request's path and its Authorization header, in order.
+    authorizations: Mutex<Vec<(String, Option<String>)>>,
 }
 
 /// The token a request presents: `?token=`, `?X-Amz-Signature=` or `Authorization: Bearer`.
@@ -120,6 +124,13 @@ async fn handle(
         st.one_byte_gets.fetch_add(1, Ordering::Relaxed);
     }
     let path = req.uri().path().to_owned();
+    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    st.authorizations.lock().unwrap().push((path.clone(), auth));
+    if let Some((code, to)) = st.redirects.lock().unwrap().get(&path).cloned() {
+        let mut r = full(StatusCode::from_u16(code).unwrap(), Bytes::new());
+        r.headers_mut().insert("location", to.parse().unwrap());
+        return Ok(r);
+    }
     if path.starts_with("/no-head/") {
         // Accepts the request and never answers (until the origin stops).
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
@@ -270,6 +281,17 @@ impl Origin {
             });
         });
         Origin { addr, flavour, state, stop: Some(tx), thread: Some(thread) }
+    }
+
+    /// Answers requests for `path` with `status` and `Location: to`.
+    pub fn redirect(&self, path: &str, status: u16, to: &str) {
+        self.state.redirects.lock().unwrap().insert(path.to_owned(), (status, to.to_owned()));
+    }
+
+    /// The Authorization header of every request for `path` so far (None where there was none).
+    pub fn authorizations(&self, path: &str) -> Vec<Option<String>> {
+        let all = self.state.authorizations.lock().unwrap();
+        all.iter().filter(|(p, _)| p == path).map(|(_, a)| a.clone()).collect()
     }
 
     pub fn put(&self, path: &str, data: Bytes) {
