@@ -78,6 +78,16 @@ pub struct ProxyConfig {
     pub intercept: Vec<String>,
     /// Directory of the interception CA (`ca.crt`, `ca.key`); `None`: `<data_dir>/ca`.
     pub intercept_ca: Option<PathBuf>,
+    /// Upstreams of origin-form (mirror) requests.
+    pub mirror: MirrorConfig,
+}
+
+/// `proxy.mirror`: the registry behind `/v2/` and the hub behind `/hf/`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MirrorConfig {
+    pub registry: Option<String>,
+    pub huggingface: Option<String>,
 }
 
 /// How the daemon talks to origins.
@@ -201,6 +211,7 @@ impl Default for ProxyConfig {
             allow_clients: vec!["127.0.0.0/8".into(), "::1/128".into()],
             intercept: Vec::new(),
             intercept_ca: None,
+            mirror: MirrorConfig::default(),
         }
     }
 }
@@ -454,7 +465,17 @@ impl Config {
         if p.default_rules {
             rules.extend(Rules::builtin(&filtered));
         }
-        Ok(Rules::new(rules))
+        let upstream = |key: &str, v: &Option<String>| -> Result<Option<http::Uri>, (String, String)> {
+            let Some(v) = v else { return Ok(None) };
+            let u: http::Uri = v.parse().map_err(|_| (key.to_owned(), "want an http(s) URL".to_owned()))?;
+            let ok = matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some_and(|h| !h.is_empty());
+            ok.then_some(Some(u)).ok_or_else(|| (key.to_owned(), "want an http(s) URL".to_owned()))
+        };
+        let mirrors = crate::proxy::mirror::Mirrors {
+            registry: upstream("proxy.mirror.registry", &p.mirror.registry)?,
+            huggingface: upstream("proxy.mirror.huggingface", &p.mirror.huggingface)?,
+        };
+        Ok(Rules::new(rules).with_mirrors(mirrors))
     }
 
     /// The storage GC limits (a `ttl` of 0 disables expiry), at start and on every reload.

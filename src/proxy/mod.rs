@@ -9,6 +9,7 @@
 pub mod forward;
 pub mod intercept;
 pub mod lifecycle;
+pub mod mirror;
 pub mod plan;
 pub mod respond;
 pub mod rules;

@@ -12,6 +12,7 @@ use http::header::{
 };
 use http::{Method, StatusCode, Uri};
 
+use super::mirror::MirrorTarget;
 use super::respond::{parse_range, RangeAsk};
 use super::rules::{parse_extra_filtered, Route, Rules};
 use crate::engine::identity::filtered as filtered_name;
@@ -67,10 +68,29 @@ pub fn plan(rules: &Rules, method: &Method, uri: &Uri, headers: &HeaderMap) -> P
             None => Plan::Refuse { status: StatusCode::BAD_REQUEST, reason: BAD_CONNECT },
         };
     }
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return match rules.mirrors().target(uri) {
+            Ok(MirrorTarget::Registry { url, digest }) => plan_absolute(rules, method, &url, headers, digest),
+            Ok(MirrorTarget::Hub { url }) => plan_absolute(rules, method, &url, headers, None),
+            Err(e) => Plan::Refuse { status: e.status(), reason: e.reason() },
+        };
+    }
     if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.authority().is_none_or(|a| a.host().is_empty())
     {
         return Plan::Refuse { status: StatusCode::BAD_REQUEST, reason: NOT_A_PROXY_REQUEST };
     }
+    plan_absolute(rules, method, uri, headers, None)
+}
+
+/// Plans a request for an absolute http(s) `uri`; `path_digest` is a digest a mirror path named (it
+/// names the task and is what the bytes are verified against, whatever the rules say of the URL).
+fn plan_absolute(
+    rules: &Rules,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    path_digest: Option<[u8; 32]>,
+) -> Plan {
     let header_digest = match single(headers, "x-shoal-digest") {
         Err(()) => return Plan::Refuse { status: StatusCode::BAD_REQUEST, reason: BAD_DIGEST },
         Ok(None) => None,
@@ -87,7 +107,10 @@ pub fn plan(rules: &Rules, method: &Method, uri: &Uri, headers: &HeaderMap) -> P
             None => return Plan::Refuse { status: StatusCode::BAD_REQUEST, reason: BAD_FILTERED },
         },
     };
-    match rules.route_with(method, uri, header_digest, extra.as_deref()) {
+    if path_digest.is_some() && header_digest.is_some_and(|h| Some(h) != path_digest) {
+        return Plan::Refuse { status: StatusCode::BAD_REQUEST, reason: BAD_DIGEST };
+    }
+    match rules.route_with(method, uri, path_digest.or(header_digest), extra.as_deref()) {
         Route::Pass { url } => Plan::Pass { url },
         Route::P2p { identity, url, expected_sha256, authorize, filtered } => {
             let headers_out = origin_headers(headers);

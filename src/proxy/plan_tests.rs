@@ -42,7 +42,9 @@ fn connect_targets_need_host_and_port() {
 
 #[test]
 fn origin_form_and_bad_shoal_headers_are_400() {
-    assert_eq!(refused(&plan_of(Method::GET, "/v2/", &[])), Some(StatusCode::BAD_REQUEST));
+    assert_eq!(refused(&plan_of(Method::GET, "/index.html", &[])), Some(StatusCode::BAD_REQUEST));
+    // A registry path with no registry configured: nothing to mirror.
+    assert_eq!(refused(&plan_of(Method::GET, "/v2/", &[])), Some(StatusCode::NOT_FOUND));
     assert_eq!(refused(&plan_of(Method::GET, "ftp://h.test/x", &[])), Some(StatusCode::BAD_REQUEST));
     let u = "http://h.test/file";
     for bad in [&b"md5:00"[..], b"sha256:zz", b"sha256:\xff"] {
@@ -215,4 +217,28 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn origin_form_requests_are_mirror_requests() {
+    let mirrors =
+        crate::proxy::mirror::Mirrors { registry: Some("https://reg.test:5000".parse().unwrap()), huggingface: None };
+    let rules = Rules::default().with_mirrors(mirrors);
+    let p = |m: Method, u: &str, h: &[(&str, &[u8])]| plan(&rules, &m, &u.parse().unwrap(), &head(h));
+    let blob = format!("/v2/team/app/blobs/sha256:{OID}");
+    let Plan::P2p(pl) = p(Method::GET, &blob, &[("authorization", b"Bearer t")]) else { panic!("a blob is a task") };
+    assert_eq!(pl.fetch.task_id.to_hex(), OID);
+    assert_eq!(pl.fetch.url, format!("https://reg.test:5000{blob}"));
+    assert!(pl.fetch.headers.iter().any(|(n, v)| n == "authorization" && v == "Bearer t"), "forwarded upstream");
+    let Plan::Pass { url } = p(Method::GET, "/v2/team/app/manifests/v1", &[]) else { panic!("manifests pass") };
+    assert_eq!(url.to_string(), "https://reg.test:5000/v2/team/app/manifests/v1");
+    assert!(matches!(p(Method::HEAD, &blob, &[]), Plan::Pass { .. }));
+    assert!(matches!(p(Method::GET, "/v2/", &[]), Plan::Pass { .. }));
+    let other = "0".repeat(64);
+    assert_eq!(
+        refused(&p(Method::GET, &blob, &[("x-shoal-digest", format!("sha256:{other}").as_bytes())])),
+        Some(StatusCode::BAD_REQUEST)
+    );
+    assert_eq!(refused(&p(Method::GET, "/hf/x", &[])), Some(StatusCode::NOT_FOUND));
+    assert_eq!(refused(&p(Method::GET, "/index.html", &[])), Some(StatusCode::BAD_REQUEST));
 }

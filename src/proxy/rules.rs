@@ -80,6 +80,8 @@ impl Rule {
 #[derive(Clone, Debug)]
 pub struct Rules {
     rules: Vec<Rule>,
+    /// Where origin-form (mirror) requests go; reloaded with the rules.
+    mirrors: super::mirror::Mirrors,
 }
 
 /// Default rule patterns: a 64-hex last path segment, and an OCI blob path.
@@ -90,7 +92,10 @@ impl Default for Rules {
     fn default() -> Rules {
         // The default patterns are constants checked by a unit test; a failure here would be a build bug,
         // so it degrades to "no rule" rather than a panic.
-        Rules { rules: DEFAULT_PATTERNS.iter().filter_map(|p| Rule::new(p).ok()).collect() }
+        Rules {
+            rules: DEFAULT_PATTERNS.iter().filter_map(|p| Rule::new(p).ok()).collect(),
+            mirrors: Default::default(),
+        }
     }
 }
 
@@ -123,14 +128,24 @@ pub enum Route {
 
 impl Rules {
     pub fn new(rules: Vec<Rule>) -> Rules {
-        Rules { rules }
+        Rules { rules, mirrors: Default::default() }
     }
 
     /// `extra` first, then the defaults.
+    /// These rules with `mirrors` for origin-form requests.
+    pub fn with_mirrors(mut self, mirrors: super::mirror::Mirrors) -> Rules {
+        self.mirrors = mirrors;
+        self
+    }
+
+    pub fn mirrors(&self) -> &super::mirror::Mirrors {
+        &self.mirrors
+    }
+
     pub fn with_defaults(extra: Vec<Rule>) -> Rules {
         let mut rules = extra;
         rules.extend(Rules::default().rules);
-        Rules { rules }
+        Rules { rules, mirrors: Default::default() }
     }
 
     pub fn rules(&self) -> &[Rule] {
