@@ -199,6 +199,22 @@ impl Engine {
     /// needed, the origin said yes recently, or says yes now; the origin's refusal as
     /// [`EngineError::OriginStatus`] (for the client as is); another error when it could not be asked
     /// (nothing is served then: private content fails closed).
+    /// The origin's answer to a HEAD of `url` with these headers, redirects not followed (a hub's
+    /// metadata). Destination policy and TLS verification apply as to any origin request.
+    pub async fn metadata(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+    ) -> Result<(http::StatusCode, http::HeaderMap), EngineError> {
+        self.origin.head_once(url, headers).await
+    }
+
+    /// The origin just said yes to this requester for this task (its own request with these credentials
+    /// succeeded): remembered as a probe's yes would be, so serving the copy asks nothing more.
+    pub fn origin_said_yes(&self, req: &FetchRequest) {
+        self.grants.grant(req.task_id, &req.credentials.fingerprint);
+    }
+
     pub async fn authorize(&self, req: &FetchRequest, mode: Authorize, f: &Fetch) -> Result<(), EngineError> {
         let creds = &req.credentials;
         if !authorize::needs_probe(mode, creds, f.task.credentialed(), f.fetched_with.as_ref()) {

@@ -167,6 +167,14 @@ impl OriginClient {
         Ok(status)
     }
 
+    /// HEAD `url` with the client's headers and no redirect followed: the answer's status and headers as the
+    /// origin gave them (a hub's resolve answer names the file's sha256 on its 302 to the CDN).
+    pub async fn head_once(&self, url: &str, headers: &[(String, String)]) -> Result<(StatusCode, HeaderMap), EngineError> {
+        let req = build(Method::HEAD, url, headers, SET_BY_THE_PROBE)?;
+        let (parts, _) = self.send(req).await?.into_parts();
+        Ok((parts.status, parts.headers))
+    }
+
     /// Sends `method url` and follows the origin's redirects (at most [`MAX_REDIRECTS`]) within the same
     /// task: a registry's 307 to blob storage, a hub's 302 to its CDN. Credentials (Authorization, Cookie)
     /// go only to the origin they were sent to: a hop to another scheme, host or port drops them (the

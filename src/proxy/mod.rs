@@ -7,6 +7,7 @@
 //! Never: touches task files except through the engine's task handles. Called by: the daemon.
 
 pub mod forward;
+pub mod hub;
 pub mod intercept;
 pub mod lifecycle;
 pub mod mirror;

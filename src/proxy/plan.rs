@@ -41,6 +41,9 @@ pub enum Plan {
     Pass { url: Uri },
     /// Through the engine as a task.
     P2p(Box<P2pPlan>),
+    /// A Hugging Face resolve request (`/hf/.../resolve/...`): decided once the hub answered its HEAD
+    /// (hub.rs).
+    Hub { url: Uri },
 }
 
 /// A request that becomes (or joins) a task.
@@ -71,6 +74,7 @@ pub fn plan(rules: &Rules, method: &Method, uri: &Uri, headers: &HeaderMap) -> P
     if uri.scheme().is_none() && uri.authority().is_none() {
         return match rules.mirrors().target(uri) {
             Ok(MirrorTarget::Registry { url, digest }) => plan_absolute(rules, method, &url, headers, digest),
+            Ok(MirrorTarget::Hub { url }) if super::hub::is_resolve(method, &url) => Plan::Hub { url },
             Ok(MirrorTarget::Hub { url }) => plan_absolute(rules, method, &url, headers, None),
             Err(e) => Plan::Refuse { status: e.status(), reason: e.reason() },
         };
@@ -145,7 +149,7 @@ fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ()>
 
 /// The client's headers that go to the origin on a miss (ours, the proxy's own and values that are not
 /// text are dropped; the origin client drops hop-by-hop ones).
-fn origin_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+pub(super) fn origin_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
         .filter(|(n, _)| !n.as_str().starts_with("x-shoal-") && !n.as_str().starts_with("proxy-"))

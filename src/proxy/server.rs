@@ -244,7 +244,41 @@ async fn route(front: Arc<Front>, req: Request<Incoming>) -> Result<Response<Bod
             tracing::Span::current().record("task", tracing::field::display(p.fetch.task_id));
             p2p(&front.engine, *p).await
         }
+        Plan::Hub { url } => hub_resolve(&front, req, url).await,
     })
+}
+
+/// A Hugging Face resolve request: the hub's HEAD answer decides (hub.rs); an LFS file's GET is served
+/// as the task its sha256 names, with the hub's answer as its yes for this requester.
+async fn hub_resolve(front: &Arc<Front>, req: Request<Incoming>, url: http::Uri) -> Response<Body> {
+    use super::hub::{decide, HubDecision};
+    let asked = super::plan::origin_headers(req.headers());
+    let (status, meta) = match front.engine.metadata(&url.to_string(), &asked).await {
+        Ok(m) => m,
+        Err(e) => return error_response(&e),
+    };
+    match decide(req.method(), &url, status, &meta) {
+        HubDecision::Answer { status, headers } => {
+            let mut r = Response::new(http_body_util::Empty::new().map_err(|n| match n {}).boxed());
+            *r.status_mut() = status;
+            with_headers(r, headers)
+        }
+        HubDecision::Pass => front.forward.forward(req, url).await,
+        HubDecision::Task { sha256 } => {
+            let mut h = req.headers().clone();
+            let digest = format!("sha256:{}", hex::encode(sha256));
+            h.insert("x-shoal-digest", HeaderValue::from_str(&digest).unwrap_or(HeaderValue::from_static("")));
+            match plan(&front.rules.current(), &http::Method::GET, &url, &h) {
+                Plan::P2p(p) => {
+                    tracing::Span::current().record("task", tracing::field::display(p.fetch.task_id));
+                    front.engine.origin_said_yes(&p.fetch);
+                    p2p(&front.engine, *p).await
+                }
+                Plan::Refuse { status, reason } => text(status, reason),
+                _ => text(StatusCode::BAD_GATEWAY, "shoal: the hub's file could not be made a task"),
+            }
+        }
+    }
 }
 
 /// Serves an intercepted tunnel once the 200 is out: its requests go through [`handle`] like the
