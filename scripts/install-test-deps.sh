@@ -4,6 +4,8 @@
 #   - curl, git, git-lfs, mount (Debian packages)
 #   - giftless, a real Git LFS server, in a venv under /opt/shoal-test-tools (its wheel declares no
 #     dependencies, so they are listed here; PyJWT 2.10+ answers 401 to every transfer)
+#   - huggingface_hub, the real Hugging Face client, in a venv under /opt/shoal-test-tools (tests/hf_harness.rs
+#     and the mirror tests run its hf_hub_download / snapshot_download against a local HF-like origin)
 #   - an /etc/hosts name for the test LFS origin: git-lfs never proxies loopback literals or localhost
 set -euo pipefail
 
@@ -43,6 +45,15 @@ if [ ! -x "$venv/bin/gunicorn" ] || ! "$venv/bin/python" -c 'import giftless' 2>
     "giftless==0.6.2" "flask~=2.3" flask-marshmallow "marshmallow<4" webargs figcan pyyaml "PyJWT<2.10" \
     python-dateutil cryptography flask-classful werkzeug cachetools typing-extensions python-dotenv \
     importlib-metadata gunicorn
+fi
+
+hf_venv=$TOOLS/hf-venv
+HF_HUB_VERSION=2.4.0
+if ! "$hf_venv/bin/python" -c "import huggingface_hub, sys; sys.exit(huggingface_hub.__version__ != '$HF_HUB_VERSION')" \
+  2>/dev/null; then
+  mkdir -p "$TOOLS"
+  python3 -m venv "$hf_venv"
+  "$hf_venv/bin/pip" install -q --disable-pip-version-check "huggingface_hub==$HF_HUB_VERSION"
 fi
 
 if ! grep -qE '^127\.0\.0\.2[[:space:]]+lfs-origin\.test' /etc/hosts; then

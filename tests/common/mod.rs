@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod curl;
+pub mod hf;
 pub mod lfs;
 pub mod origin;
 
