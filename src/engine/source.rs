@@ -169,7 +169,11 @@ impl OriginClient {
 
     /// HEAD `url` with the client's headers and no redirect followed: the answer's status and headers as the
     /// origin gave them (a hub's resolve answer names the file's sha256 on its 302 to the CDN).
-    pub async fn head_once(&self, url: &str, headers: &[(String, String)]) -> Result<(StatusCode, HeaderMap), EngineError> {
+    pub async fn head_once(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+    ) -> Result<(StatusCode, HeaderMap), EngineError> {
         let req = build(Method::HEAD, url, headers, SET_BY_THE_PROBE)?;
         let (parts, _) = self.send(req).await?.into_parts();
         Ok((parts.status, parts.headers))

@@ -14,7 +14,8 @@ use http::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, ETAG, LOCATION};
 use http::{Method, StatusCode, Uri};
 
 /// Metadata headers of a resolve answer that huggingface_hub reads.
-const META: &[&str] = &["x-repo-commit", "x-linked-etag", "x-linked-size", "etag", "content-type", "x-error-code", "x-error-message"];
+const META: &[&str] =
+    &["x-repo-commit", "x-linked-etag", "x-linked-size", "etag", "content-type", "x-error-code", "x-error-message"];
 
 /// What to do with a resolve request, given the hub's answer to its HEAD.
 #[derive(Debug)]
@@ -103,12 +104,15 @@ mod tests {
     #[test]
     fn lfs_files_are_tasks_by_their_sha256_and_heads_answer_without_location() {
         let url: Uri = "https://hub.test/org/m/resolve/main/w.bin".parse().unwrap();
-        let (s, h) = hub(302, &[
-            ("location", "https://cdn.test/repos/aa/bb/x?Expires=1&Signature=z"),
-            ("x-linked-etag", &format!("\"{SHA}\"")),
-            ("x-linked-size", "1234"),
-            ("x-repo-commit", "c0ffee"),
-        ]);
+        let (s, h) = hub(
+            302,
+            &[
+                ("location", "https://cdn.test/repos/aa/bb/x?Expires=1&Signature=z"),
+                ("x-linked-etag", &format!("\"{SHA}\"")),
+                ("x-linked-size", "1234"),
+                ("x-repo-commit", "c0ffee"),
+            ],
+        );
         let HubDecision::Task { sha256 } = decide(&Method::GET, &url, s, &h) else { panic!() };
         assert_eq!(hex::encode(sha256), SHA);
         let HubDecision::Answer { status, headers } = decide(&Method::HEAD, &url, s, &h) else { panic!() };
