@@ -202,11 +202,20 @@ proptest! {
                 headers.append(*n, v);
             }
         }
-        for rules in [Rules::default(), Rules::new(vec![crate::proxy::rules::Rule::new(".").unwrap()])] {
+        let mirrors = crate::proxy::mirror::Mirrors {
+            registry: Some("https://reg.test".parse().unwrap()),
+            huggingface: Some("https://hub.test".parse().unwrap()),
+        };
+        let all = [
+            Rules::default(),
+            Rules::new(vec![crate::proxy::rules::Rule::new(".").unwrap()]),
+            Rules::default().with_mirrors(mirrors),
+        ];
+        for rules in all {
             match plan(&rules, &method, &uri, &headers) {
                 Plan::Refuse { status, .. } => prop_assert!(status.is_client_error()),
                 Plan::Connect { host, .. } => prop_assert_eq!(&method, Method::CONNECT, "{}", host),
-                Plan::Pass { url } => prop_assert!(url.scheme().is_some()),
+                Plan::Pass { url } | Plan::Hub { url } => prop_assert!(url.scheme().is_some()),
                 Plan::P2p(p) => {
                     prop_assert_eq!(&method, Method::GET);
                     let r = reply(&p, &facts(len, None));
