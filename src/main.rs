@@ -130,7 +130,7 @@ fn scheduler_cmd(a: &shoal::cli::SchedulerArgs) -> anyhow::Result<()> {
 fn get(a: shoal::cli::GetArgs) -> anyhow::Result<()> {
     let o = shoal::client::GetOptions {
         url: a.url,
-        output: a.output,
+        output: Some(a.output),
         daemon: a.daemon,
         data_dir: a.data_dir.unwrap_or_else(daemon::default_data_dir),
         digest: a.digest,
@@ -142,7 +142,39 @@ fn get(a: shoal::cli::GetArgs) -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let r = rt.block_on(shoal::client::run(&o))?;
-    tracing::info!(bytes = r.bytes, source = %r.source, task = %r.task_id, "downloaded {}", o.output.display());
+    let out = o.output.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
+    tracing::info!(bytes = r.bytes, source = %r.source, task = %r.task_id, "downloaded {out}");
+    Ok(())
+}
+
+/// `shoal preheat URL...`: each URL through the daemon (or into the local cache), the bytes discarded.
+fn preheat(a: shoal::cli::PreheatArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut failed = 0;
+    for url in &a.urls {
+        let o = shoal::client::GetOptions {
+            url: url.clone(),
+            output: None,
+            daemon: a.daemon.clone(),
+            data_dir: daemon::default_data_dir(),
+            digest: None,
+            headers: a.headers.clone(),
+            filtered_query_params: Vec::new(),
+            timeout: a.timeout,
+            progress: None,
+            hash_here: false,
+        };
+        match rt.block_on(shoal::client::run(&o)) {
+            Ok(r) => println!("{url}: {} bytes from {} (task {})", r.bytes, r.source, r.task_id),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{url}: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} URLs were not preheated", a.urls.len());
+    }
     Ok(())
 }
 
@@ -238,6 +270,7 @@ fn main() -> ExitCode {
             shoal::membership::generate_secret().map(|s| println!("{s}")).map_err(Into::into)
         }
         Command::Get(a) => get(a),
+        Command::Preheat(a) => preheat(a),
         Command::Lfs(c) => lfs_cmd(c),
         Command::Ca(c) => ca_cmd(c),
         Command::Ls(a) => tasks_cmd(&a.daemon, None),

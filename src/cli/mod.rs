@@ -79,8 +79,12 @@ pub enum Command {
     Daemon(DaemonArgs),
     /// Run a standalone scheduler (example: `shoal scheduler --listen 0.0.0.0:8002`).
     Scheduler(SchedulerArgs),
-    /// Download one URL through the P2P network (example: `shoal get https://host/obj -O obj`).
+    /// Download one URL through the P2P network (example: `shoal get https://host/obj -O obj`; also
+    /// `hf://org/model/file` and `oci://registry/repo@sha256:...`).
     Get(GetArgs),
+    /// Fetch URLs into the daemon's cache ahead of demand, reporting each (example:
+    /// `shoal preheat hf://org/model/model.safetensors oci://ghcr.io/org/app@sha256:...`).
+    Preheat(PreheatArgs),
     /// List the tasks a running daemon has cached (example: `shoal ls`).
     Ls(LsArgs),
     /// Show one cached task by ID or unique prefix (example: `shoal stat 3f2a9c0d`).
@@ -282,6 +286,23 @@ pub struct SchedulerArgs {
 pub enum SecretCommand {
     /// Print a new random cluster secret (64 hex digits), e.g. `shoal secret generate > cluster.secret`.
     Generate,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PreheatArgs {
+    /// The URLs (http, https, hf://, oci://).
+    #[arg(required = true)]
+    pub urls: Vec<String>,
+    /// The daemon's proxy address; when nothing listens there, the objects go into this machine's cache
+    /// in-process.
+    #[arg(long, default_value = "127.0.0.1:65001", env = "SHOAL_DAEMON")]
+    pub daemon: String,
+    /// Extra request header for the origins, 'Name: value' (repeatable).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// Give up on one URL after this long.
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    pub timeout: Duration,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -15,6 +15,8 @@ use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+mod scheme;
+
 #[derive(Debug, thiserror::Error)]
 pub enum GetError {
     #[error("invalid URL {0:?}: need an absolute http(s) URL")]
@@ -45,9 +47,11 @@ pub enum GetError {
     DataDir(#[from] crate::storage::DirLockError),
 }
 
+#[derive(Clone)]
 pub struct GetOptions {
     pub url: String,
-    pub output: PathBuf,
+    /// Where the content goes; `None` discards it (preheating the daemon's cache).
+    pub output: Option<PathBuf>,
     pub daemon: String,
     /// Where an embedded engine keeps its cache when no daemon answers.
     pub data_dir: PathBuf,
@@ -80,21 +84,56 @@ fn part_path(out: &Path) -> PathBuf {
 }
 
 pub async fn run(o: &GetOptions) -> Result<GetReport, GetError> {
-    let part = part_path(&o.output);
+    let part = o.output.as_deref().map(part_path);
     let work = async {
-        match fetch(o, &part).await {
+        let r = scheme::resolve(&o.url, o.digest.clone(), o.headers.clone()).await?;
+        let o = &GetOptions { url: r.url, digest: r.digest, headers: r.headers, ..o.clone() };
+        match fetch(o, part.as_deref()).await {
             // Nobody listens there: a laptop without a daemon; do the download in this process.
             Err(GetError::Unreachable { source, .. }) if source.kind() == std::io::ErrorKind::ConnectionRefused => {
-                embedded(o, &part).await
+                embedded(o, part.as_deref()).await
             }
             r => r,
         }
     };
     let r = tokio::time::timeout(o.timeout, work).await.unwrap_or(Err(GetError::Timeout(o.timeout)));
-    if r.is_err() {
-        let _ = tokio::fs::remove_file(&part).await;
+    if let (Err(_), Some(p)) = (&r, &part) {
+        let _ = tokio::fs::remove_file(p).await;
     }
     r
+}
+
+/// The part file a download writes, or nothing when the content is discarded.
+struct Sink(Option<(tokio::fs::File, PathBuf)>);
+
+impl Sink {
+    /// A stale part file of an earlier run goes (a link is removed, not followed); the new one is created
+    /// exclusively and never through a symlink planted in its place.
+    async fn open(part: Option<&Path>) -> Result<Sink, GetError> {
+        let Some(part) = part else { return Ok(Sink(None)) };
+        let _ = tokio::fs::remove_file(part).await;
+        let f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(part)
+            .await
+            .map_err(|source| GetError::File { path: part.to_owned(), source })?;
+        Ok(Sink(Some((f, part.to_owned()))))
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), GetError> {
+        let Some((f, p)) = self.0.as_mut() else { return Ok(()) };
+        f.write_all(data).await.map_err(|source| GetError::File { path: p.clone(), source })
+    }
+
+    /// Synced, then renamed to `out`: the file appears whole or not at all.
+    async fn finish(self, out: Option<&Path>) -> Result<(), GetError> {
+        let (Some((f, part)), Some(out)) = (self.0, out) else { return Ok(()) };
+        f.sync_all().await.map_err(|source| GetError::File { path: part.clone(), source })?;
+        drop(f);
+        tokio::fs::rename(&part, out).await.map_err(|source| GetError::File { path: out.to_owned(), source })
+    }
 }
 
 /// The proxy request for `o`: its URL, its headers, and ours (the digest, the extra filtered names).
@@ -125,7 +164,7 @@ fn proxy_request(o: &GetOptions) -> Result<Request<Empty<bytes::Bytes>>, GetErro
     Ok(req)
 }
 
-async fn fetch(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
+async fn fetch(o: &GetOptions, part: Option<&Path>) -> Result<GetReport, GetError> {
     let digest = parse_digest(o.digest.as_deref())?;
     let req = proxy_request(o)?;
     let daemon_err = |reason: String| GetError::Daemon { addr: o.daemon.clone(), reason };
@@ -144,17 +183,7 @@ async fn fetch(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
         return Err(GetError::Status { status: parts.status, message });
     }
     let expected_len: Option<u64> = header("content-length").parse().ok();
-    let file_err = |source| GetError::File { path: part.to_owned(), source };
-    // A stale part file of an earlier run goes (a link is removed, not followed); the new one is created
-    // exclusively and never through a symlink planted in its place.
-    let _ = tokio::fs::remove_file(part).await;
-    let mut f = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(part)
-        .await
-        .map_err(file_err)?;
+    let mut f = Sink::open(part).await?;
     let mut hasher = digest.filter(|_| o.hash_here).map(|_| Sha256::new());
     let mut got = 0u64;
     let bar = progress_bar(expected_len, &header("x-shoal-source"));
@@ -165,7 +194,7 @@ async fn fetch(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
             if let Some(h) = hasher.as_mut() {
                 h.update(&data);
             }
-            f.write_all(&data).await.map_err(file_err)?;
+            f.write(&data).await?;
             got += data.len() as u64;
             if let Some(b) = &bar {
                 b.set_position(got);
@@ -187,9 +216,7 @@ async fn fetch(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
             return Err(GetError::Mismatch(hex::encode(actual)));
         }
     }
-    f.sync_all().await.map_err(file_err)?;
-    drop(f);
-    tokio::fs::rename(part, &o.output).await.map_err(|source| GetError::File { path: o.output.clone(), source })?;
+    f.finish(o.output.as_deref()).await?;
     conn.abort();
     Ok(GetReport { bytes: got, source: header("x-shoal-source"), task_id: header("x-shoal-task-id") })
 }
@@ -246,7 +273,7 @@ async fn lock_data_dir(dir: &Path) -> Result<crate::storage::DirLock, GetError> 
 
 /// Downloads with an engine in this process (no scheduler: straight from the origin), caching in
 /// `data_dir`, then copies the task file to the output.
-async fn embedded(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
+async fn embedded(o: &GetOptions, part: Option<&Path>) -> Result<GetReport, GetError> {
     use crate::engine::{Engine, EngineConfig, FetchRequest};
     use crate::storage::{Store, StoreConfig};
     let uri: Uri = o.url.parse().map_err(|_| GetError::Url(o.url.clone()))?;
@@ -288,12 +315,14 @@ async fn embedded(o: &GetOptions, part: &Path) -> Result<GetReport, GetError> {
         crate::storage::StorageError::DigestMismatch { got, .. } => GetError::Mismatch(hex::encode(got)),
         other => emb(&other),
     })?;
-    let _ = std::fs::remove_file(part);
-    f.task.export_to(part).map_err(|e| emb(&e))?;
+    if let (Some(part), Some(out)) = (part, &o.output) {
+        let _ = std::fs::remove_file(part);
+        f.task.export_to(part).map_err(|e| emb(&e))?;
+        std::fs::rename(part, out).map_err(|source| GetError::File { path: out.clone(), source })?;
+    }
     if let Some(p) = &o.progress {
         p(f.task.content_length().unwrap_or(0));
     }
-    std::fs::rename(part, &o.output).map_err(|source| GetError::File { path: o.output.clone(), source })?;
     Ok(GetReport {
         bytes: f.task.content_length().unwrap_or(0),
         source: format!("{} (embedded)", f.source.as_str()),

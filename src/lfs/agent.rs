@@ -172,7 +172,7 @@ async fn download(
     });
     let g = GetOptions {
         url: action.href.clone(),
-        output: output.clone(),
+        output: Some(output.clone()),
         daemon: o.daemon.clone(),
         data_dir: o.data_dir.clone(),
         digest: Some(format!("sha256:{oid}")),

@@ -1,0 +1,182 @@
+//! The URLs `shoal get` and `shoal preheat` take besides http(s), resolved to the URL, digest and headers
+//! of a plain download:
+//! - `hf://[datasets/|spaces/]<org>/<name>[@<revision>]/<path>`: a Hugging Face file. The hub
+//!   (`HF_ENDPOINT`, else https://huggingface.co) is asked for its metadata with `HF_TOKEN`; an LFS file's
+//!   sha256 (`X-Linked-Etag`) becomes the digest, so the task is keyed and verified by it and the CDN's
+//!   signed URLs share it. Files stored in git download by URL.
+//! - `oci://<registry>/<repository>@sha256:<hex>` (`oci+http://` for a plain-HTTP registry): a blob,
+//!   keyed and verified by its digest. Credentials, if the registry wants them, come with `-H`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+
+use super::GetError;
+
+/// A download the daemon (or the in-process engine) understands.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub url: String,
+    pub digest: Option<String>,
+    pub headers: Vec<String>,
+}
+
+/// How long the hub may take to answer the metadata request.
+const HUB_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `url` with `digest` and `headers` as given, or resolved from an `hf://` or `oci://` URL.
+pub async fn resolve(url: &str, digest: Option<String>, headers: Vec<String>) -> Result<Resolved, GetError> {
+    if let Some(rest) = url.strip_prefix("hf://") {
+        return hf(rest, digest, headers).await;
+    }
+    for (prefix, scheme) in [("oci://", "https"), ("oci+http://", "http")] {
+        if let Some(rest) = url.strip_prefix(prefix) {
+            let (u, d) = oci(rest, scheme).ok_or_else(|| GetError::Url(url.to_owned()))?;
+            if digest.as_ref().is_some_and(|g| *g != d) {
+                return Err(GetError::Digest);
+            }
+            return Ok(Resolved { url: u, digest: Some(d), headers });
+        }
+    }
+    Ok(Resolved { url: url.to_owned(), digest, headers })
+}
+
+/// `<registry>/<repo>@sha256:<hex>` → the blob URL and its digest.
+fn oci(rest: &str, scheme: &str) -> Option<(String, String)> {
+    let (name, digest) = rest.rsplit_once('@')?;
+    let hexd = digest.strip_prefix("sha256:")?;
+    if hexd.len() != 64 || !hexd.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let (registry, repo) = name.split_once('/')?;
+    let ok = |s: &str, extra: &[u8]| {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_".contains(&b) || extra.contains(&b))
+    };
+    if !ok(registry, b":") || !ok(repo, b"/") || repo.starts_with('/') || repo.contains("//") {
+        return None;
+    }
+    let registry = if registry == "docker.io" { "registry-1.docker.io" } else { registry };
+    let repo = if registry == "registry-1.docker.io" && !repo.contains('/') {
+        format!("library/{repo}")
+    } else {
+        repo.to_owned()
+    };
+    Some((
+        format!("{scheme}://{registry}/v2/{repo}/blobs/sha256:{}", hexd.to_ascii_lowercase()),
+        format!("sha256:{}", hexd.to_ascii_lowercase()),
+    ))
+}
+
+/// The resolve URL of an `hf://` path (a revision with slashes is written %2F-encoded, as the hub's).
+fn hf_url(rest: &str) -> Option<String> {
+    let (kind, rest) = match rest.split_once('/') {
+        Some(("datasets", r)) => ("datasets/", r),
+        Some(("spaces", r)) => ("spaces/", r),
+        _ => ("", rest),
+    };
+    let mut parts = rest.splitn(3, '/');
+    let (org, name_rev, path) = (parts.next()?, parts.next()?, parts.next()?);
+    let (name, rev) = name_rev.split_once('@').unwrap_or((name_rev, "main"));
+    let ok = |s: &str| {
+        !s.is_empty() && !s.contains("..") && !s.bytes().any(|b| b.is_ascii_whitespace() || b == b'?' || b == b'#')
+    };
+    if !(ok(org) && ok(name) && ok(rev) && ok(path)) {
+        return None;
+    }
+    let endpoint = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty());
+    let endpoint = endpoint.as_deref().unwrap_or("https://huggingface.co").trim_end_matches('/');
+    let rev = rev.replace('/', "%2F");
+    Some(format!("{endpoint}/{kind}{org}/{name}/resolve/{rev}/{path}"))
+}
+
+async fn hf(rest: &str, digest: Option<String>, mut headers: Vec<String>) -> Result<Resolved, GetError> {
+    let url = hf_url(rest).ok_or_else(|| GetError::Url(format!("hf://{rest}")))?;
+    let has_auth = headers.iter().any(|h| h.to_ascii_lowercase().starts_with("authorization:"));
+    if let (false, Ok(t)) = (has_auth, std::env::var("HF_TOKEN")) {
+        if !t.is_empty() {
+            headers.push(format!("Authorization: Bearer {t}"));
+        }
+    }
+    let (status, h) = head(&url, &headers).await?;
+    let linked = h
+        .get("x-linked-etag")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim_start_matches("W/").trim_matches('"').to_owned());
+    let digest = match (status.is_redirection(), linked) {
+        (true, Some(sha)) if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            let named = format!("sha256:{}", sha.to_ascii_lowercase());
+            if digest.as_ref().is_some_and(|d| *d != named) {
+                return Err(GetError::Digest);
+            }
+            Some(named)
+        }
+        _ if status.is_success() || status.is_redirection() => digest,
+        _ => {
+            let message = h.get("x-error-message").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            return Err(GetError::Status { status, message });
+        }
+    };
+    Ok(Resolved { url, digest, headers })
+}
+
+/// HEAD `url` with `headers`, no redirect followed.
+async fn head(url: &str, headers: &[String]) -> Result<(StatusCode, http::HeaderMap), GetError> {
+    let https = crate::upstream::https_connector(Duration::from_secs(10), crate::upstream::Destinations::open())
+        .map_err(|e| GetError::Embedded(e.to_string()))?;
+    let client: Client<_, Empty<Bytes>> = Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+    let mut req = Request::builder().method(Method::HEAD).uri(url);
+    for h in headers {
+        let (n, v) = h.split_once(':').ok_or_else(|| GetError::Header(h.clone()))?;
+        req = req.header(n.trim(), v.trim());
+    }
+    let req = req.body(Empty::new()).map_err(|_| GetError::Url(url.to_owned()))?;
+    let unreachable =
+        |why: String| GetError::Daemon { addr: url.split('?').next().unwrap_or("").to_owned(), reason: why };
+    let resp = tokio::time::timeout(HUB_TIMEOUT, client.request(req))
+        .await
+        .map_err(|_| GetError::Timeout(HUB_TIMEOUT))?
+        .map_err(|e| unreachable(crate::upstream::error_chain(&e)))?;
+    Ok((resp.status(), resp.headers().clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn oci_urls_name_a_blob_and_its_digest() {
+        let (u, d) = oci(&format!("ghcr.io/org/app@sha256:{D}"), "https").unwrap();
+        assert_eq!(
+            (u.as_str(), d.as_str()),
+            (format!("https://ghcr.io/v2/org/app/blobs/sha256:{D}").as_str(), format!("sha256:{D}").as_str())
+        );
+        let (u, _) = oci(&format!("docker.io/alpine@sha256:{D}"), "https").unwrap();
+        assert_eq!(u, format!("https://registry-1.docker.io/v2/library/alpine/blobs/sha256:{D}"));
+        for bad in [
+            format!("ghcr.io@sha256:{D}"),
+            "ghcr.io/app@sha256:00".into(),
+            format!("ghcr.io/app:tag"),
+            format!("a b/app@sha256:{D}"),
+        ] {
+            assert_eq!(oci(&bad, "https"), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn hf_paths_become_resolve_urls() {
+        std::env::remove_var("HF_ENDPOINT");
+        assert_eq!(hf_url("org/model/w.bin").unwrap(), "https://huggingface.co/org/model/resolve/main/w.bin");
+        assert_eq!(
+            hf_url("datasets/org/set@refs%2Fpr%2F1/data/train.parquet").unwrap(),
+            "https://huggingface.co/datasets/org/set/resolve/refs%2Fpr%2F1/data/train.parquet"
+        );
+        for bad in ["org/model", "org", "org/model/../x", "org/model/a b"] {
+            assert_eq!(hf_url(bad), None, "{bad}");
+        }
+    }
+}

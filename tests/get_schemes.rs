@@ -1,0 +1,83 @@
+//! `shoal get` and `shoal preheat` with `hf://` and `oci://` URLs: a Hugging Face file is keyed by the
+//! sha256 its hub names (so preheating on one node serves another from peers), an OCI blob by its digest.
+
+mod common;
+
+use std::process::Output;
+
+use common::cluster::{self, shoal, Daemon};
+use common::hf::HfOrigin;
+use common::origin::{Origin, FLAVOURS};
+use common::{content, sha256};
+
+fn run(d: &Daemon, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = shoal();
+    c.args(args).args(["--daemon", &d.proxy.to_string()]).env_remove("HF_TOKEN");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn hf_urls_are_keyed_by_the_hubs_sha256_and_preheat_serves_other_nodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = HfOrigin::start("127.0.0.2", "127.0.0.6");
+    let weights = content(170, (4 << 20) + 9);
+    let sha = hex::encode(sha256(&weights));
+    let commit = "fedcba9876543210fedcba9876543210fedcba98";
+    hub.add_model("shoal-test/get", commit, &[("w.bin", &weights, true)], None);
+    hub.add_model("shoal-test/private", commit, &[("w.bin", &weights, true)], Some("hf_tok"));
+    let sched = cluster::scheduler("127.0.0.3");
+    let a = cluster::daemon("127.0.0.87", &[sched.addr], false, &tmp.path().join("a"));
+    let b = cluster::daemon("127.0.0.88", &[sched.addr], false, &tmp.path().join("b"));
+    let ep = [("HF_ENDPOINT", hub.hub_url())];
+    let env: Vec<(&str, &str)> = ep.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    let o = run(&a, &["preheat", "hf://shoal-test/get/w.bin"], &env);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(&format!("task {sha}")), "the hub's sha256 names the task: {}", text(&o));
+    assert_eq!(hub.cdn_gets(&sha), 1);
+
+    let out = tmp.path().join("w.bin");
+    let o = run(&b, &["get", "hf://shoal-test/get@main/w.bin", "-O", out.to_str().unwrap()], &env);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), weights);
+    assert!(text(&o).contains("source=peer"), "{}", text(&o));
+    assert_eq!(hub.cdn_gets(&sha), 1, "B was served by A");
+
+    // A private repository: the hub's refusal, whatever the node holds.
+    let o = run(&b, &["get", "hf://shoal-test/private/w.bin", "-O", tmp.path().join("p").to_str().unwrap()], &env);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("401"), "{}", text(&o));
+    let mut with = env.clone();
+    with.push(("HF_TOKEN", "hf_tok"));
+    let o = run(&b, &["get", "hf://shoal-test/private/w.bin", "-O", tmp.path().join("p").to_str().unwrap()], &with);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(hub.cdn_gets(&sha), 1, "the same content, already on B");
+}
+
+#[test]
+fn oci_urls_name_a_blob_by_its_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let blob = bytes::Bytes::from(content(171, 3 << 20));
+    let d = hex::encode(sha256(&blob));
+    registry.put(&format!("/v2/team/app/blobs/sha256:{d}"), blob.clone());
+    let a = cluster::daemon("127.0.0.89", &[], false, &tmp.path().join("a"));
+    let url = format!("oci+http://{}/team/app@sha256:{d}", registry.addr);
+    let o = run(&a, &["preheat", &url], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = tmp.path().join("blob");
+    let o = run(&a, &["get", &url, "-O", out.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("source=local") && text(&o).contains(&format!("task={d}")), "{}", text(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), blob.to_vec());
+    assert_eq!(registry.body_requests(), 1);
+    let bad = format!("oci+http://{}/team/app@sha256:{}", registry.addr, "0".repeat(63));
+    assert!(!run(&a, &["get", &bad, "-O", out.to_str().unwrap()], &[]).status.success());
+}
