@@ -160,7 +160,7 @@ mod tests {
         for bad in [
             format!("ghcr.io@sha256:{D}"),
             "ghcr.io/app@sha256:00".into(),
-            format!("ghcr.io/app:tag"),
+            "ghcr.io/app:tag".to_string(),
             format!("a b/app@sha256:{D}"),
         ] {
             assert_eq!(oci(&bad, "https"), None, "{bad}");
