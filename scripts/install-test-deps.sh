@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the tools the test suite uses, on a fresh Debian machine, as root. Idempotent and quick when
 # everything is already there.
-#   - curl, git, git-lfs, mount (Debian packages)
+#   - curl, git, git-lfs, mount, tar, gzip (Debian packages)
+#   - docker-registry (distribution 2.8) and skopeo (Debian packages): a real registry and a real client
+#     for the registry-mirror tests (tests/registry_mirror.rs)
 #   - giftless, a real Git LFS server, in a venv under /opt/shoal-test-tools (its wheel declares no
 #     dependencies, so they are listed here; PyJWT 2.10+ answers 401 to every transfer)
 #   - huggingface_hub, the real Hugging Face client, in a venv under /opt/shoal-test-tools (tests/hf_harness.rs
@@ -17,6 +19,10 @@ command -v git >/dev/null || need+=(git)
 command -v git-lfs >/dev/null || need+=(git-lfs)
 command -v python3 >/dev/null || need+=(python3)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+command -v tar >/dev/null || need+=(tar)
+command -v gzip >/dev/null || need+=(gzip)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
 
 as_root() {
   if [ "$(id -u)" != 0 ]; then

@@ -171,6 +171,7 @@ async fn refuse(mut sock: tokio::net::TcpStream, status: u16, msg: String) {
     crate::metrics::global().proxy_response(status);
     let (reason, retry) = match status {
         503 => ("Service Unavailable", "retry-after: 1\r\n"),
+        400 => ("Bad Request", ""),
         _ => ("Forbidden", ""),
     };
     let head = format!(
@@ -190,6 +191,16 @@ async fn serve_connection(
     sock: tokio::net::TcpStream,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    // A TLS client hello on this plain-HTTP port (skopeo tries TLS on an `insecure` mirror first): a plain
+    // HTTP 400 at once, which TLS clients recognise as "HTTP response to an HTTPS client" and retry in
+    // plain HTTP; a bare close would look like a broken mirror to them.
+    let mut first = [0u8; 1];
+    if let Ok(Ok(1)) = tokio::time::timeout(cfg.header_read_timeout, sock.peek(&mut first)).await {
+        if first[0] == 0x16 {
+            refuse(sock, 400, "shoal: this port speaks plain HTTP, not TLS\n".into()).await;
+            return;
+        }
+    }
     let io = WriteStall::new(sock, cfg.header_read_timeout);
     let svc = service_fn(move |req| handle(front.clone(), req));
     // The timer is required: hyper panics on header_read_timeout without one.

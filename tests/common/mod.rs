@@ -6,6 +6,7 @@ pub mod curl;
 pub mod hf;
 pub mod lfs;
 pub mod origin;
+pub mod registry;
 
 use std::path::Path;
 use std::sync::Arc;
