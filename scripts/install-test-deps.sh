@@ -2,8 +2,9 @@
 # Installs the tools the test suite uses, on a fresh Debian machine, as root. Idempotent and quick when
 # everything is already there.
 #   - curl, git, git-lfs, mount, tar, gzip (Debian packages)
-#   - docker-registry (distribution 2.8) and skopeo (Debian packages): a real registry and a real client
-#     for the registry-mirror tests (tests/registry_mirror.rs)
+#   - docker-registry (distribution 2.8), skopeo and containerd (Debian packages): a real registry and
+#     real clients for the registry-mirror tests (tests/registry_mirror.rs; containerd runs as a test
+#     process with its own root and socket, content only)
 #   - giftless, a real Git LFS server, in a venv under /opt/shoal-test-tools (its wheel declares no
 #     dependencies, so they are listed here; PyJWT 2.10+ answers 401 to every transfer)
 #   - huggingface_hub, the real Hugging Face client, in a venv under /opt/shoal-test-tools (tests/hf_harness.rs
@@ -23,6 +24,7 @@ command -v tar >/dev/null || need+=(tar)
 command -v gzip >/dev/null || need+=(gzip)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
+command -v containerd >/dev/null || need+=(containerd)
 
 as_root() {
   if [ "$(id -u)" != 0 ]; then

@@ -1,5 +1,5 @@
 //! The proxy port as a registry mirror, with real clients: skopeo pulls through a `registries.conf`
-//! mirror from Debian's docker-registry over TLS with htpasswd auth. Two daemons pull the same image:
+//! mirror, and containerd (`ctr content fetch` with a hosts.toml) through its `?ns=` mirror requests, from Debian's docker-registry over TLS with htpasswd auth. Two daemons pull the same image:
 //! every blob leaves the registry once, every digest verifies, and the registry's own auth decides who
 //! may pull (the challenge passes through, the credentials go upstream).
 
@@ -7,7 +7,7 @@ mod common;
 
 use common::cluster::{self, Daemon};
 use common::content;
-use common::registry::{check_pulled, push_image, skopeo_pull, Registry, PASSWORD, USER};
+use common::registry::{check_pulled, push_image, skopeo_pull, Containerd, Registry, PASSWORD, USER};
 
 fn mirror_daemon(ip: &str, sched: std::net::SocketAddr, dir: &std::path::Path, reg: &Registry) -> Daemon {
     let yaml =
@@ -52,4 +52,26 @@ fn two_daemons_pull_an_image_and_every_blob_leaves_the_registry_once() {
         assert!(!o.status.success(), "a pull without valid credentials must fail");
     }
     assert_eq!(reg.blob_gets() - pushed_gets, img.blobs.len());
+}
+
+#[test]
+fn containerd_pulls_through_the_mirror_with_its_ns_parameter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(tmp.path(), "127.0.0.8");
+    let img = push_image(&reg, tmp.path(), "team/svc:v2", &[content(190, 6 << 20), content(191, 70_000)]);
+    let pushed_gets = reg.blob_gets();
+    let sched = cluster::scheduler("127.0.0.3");
+    // No proxy.mirror.registry: containerd names the registry in ?ns=.
+    let yaml = format!("upstream:\n  ca_file: {}\n", reg.ca.display());
+    let a = cluster::daemon_with("127.0.0.92", &[sched.addr], false, &tmp.path().join("a"), &yaml);
+    let b = cluster::daemon_with("127.0.0.93", &[sched.addr], false, &tmp.path().join("b"), &yaml);
+    let creds = Some((USER, PASSWORD));
+    for (i, d) in [&a, &b].into_iter().enumerate() {
+        let ctd = Containerd::start(&tmp.path().join(format!("containerd-{i}")));
+        let o = ctd.fetch_via_mirror(&reg, "team/svc:v2", &d.proxy.to_string(), creds);
+        assert!(o.status.success(), "ctr content fetch: {}", String::from_utf8_lossy(&o.stderr));
+        ctd.check_content(&img);
+        assert_eq!(cluster::cached_files(&d.data_dir), 2 * img.blobs.len(), "every blob through the daemon");
+    }
+    assert_eq!(reg.blob_gets() - pushed_gets, img.blobs.len(), "each blob left the registry once");
 }

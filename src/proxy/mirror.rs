@@ -111,8 +111,11 @@ fn split_ns(query: Option<&str>) -> (Option<&str>, Option<String>) {
     (ns, (!rest.is_empty()).then(|| rest.join("&")))
 }
 
-/// `https://<ns>` for a registry host named by `ns`: letters, digits, dots, dashes and a port only.
+/// `https://<ns>` for a registry host named by `ns` (percent-encoded as containerd sends it: `%3A` for
+/// the port's colon): letters, digits, dots, dashes and a port only.
 fn registry_base(ns: &str) -> Result<String, MirrorError> {
+    let decoded = percent_decode(ns).ok_or(MirrorError::BadNamespace)?;
+    let ns = decoded.as_str();
     let ok = !ns.is_empty()
         && ns.len() <= 255
         && ns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':')
@@ -122,6 +125,25 @@ fn registry_base(ns: &str) -> Result<String, MirrorError> {
     }
     let host = if ns == DOCKER_HUB.0 { DOCKER_HUB.1 } else { ns };
     Ok(format!("https://{host}"))
+}
+
+/// `%XX` escapes decoded; `None` for a broken escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    // Bounded by the input's length.
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hexd = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hexd, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn join(base: &str, path: &str, query: Option<&str>) -> Option<Uri> {
@@ -159,7 +181,11 @@ mod tests {
         let Ok(MirrorTarget::Registry { url, digest }) = t("/v2/a/manifests/latest?ns=ghcr.io&x=1") else { panic!() };
         assert_eq!((url.to_string().as_str(), digest), ("https://ghcr.io/v2/a/manifests/latest?x=1", None));
         assert!(matches!(t("/v2/"), Ok(MirrorTarget::Registry { digest: None, .. })));
+        let Ok(MirrorTarget::Registry { url, .. }) = t("/v2/?ns=reg.test%3A5000") else { panic!() };
+        assert_eq!(url.to_string(), "https://reg.test:5000/v2/", "containerd encodes the port's colon");
         assert_eq!(t("/v2/a?ns=evil/path"), Err(MirrorError::BadNamespace));
+        assert_eq!(t("/v2/a?ns=evil%2Fpath"), Err(MirrorError::BadNamespace));
+        assert_eq!(t("/v2/a?ns=bad%zz"), Err(MirrorError::BadNamespace));
         assert_eq!(t("/v2/a?ns=user@host"), Err(MirrorError::BadNamespace));
         assert_eq!(Mirrors::default().target(&"/v2/".parse().unwrap()), Err(MirrorError::NoRegistry));
     }

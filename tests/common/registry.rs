@@ -220,3 +220,80 @@ pub fn check_pulled(dest: &Path, img: &Image) {
         assert_eq!((b.len(), sha256_hex(&b).as_str()), (*n, hexd), "{d}");
     }
 }
+
+/// A containerd of its own (root, state and socket under a test directory), for `ctr` pulls.
+pub struct Containerd {
+    pub proc: Proc,
+    pub socket: PathBuf,
+    pub root: PathBuf,
+}
+
+impl Containerd {
+    pub fn start(dir: &Path) -> Containerd {
+        assert!(Path::new("/usr/bin/containerd").exists(), "containerd missing: run scripts/install-test-deps.sh");
+        std::fs::create_dir_all(dir).unwrap();
+        let (root, socket) = (dir.join("root"), dir.join("containerd.sock"));
+        let config = dir.join("config.toml");
+        // Content only: no CRI, no snapshotters that need kernel features.
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\", \
+                 \"io.containerd.snapshotter.v1.btrfs\", \"io.containerd.snapshotter.v1.zfs\", \
+                 \"io.containerd.snapshotter.v1.devmapper\", \"io.containerd.snapshotter.v1.aufs\"]\n[grpc]\n  \
+                 address = \"{}\"\n",
+                root.display(),
+                dir.join("state").display(),
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("/usr/bin/containerd");
+        cmd.arg("--config").arg(&config);
+        let proc = Proc::spawn("containerd", cmd);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "containerd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Containerd { proc, socket, root }
+    }
+
+    /// `ctr content fetch` of `repo_tag` from `reg` with a hosts.toml that sends pulls to the mirror at
+    /// `mirror` (host:port, plain HTTP; containerd adds `?ns=<registry>` to mirror requests).
+    pub fn fetch_via_mirror(
+        &self,
+        reg: &Registry,
+        repo_tag: &str,
+        mirror: &str,
+        creds: Option<(&str, &str)>,
+    ) -> Output {
+        let hosts = self.root.with_extension("hosts.d").join(&reg.addr);
+        std::fs::create_dir_all(&hosts).unwrap();
+        std::fs::write(
+            hosts.join("hosts.toml"),
+            format!(
+                "server = \"https://{}\"\nca = \"{}\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+                reg.addr,
+                reg.ca.display()
+            ),
+        )
+        .unwrap();
+        let mut c = Command::new("/usr/bin/ctr");
+        c.arg("--address").arg(&self.socket).args(["content", "fetch", "--hosts-dir"]).arg(hosts.parent().unwrap());
+        if let Some((u, p)) = creds {
+            c.args(["--user", &format!("{u}:{p}")]);
+        }
+        c.arg(format!("{}/{repo_tag}", reg.addr)).output().unwrap()
+    }
+
+    /// Checks that the content store holds every blob of `img` with the right digest.
+    pub fn check_content(&self, img: &Image) {
+        let store = self.root.join("io.containerd.content.v1.content/blobs/sha256");
+        for (d, n) in &img.blobs {
+            let hexd = d.trim_start_matches("sha256:");
+            let b = std::fs::read(store.join(hexd)).unwrap_or_else(|e| panic!("{d} not in containerd's store: {e}"));
+            assert_eq!((b.len(), sha256_hex(&b).as_str()), (*n, hexd), "{d}");
+        }
+    }
+}
