@@ -1,6 +1,6 @@
-//! The proxy port as a registry mirror, with real clients: skopeo pulls through a `registries.conf`
-//! mirror, and containerd (`ctr content fetch` with a hosts.toml) through its `?ns=` mirror requests, from Debian's docker-registry over TLS with htpasswd auth. Two daemons pull the same image:
-//! every blob leaves the registry once, every digest verifies, and the registry's own auth decides who
+//! The proxy port as a registry mirror, with real clients against Debian's docker-registry over TLS with
+//! htpasswd auth: skopeo through a `registries.conf` mirror, and containerd (`ctr content fetch` with a
+//! hosts.toml) through its `?ns=` mirror requests. Two daemons pull the same image: every blob leaves the registry once, every digest verifies, and the registry's own auth decides who
 //! may pull (the challenge passes through, the credentials go upstream).
 
 mod common;
