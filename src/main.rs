@@ -178,6 +178,26 @@ fn preheat(a: shoal::cli::PreheatArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `shoal import FILE`: the file into the daemon's cache, verified, named by its sha256.
+fn import(a: shoal::cli::ImportArgs) -> anyhow::Result<()> {
+    let o = shoal::client::GetOptions {
+        url: String::new(),
+        output: None,
+        daemon: a.daemon,
+        data_dir: daemon::default_data_dir(),
+        digest: None,
+        headers: Vec::new(),
+        filtered_query_params: Vec::new(),
+        timeout: a.timeout,
+        progress: None,
+        hash_here: false,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let r = rt.block_on(shoal::client::import::import(a.file.clone(), a.digest, &o))?;
+    println!("{}: imported {} bytes as task {}", a.file.display(), r.bytes, r.task_id);
+    Ok(())
+}
+
 /// `shoal ls` (no key) and `shoal stat KEY`.
 fn tasks_cmd(d: &shoal::cli::DaemonEndpoint, key: Option<&str>) -> anyhow::Result<()> {
     use shoal::cli::tasks;
@@ -271,6 +291,7 @@ fn main() -> ExitCode {
         }
         Command::Get(a) => get(a),
         Command::Preheat(a) => preheat(a),
+        Command::Import(a) => import(a),
         Command::Lfs(c) => lfs_cmd(c),
         Command::Ca(c) => ca_cmd(c),
         Command::Ls(a) => tasks_cmd(&a.daemon, None),

@@ -81,3 +81,31 @@ fn oci_urls_name_a_blob_by_its_digest() {
     let bad = format!("oci+http://{}/team/app@sha256:{}", registry.addr, "0".repeat(63));
     assert!(!run(&a, &["get", &bad, "-O", out.to_str().unwrap()], &[]).status.success());
 }
+
+#[test]
+fn an_imported_file_seeds_peers_that_cannot_reach_the_origin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = content(172, (2 << 20) + 333);
+    let sha = hex::encode(sha256(&data));
+    let file = tmp.path().join("model.bin");
+    std::fs::write(&file, &data).unwrap();
+    let sched = cluster::scheduler("127.0.0.3");
+    let a = cluster::daemon("127.0.0.94", &[sched.addr], false, &tmp.path().join("a"));
+    let b = cluster::daemon("127.0.0.95", &[sched.addr], false, &tmp.path().join("b"));
+
+    let wrong = format!("sha256:{}", "1".repeat(64));
+    let o = run(&a, &["import", file.to_str().unwrap(), "--digest", &wrong], &[]);
+    assert!(!o.status.success(), "a wrong --digest fails the import: {}", text(&o));
+    let o = run(&a, &["import", file.to_str().unwrap(), "--digest", &format!("sha256:{sha}")], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(&format!("task {sha}")), "{}", text(&o));
+
+    // B asks for the object at an origin nobody answers: its digest names the task A holds.
+    let dead = cluster::free_addr("127.0.0.2");
+    let out = tmp.path().join("got.bin");
+    let url = format!("http://{dead}/lfs/objects/{sha}");
+    let o = run(&b, &["get", &url, "-O", out.to_str().unwrap(), "--timeout", "60s"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("source=peer"), "{}", text(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+}

@@ -85,6 +85,9 @@ pub enum Command {
     /// Fetch URLs into the daemon's cache ahead of demand, reporting each (example:
     /// `shoal preheat hf://org/model/model.safetensors oci://ghcr.io/org/app@sha256:...`).
     Preheat(PreheatArgs),
+    /// Add a local file to the daemon's cache as a verified task named by its sha256, so peers can take it
+    /// without the origin (example: `shoal import model.bin --digest sha256:...`).
+    Import(ImportArgs),
     /// List the tasks a running daemon has cached (example: `shoal ls`).
     Ls(LsArgs),
     /// Show one cached task by ID or unique prefix (example: `shoal stat 3f2a9c0d`).
@@ -286,6 +289,21 @@ pub struct SchedulerArgs {
 pub enum SecretCommand {
     /// Print a new random cluster secret (64 hex digits), e.g. `shoal secret generate > cluster.secret`.
     Generate,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ImportArgs {
+    /// The file.
+    pub file: PathBuf,
+    /// Its expected digest, sha256:<64 hex>; the import fails on a mismatch.
+    #[arg(long)]
+    pub digest: Option<String>,
+    /// The daemon's proxy address.
+    #[arg(long, default_value = "127.0.0.1:65001", env = "SHOAL_DAEMON")]
+    pub daemon: String,
+    /// Give up after this long.
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    pub timeout: Duration,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+pub mod import;
 mod scheme;
 
 #[derive(Debug, thiserror::Error)]
