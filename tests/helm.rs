@@ -179,6 +179,7 @@ fn non_default_values_render_valid_manifests_with_expected_flags() {
     find(&docs, "NetworkPolicy", "shoal-seed-peer");
     let seed = find(&docs, "StatefulSet", "shoal-seed-peer");
     let ds = find(&docs, "DaemonSet", "shoal-daemon");
+    containerd_hosts_init_writes_hosts_toml(ds);
     let seed_args = args(container(seed, "seed-peer"));
     let d = container(ds, "daemon");
     let d_args = args(d);
@@ -463,4 +464,25 @@ fn dockerfile_matches_the_chart() {
     // The chart runs the image's user.
     let values = std::fs::read_to_string(chart().join("values.yaml")).unwrap();
     assert!(values.contains("  runAsUser: 10001\n") && values.contains("  runAsGroup: 10001\n"));
+}
+
+/// The opt-in containerd mirror: the init container's script, run here with a node IP, writes one
+/// hosts.toml per registry naming this node's proxy; the directory is containerd's on the node.
+fn containerd_hosts_init_writes_hosts_toml(ds: &serde_json::Value) {
+    let inits = ds["spec"]["template"]["spec"]["initContainers"].as_array().unwrap();
+    let init = inits.iter().find(|c| c["name"] == "containerd-hosts").expect("the containerd-hosts init container");
+    let script = init["args"][0].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let script = script.replace("/certs.d", &dir.path().display().to_string());
+    let o = std::process::Command::new("sh").args(["-c", &script]).env("NODE_IP", "10.0.0.5").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let hub = std::fs::read_to_string(dir.path().join("docker.io/hosts.toml")).unwrap();
+    assert_eq!(
+        hub,
+        "server = \"https://registry-1.docker.io\"\n\n[host.\"http://10.0.0.5:65001\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+    );
+    assert!(dir.path().join("registry.example:5000/hosts.toml").exists());
+    let vols = ds["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+    let v = vols.iter().find(|v| v["name"] == "containerd-certs").unwrap();
+    assert_eq!(v["hostPath"]["path"], "/etc/containerd/certs.d");
 }
