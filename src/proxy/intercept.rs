@@ -192,15 +192,9 @@ pub(super) async fn serve<S, F>(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.client_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
-        .serve_connection(TokioIo::new(stream), inner);
-    tokio::pin!(conn);
-    let served = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = super::lifecycle::stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
+        .serve_connection(TokioIo::new(stream), inner)
+        .with_upgrades();
+    let served = super::lifecycle::serve_until_drained(conn, &mut stop).await;
     if let Err(e) = served {
         tracing::debug!(%host, port, error = %crate::upstream::error_chain(&e), "intercepted connection ended");
     }

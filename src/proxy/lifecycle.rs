@@ -138,6 +138,29 @@ pub(super) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
+/// Serves one client connection until it ends; once a drain starts, the response in flight finishes and
+/// the connection closes instead of waiting for another request.
+pub(super) async fn serve_until_drained<I, S, B>(
+    conn: hyper::server::conn::http1::UpgradeableConnection<I, S>,
+    stop: &mut watch::Receiver<bool>,
+) -> hyper::Result<()>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stopped(stop) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
+}
+
 /// The running proxy, as the daemon holds it.
 pub struct ProxyHandle {
     pub(super) addr: SocketAddr,

@@ -210,15 +210,7 @@ async fn serve_connection(
         .max_buf_size(cfg.max_header_bytes.max(8192))
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
-    tokio::pin!(conn);
-    let served = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = super::lifecycle::stopped(&mut stop) => {
-            // Finishes the response in flight, then closes instead of waiting for another request.
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
+    let served = super::lifecycle::serve_until_drained(conn, &mut stop).await;
     if let Err(e) = served {
         tracing::debug!(error = %crate::upstream::error_chain(&e), "proxy connection ended");
     }
