@@ -109,3 +109,101 @@ fn an_imported_file_seeds_peers_that_cannot_reach_the_origin() {
     assert!(text(&o).contains("source=peer"), "{}", text(&o));
     assert_eq!(std::fs::read(&out).unwrap(), data);
 }
+
+/// A registry that wants a Bearer token from its own token service (as Docker Hub and GHCR do): `/v2/`
+/// challenges, `/token` hands out `T` (only with Basic `shoal:pw` when `private`), blobs need `Bearer T`.
+/// Returns its address, the count of blob bodies sent, and the server's thread guard.
+fn token_registry(
+    blob: bytes::Bytes,
+    digest: String,
+    private: bool,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use http::{Response, StatusCode};
+    use http_body_util::Full;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            // Lives as long as the test process; every request is answered at once.
+            loop {
+                let Ok((sock, _)) = l.accept().await else { continue };
+                let (blob, digest, counter) = (blob.clone(), digest.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let auth =
+                            req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                        let path = req.uri().path().to_owned();
+                        let query = req.uri().query().unwrap_or("").to_owned();
+                        let (blob, digest, counter) = (blob.clone(), digest.clone(), counter.clone());
+                        async move {
+                            let reply = |s: StatusCode, b: bytes::Bytes| {
+                                let mut r = Response::new(Full::new(b));
+                                *r.status_mut() = s;
+                                r
+                            };
+                            let challenge = format!("Bearer realm=\"http://{addr}/token\",service=\"test-registry\"");
+                            let r = if path == "/token" {
+                                let basic = format!("Basic {}", base64_pw());
+                                if (private && auth != basic) || !query.contains("scope=repository:team/app:pull") {
+                                    reply(StatusCode::UNAUTHORIZED, bytes::Bytes::new())
+                                } else {
+                                    reply(StatusCode::OK, bytes::Bytes::from_static(b"{\"token\":\"T\"}"))
+                                }
+                            } else if auth != "Bearer T" {
+                                let mut r = reply(StatusCode::UNAUTHORIZED, bytes::Bytes::new());
+                                r.headers_mut().insert("www-authenticate", challenge.parse().unwrap());
+                                r
+                            } else if path == format!("/v2/team/app/blobs/{digest}") {
+                                counter.fetch_add(1, Ordering::Relaxed);
+                                reply(StatusCode::OK, blob)
+                            } else {
+                                reply(StatusCode::OK, bytes::Bytes::from_static(b"{}"))
+                            };
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    (addr, sent)
+}
+
+fn base64_pw() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode("shoal:pw")
+}
+
+#[test]
+fn oci_urls_run_the_registrys_token_flow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let blob = bytes::Bytes::from(content(173, 1 << 20));
+    let d = format!("sha256:{}", hex::encode(sha256(&blob)));
+    let a = cluster::daemon("127.0.0.96", &[], false, &tmp.path().join("a"));
+    for private in [false, true] {
+        let (addr, sent) = token_registry(blob.clone(), d.clone(), private);
+        let url = format!("oci+http://{addr}/team/app@{d}");
+        let out = tmp.path().join(format!("blob-{private}"));
+        if private {
+            let o = run(&a, &["get", &url, "-O", out.to_str().unwrap()], &[]);
+            assert!(!o.status.success(), "a private registry's token needs credentials");
+            let basic = format!("Authorization: Basic {}", base64_pw());
+            let o = run(&a, &["get", &url, "-H", &basic, "-O", out.to_str().unwrap()], &[]);
+            assert!(o.status.success(), "{}", text(&o));
+        } else {
+            let o = run(&a, &["get", &url, "-O", out.to_str().unwrap()], &[]);
+            assert!(o.status.success(), "anonymous token: {}", text(&o));
+        }
+        assert_eq!(std::fs::read(&out).unwrap(), blob.to_vec());
+        assert!(sent.load(std::sync::atomic::Ordering::Relaxed) <= 1);
+    }
+}

@@ -5,7 +5,8 @@
 //!   sha256 (`X-Linked-Etag`) becomes the digest, so the task is keyed and verified by it and the CDN's
 //!   signed URLs share it. Files stored in git download by URL.
 //! - `oci://<registry>/<repository>@sha256:<hex>` (`oci+http://` for a plain-HTTP registry): a blob,
-//!   keyed and verified by its digest. Credentials, if the registry wants them, come with `-H`.
+//!   keyed and verified by its digest. A registry that challenges for a Bearer token gets one from its
+//!   token service (anonymous, or with `-H 'Authorization: Basic ...'`), as docker and containerd do.
 
 use std::time::Duration;
 
@@ -38,10 +39,53 @@ pub async fn resolve(url: &str, digest: Option<String>, headers: Vec<String>) ->
             if digest.as_ref().is_some_and(|g| *g != d) {
                 return Err(GetError::Digest);
             }
+            let headers = registry_token(&u, headers).await?;
             return Ok(Resolved { url: u, digest: Some(d), headers });
         }
     }
     Ok(Resolved { url: url.to_owned(), digest, headers })
+}
+
+/// A registry's Bearer token flow, as docker and containerd run it: the `/v2/` ping's challenge names a
+/// realm; a token for `repository:<repo>:pull` is asked there (with the caller's Basic credentials when
+/// `-H Authorization: Basic ...` gave them, anonymously otherwise) and replaces them. Registries that
+/// answer the ping, or challenge for Basic, get the headers as given.
+async fn registry_token(blob_url: &str, mut headers: Vec<String>) -> Result<Vec<String>, GetError> {
+    let u: http::Uri = blob_url.parse().map_err(|_| GetError::Url(blob_url.to_owned()))?;
+    let base = format!("{}://{}", u.scheme_str().unwrap_or("https"), u.authority().map(|a| a.as_str()).unwrap_or(""));
+    let repo = u.path().strip_prefix("/v2/").and_then(|p| p.split("/blobs/").next()).unwrap_or("").to_owned();
+    let is_auth = |h: &String| h.to_ascii_lowercase().starts_with("authorization:");
+    let (status, h) = request(Method::GET, &format!("{base}/v2/"), &headers).await?;
+    let challenge = h.get(http::header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let Some(params) = challenge.strip_prefix("Bearer ").filter(|_| status == StatusCode::UNAUTHORIZED) else {
+        return Ok(headers);
+    };
+    let param = |k: &str| {
+        params.split(',').find_map(|kv| {
+            let (n, v) = kv.trim().split_once('=')?;
+            (n == k).then(|| v.trim_matches('"').to_owned())
+        })
+    };
+    let realm = param("realm").ok_or_else(|| GetError::Url(format!("{base}: a Bearer challenge without a realm")))?;
+    let mut token_url = format!("{realm}?scope=repository:{repo}:pull");
+    if let Some(service) = param("service") {
+        token_url.push_str(&format!("&service={service}"));
+    }
+    let basic: Vec<String> = headers.iter().filter(|h| is_auth(h)).cloned().collect();
+    let (status, body) = get_body(&token_url, &basic).await?;
+    if !status.is_success() {
+        return Err(GetError::Status { status, message: format!("the registry's token service ({realm}) refused") });
+    }
+    #[derive(serde::Deserialize)]
+    struct Token {
+        token: Option<String>,
+        access_token: Option<String>,
+    }
+    let t: Token = serde_json::from_slice(&body).map_err(|_| GetError::Url(format!("{realm}: not a token answer")))?;
+    let token = t.token.or(t.access_token).ok_or_else(|| GetError::Url(format!("{realm}: no token in the answer")))?;
+    headers.retain(|h| !is_auth(h));
+    headers.push(format!("Authorization: Bearer {token}"));
+    Ok(headers)
 }
 
 /// `<registry>/<repo>@sha256:<hex>` → the blob URL and its digest.
@@ -124,10 +168,37 @@ async fn hf(rest: &str, digest: Option<String>, mut headers: Vec<String>) -> Res
 
 /// HEAD `url` with `headers`, no redirect followed.
 async fn head(url: &str, headers: &[String]) -> Result<(StatusCode, http::HeaderMap), GetError> {
+    request(Method::HEAD, url, headers).await
+}
+
+/// GET `url` with `headers`: the status and a body of at most 1 MiB.
+async fn get_body(url: &str, headers: &[String]) -> Result<(StatusCode, Bytes), GetError> {
+    use http_body_util::BodyExt;
+    let resp = send(Method::GET, url, headers).await?;
+    let status = resp.status();
+    let body = tokio::time::timeout(HUB_TIMEOUT, http_body_util::Limited::new(resp.into_body(), 1 << 20).collect())
+        .await
+        .map_err(|_| GetError::Timeout(HUB_TIMEOUT))?
+        .map_err(|e| GetError::Body { got: 0, reason: e.to_string() })?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// `method url` with `headers`, no redirect followed: the status and headers.
+async fn request(method: Method, url: &str, headers: &[String]) -> Result<(StatusCode, http::HeaderMap), GetError> {
+    let resp = send(method, url, headers).await?;
+    Ok((resp.status(), resp.headers().clone()))
+}
+
+async fn send(
+    method: Method,
+    url: &str,
+    headers: &[String],
+) -> Result<http::Response<hyper::body::Incoming>, GetError> {
     let https = crate::upstream::https_connector(Duration::from_secs(10), crate::upstream::Destinations::open())
         .map_err(|e| GetError::Embedded(e.to_string()))?;
     let client: Client<_, Empty<Bytes>> = Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
-    let mut req = Request::builder().method(Method::HEAD).uri(url);
+    let mut req = Request::builder().method(method).uri(url);
     for h in headers {
         let (n, v) = h.split_once(':').ok_or_else(|| GetError::Header(h.clone()))?;
         req = req.header(n.trim(), v.trim());
@@ -135,11 +206,10 @@ async fn head(url: &str, headers: &[String]) -> Result<(StatusCode, http::Header
     let req = req.body(Empty::new()).map_err(|_| GetError::Url(url.to_owned()))?;
     let unreachable =
         |why: String| GetError::Daemon { addr: url.split('?').next().unwrap_or("").to_owned(), reason: why };
-    let resp = tokio::time::timeout(HUB_TIMEOUT, client.request(req))
+    tokio::time::timeout(HUB_TIMEOUT, client.request(req))
         .await
         .map_err(|_| GetError::Timeout(HUB_TIMEOUT))?
-        .map_err(|e| unreachable(crate::upstream::error_chain(&e)))?;
-    Ok((resp.status(), resp.headers().clone()))
+        .map_err(|e| unreachable(crate::upstream::error_chain(&e)))
 }
 
 #[cfg(test)]
