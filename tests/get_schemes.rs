@@ -77,7 +77,8 @@ fn oci_urls_name_a_blob_by_its_digest() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("source=local") && text(&o).contains(&format!("task={d}")), "{}", text(&o));
     assert_eq!(std::fs::read(&out).unwrap(), blob.to_vec());
-    assert_eq!(registry.body_requests(), 1);
+    let blob_path = format!("/v2/team/app/blobs/sha256:{d}");
+    assert_eq!(registry.authorizations(&blob_path).len(), 1, "the blob left the registry once");
     let bad = format!("oci+http://{}/team/app@sha256:{}", registry.addr, "0".repeat(63));
     assert!(!run(&a, &["get", &bad, "-O", out.to_str().unwrap()], &[]).status.success());
 }
