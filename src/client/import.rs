@@ -1,8 +1,8 @@
 //! `shoal import FILE`: a local file becomes a verified task in the daemon, so a node with no way to the
 //! origin (an air-gapped site, a pre-seeded cache) can seed a swarm. The file is hashed here, then served
-//! once from a loopback listener of this process to the daemon, which fetches it as it fetches any origin:
-//! the task is named by the sha256 and the bytes are verified against it before the task completes. No
-//! new way into the daemon, and nothing it stores unverified.
+//! from a loopback listener of this process, at a random path only the daemon is told, to the daemon,
+//! which fetches it as it fetches any origin: the task is named by the sha256 and the bytes are verified
+//! against it before the task completes. No new way into the daemon, and nothing it stores unverified.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,9 +47,14 @@ pub async fn import(file: PathBuf, digest: Option<String>, o: &GetOptions) -> Re
         .await
         .map_err(|source| GetError::File { path: file.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| GetError::File { path: file.clone(), source })?;
-    let serving = tokio::spawn(serve(listener, Arc::new(file)));
+    // Any local process can reach a loopback port: the file is served only at a path nobody can guess.
+    let mut secret = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        .map_err(|_| GetError::Embedded("no randomness for the import's path".into()))?;
+    let path = format!("/import/{}/{sha}", hex::encode(secret));
+    let serving = tokio::spawn(serve(listener, Arc::new(file), Arc::new(path.clone())));
     let get = GetOptions {
-        url: format!("http://{addr}/import/{sha}"),
+        url: format!("http://{addr}{path}"),
         output: None,
         digest: Some(format!("sha256:{sha}")),
         ..o.clone()
@@ -59,22 +64,30 @@ pub async fn import(file: PathBuf, digest: Option<String>, o: &GetOptions) -> Re
     r
 }
 
-/// Serves `file` to whoever asks, until aborted (the daemon's fetch, possibly in several ranged
-/// connections; Range is not offered, so it takes one).
-async fn serve(listener: tokio::net::TcpListener, file: Arc<PathBuf>) {
+/// Serves `file` at `path` (404 elsewhere) until aborted (the daemon's fetch; Range is not offered, so it
+/// takes one connection).
+async fn serve(listener: tokio::net::TcpListener, file: Arc<PathBuf>, path: Arc<String>) {
     // Ends when the import aborts this task.
     loop {
         let Ok((sock, _)) = listener.accept().await else { continue };
-        let file = file.clone();
+        let (file, path) = (file.clone(), path.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |_req| answer(file.clone()));
+            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let wanted = req.uri().path() == path.as_str();
+                answer(file.clone(), wanted)
+            });
             let io = hyper_util::rt::TokioIo::new(sock);
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
         });
     }
 }
 
-async fn answer(file: Arc<PathBuf>) -> Result<Response<Body>, std::convert::Infallible> {
+async fn answer(file: Arc<PathBuf>, wanted: bool) -> Result<Response<Body>, std::convert::Infallible> {
+    if !wanted {
+        let mut r = Response::new(Full::new(Bytes::new()).map_err(|n| match n {}).boxed());
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return Ok(r);
+    }
     let opened = async {
         let f = tokio::fs::File::open(&*file).await?;
         let len = f.metadata().await?.len();
