@@ -55,7 +55,8 @@ async fn registry_token(blob_url: &str, mut headers: Vec<String>) -> Result<Vec<
     let base = format!("{}://{}", u.scheme_str().unwrap_or("https"), u.authority().map(|a| a.as_str()).unwrap_or(""));
     let repo = u.path().strip_prefix("/v2/").and_then(|p| p.split("/blobs/").next()).unwrap_or("").to_owned();
     let is_auth = |h: &String| h.to_ascii_lowercase().starts_with("authorization:");
-    let (status, h) = request(Method::GET, &format!("{base}/v2/"), &headers).await?;
+    let http = Http::new()?;
+    let (status, h) = http.request(Method::GET, &format!("{base}/v2/"), &headers).await?;
     let challenge = h.get(http::header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let Some(params) = challenge.strip_prefix("Bearer ").filter(|_| status == StatusCode::UNAUTHORIZED) else {
         return Ok(headers);
@@ -72,7 +73,7 @@ async fn registry_token(blob_url: &str, mut headers: Vec<String>) -> Result<Vec<
         token_url.push_str(&format!("&service={service}"));
     }
     let basic: Vec<String> = headers.iter().filter(|h| is_auth(h)).cloned().collect();
-    let (status, body) = get_body(&token_url, &basic).await?;
+    let (status, body) = http.get_body(&token_url, &basic).await?;
     if !status.is_success() {
         return Err(GetError::Status { status, message: format!("the registry's token service ({realm}) refused") });
     }
@@ -144,14 +145,11 @@ async fn hf(rest: &str, digest: Option<String>, mut headers: Vec<String>) -> Res
             headers.push(format!("Authorization: Bearer {t}"));
         }
     }
-    let (status, h) = head(&url, &headers).await?;
-    let linked = h
-        .get("x-linked-etag")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim_start_matches("W/").trim_matches('"').to_owned());
+    let (status, h) = Http::new()?.request(Method::HEAD, &url, &headers).await?;
+    let linked = h.get("x-linked-etag").and_then(|v| v.to_str().ok()).and_then(crate::proxy::hub::sha256_in_etag);
     let digest = match (status.is_redirection(), linked) {
-        (true, Some(sha)) if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            let named = format!("sha256:{}", sha.to_ascii_lowercase());
+        (true, Some(sha)) => {
+            let named = format!("sha256:{}", hex::encode(sha));
             if digest.as_ref().is_some_and(|d| *d != named) {
                 return Err(GetError::Digest);
             }
@@ -166,50 +164,60 @@ async fn hf(rest: &str, digest: Option<String>, mut headers: Vec<String>) -> Res
     Ok(Resolved { url, digest, headers })
 }
 
-/// HEAD `url` with `headers`, no redirect followed.
-async fn head(url: &str, headers: &[String]) -> Result<(StatusCode, http::HeaderMap), GetError> {
-    request(Method::HEAD, url, headers).await
-}
+/// One HTTP(S) client for the requests of one resolution (the system's roots are loaded once).
+struct Http(Client<crate::upstream::Https, Empty<Bytes>>);
 
-/// GET `url` with `headers`: the status and a body of at most 1 MiB.
-async fn get_body(url: &str, headers: &[String]) -> Result<(StatusCode, Bytes), GetError> {
-    use http_body_util::BodyExt;
-    let resp = send(Method::GET, url, headers).await?;
-    let status = resp.status();
-    let body = tokio::time::timeout(HUB_TIMEOUT, http_body_util::Limited::new(resp.into_body(), 1 << 20).collect())
-        .await
-        .map_err(|_| GetError::Timeout(HUB_TIMEOUT))?
-        .map_err(|e| GetError::Body { got: 0, reason: e.to_string() })?
-        .to_bytes();
-    Ok((status, body))
-}
-
-/// `method url` with `headers`, no redirect followed: the status and headers.
-async fn request(method: Method, url: &str, headers: &[String]) -> Result<(StatusCode, http::HeaderMap), GetError> {
-    let resp = send(method, url, headers).await?;
-    Ok((resp.status(), resp.headers().clone()))
-}
-
-async fn send(
-    method: Method,
-    url: &str,
-    headers: &[String],
-) -> Result<http::Response<hyper::body::Incoming>, GetError> {
-    let https = crate::upstream::https_connector(Duration::from_secs(10), crate::upstream::Destinations::open())
-        .map_err(|e| GetError::Embedded(e.to_string()))?;
-    let client: Client<_, Empty<Bytes>> = Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
-    let mut req = Request::builder().method(method).uri(url);
-    for h in headers {
-        let (n, v) = h.split_once(':').ok_or_else(|| GetError::Header(h.clone()))?;
-        req = req.header(n.trim(), v.trim());
+impl Http {
+    fn new() -> Result<Http, GetError> {
+        let https = crate::upstream::https_connector(Duration::from_secs(10), crate::upstream::Destinations::open())
+            .map_err(|e| GetError::Embedded(e.to_string()))?;
+        Ok(Http(Client::builder(hyper_util::rt::TokioExecutor::new()).build(https)))
     }
-    let req = req.body(Empty::new()).map_err(|_| GetError::Url(url.to_owned()))?;
-    let unreachable =
-        |why: String| GetError::Daemon { addr: url.split('?').next().unwrap_or("").to_owned(), reason: why };
-    tokio::time::timeout(HUB_TIMEOUT, client.request(req))
-        .await
-        .map_err(|_| GetError::Timeout(HUB_TIMEOUT))?
-        .map_err(|e| unreachable(crate::upstream::error_chain(&e)))
+
+    /// GET `url` with `headers`: the status and a body of at most 1 MiB.
+    async fn get_body(&self, url: &str, headers: &[String]) -> Result<(StatusCode, Bytes), GetError> {
+        use http_body_util::BodyExt;
+        let resp = self.send(Method::GET, url, headers).await?;
+        let status = resp.status();
+        let limited = http_body_util::Limited::new(resp.into_body(), 1 << 20);
+        let body = tokio::time::timeout(HUB_TIMEOUT, limited.collect())
+            .await
+            .map_err(|_| GetError::Timeout(HUB_TIMEOUT))?
+            .map_err(|e| GetError::Body { got: 0, reason: e.to_string() })?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    /// `method url` with `headers`, no redirect followed: the status and headers.
+    async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[String],
+    ) -> Result<(StatusCode, http::HeaderMap), GetError> {
+        let resp = self.send(method, url, headers).await?;
+        Ok((resp.status(), resp.headers().clone()))
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[String],
+    ) -> Result<http::Response<hyper::body::Incoming>, GetError> {
+        let mut req = Request::builder().method(method).uri(url);
+        for h in headers {
+            let (n, v) = h.split_once(':').ok_or_else(|| GetError::Header(h.clone()))?;
+            req = req.header(n.trim(), v.trim());
+        }
+        let req = req.body(Empty::new()).map_err(|_| GetError::Url(url.to_owned()))?;
+        let unreachable =
+            |why: String| GetError::Daemon { addr: url.split('?').next().unwrap_or("").to_owned(), reason: why };
+        tokio::time::timeout(HUB_TIMEOUT, self.0.request(req))
+            .await
+            .map_err(|_| GetError::Timeout(HUB_TIMEOUT))?
+            .map_err(|e| unreachable(crate::upstream::error_chain(&e)))
+    }
 }
 
 #[cfg(test)]

@@ -271,23 +271,16 @@ fn tls_config() -> Result<rustls::ClientConfig, LfsError> {
         let v = Arc::new(NoVerify(provider));
         return Ok(builder.dangerous().with_custom_certificate_verifier(v).with_no_client_auth());
     }
-    let mut roots = rustls::RootCertStore::empty();
     let file = std::env::var("GIT_SSL_CAINFO").ok().filter(|v| !v.is_empty()).or_else(|| lfs_config("http.sslCAInfo"));
-    match file {
-        Some(f) => {
-            use rustls_pki_types::pem::PemObject;
-            let certs = rustls_pki_types::CertificateDer::pem_file_iter(&f)
-                .map_err(|e| LfsError::Tls(format!("reading CA file {f}: {e}")))?;
-            for c in certs {
-                let c = c.map_err(|e| LfsError::Tls(format!("reading CA file {f}: {e}")))?;
-                roots.add(c).map_err(|e| LfsError::Tls(format!("CA file {f}: {e}")))?;
-            }
-        }
-        None => {
-            for c in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(c);
-            }
-        }
+    let Some(f) = file else {
+        // No CA file of git's: the system's roots, as every outbound client of Shoal has them.
+        let tls = crate::upstream::client_tls(None).map_err(|e| LfsError::Tls(e.to_string()))?;
+        return Ok((*tls).clone());
+    };
+    // git-lfs trusts the CA file alone, not the system's roots beside it.
+    let mut roots = rustls::RootCertStore::empty();
+    for c in crate::upstream::bundle(std::path::Path::new(&f)).map_err(|e| LfsError::Tls(e.to_string()))? {
+        roots.add(c).map_err(|e| LfsError::Tls(format!("CA file {f}: {e}")))?;
     }
     Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }

@@ -69,7 +69,12 @@ pub fn decide(method: &Method, url: &Uri, status: StatusCode, h: &HeaderMap) -> 
 
 /// The sha256 an LFS file's `X-Linked-Etag` names (quotes and a weak marker stripped).
 fn linked_sha256(h: &HeaderMap) -> Option<[u8; 32]> {
-    let v = h.get("x-linked-etag").or_else(|| h.get(ETAG))?.to_str().ok()?;
+    sha256_in_etag(h.get("x-linked-etag").or_else(|| h.get(ETAG))?.to_str().ok()?)
+}
+
+/// The sha256 an entity tag names (`"<64 hex>"`, a weak marker and quotes stripped), as the hub writes an
+/// LFS file's `X-Linked-Etag`.
+pub fn sha256_in_etag(v: &str) -> Option<[u8; 32]> {
     let v = v.trim().trim_start_matches("W/").trim_matches('"');
     let mut out = [0u8; 32];
     (v.len() == 64).then_some(())?;

@@ -22,7 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 pub use policy::{check_host, denial_in, dial, Denied, Destinations, DialError};
-pub use trust::{client_tls, tls_refusal_in, TlsRefusal, TrustError};
+pub use trust::{bundle, client_tls, tls_refusal_in, TlsRefusal, TrustError};
 
 pub type Https = hyper_rustls::HttpsConnector<Guarded>;
 
