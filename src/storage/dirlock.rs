@@ -22,7 +22,7 @@ pub enum Holder {
 #[derive(Debug, thiserror::Error)]
 pub enum DirLockError {
     #[error("the data directory {dir} is in use by {holder}")]
-    Busy { dir: PathBuf, holder: String },
+    Busy { dir: PathBuf, holder: String, daemon: bool },
     #[error("locking the data directory {dir}: {source}")]
     Io { dir: PathBuf, source: std::io::Error },
 }
@@ -30,7 +30,7 @@ pub enum DirLockError {
 impl DirLockError {
     /// True when the holder is a daemon (waiting for it is pointless).
     pub fn held_by_daemon(&self) -> bool {
-        matches!(self, DirLockError::Busy { holder, .. } if holder.starts_with("a daemon"))
+        matches!(self, DirLockError::Busy { daemon: true, .. })
     }
 }
 
@@ -63,7 +63,8 @@ impl DirLock {
             }
             let mut who = String::new();
             let _ = f.read_to_string(&mut who);
-            return Err(DirLockError::Busy { dir: dir.to_owned(), holder: describe(&who) });
+            let (holder, daemon) = describe(&who);
+            return Err(DirLockError::Busy { dir: dir.to_owned(), holder, daemon });
         }
         let line = match holder {
             Holder::Daemon { proxy } => format!("daemon {proxy} pid {}\n", std::process::id()),
@@ -76,13 +77,13 @@ impl DirLock {
     }
 }
 
-/// The holder line as words for an error message.
-fn describe(line: &str) -> String {
+/// The holder line as words for an error message, and whether the holder is a daemon.
+fn describe(line: &str) -> (String, bool) {
     let mut w = line.split_whitespace();
     match (w.next(), w.next()) {
-        (Some("daemon"), Some(addr)) => format!("a daemon (proxy {addr}; point clients there)"),
-        (Some("embedded"), _) => "another shoal command running without a daemon".to_owned(),
-        _ => "another shoal process".to_owned(),
+        (Some("daemon"), Some(addr)) => (format!("a daemon (proxy {addr}; point clients there)"), true),
+        (Some("embedded"), _) => ("another shoal command running without a daemon".to_owned(), false),
+        _ => ("another shoal process".to_owned(), false),
     }
 }
 
