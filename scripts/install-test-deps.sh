@@ -2,6 +2,8 @@
 # Installs the tools the test suite uses, on a fresh Debian machine, as root. Idempotent and quick when
 # everything is already there.
 #   - curl, git, git-lfs, mount, tar, gzip (Debian packages)
+#   - e2fsprogs (mkfs.ext4) and mount's losetup: the power-loss test puts ext4 on a loop device over its
+#     own FUSE image (tests/power_loss.rs; needs /dev/fuse and loop devices, which the kernel provides)
 #   - docker-registry (distribution 2.8), skopeo and containerd (Debian packages): a real registry and
 #     real clients for the registry-mirror tests (tests/registry_mirror.rs; containerd runs as a test
 #     process with its own root and socket, content only)
@@ -15,6 +17,8 @@ set -euo pipefail
 TOOLS=/opt/shoal-test-tools
 need=()
 command -v mount >/dev/null || need+=(mount)
+command -v losetup >/dev/null || need+=(mount)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v curl >/dev/null || need+=(curl)
 command -v git >/dev/null || need+=(git)
 command -v git-lfs >/dev/null || need+=(git-lfs)

@@ -217,6 +217,43 @@ fn flipped_bit_in_a_content_file_is_detected_and_the_piece_refetched() {
     }
 }
 
+/// After an unclean stop the piece table may call a piece complete whose bytes never reached the disk (a
+/// power loss; tests/power_loss.rs makes one for real). The store checks such a task's pieces at load.
+#[test]
+fn an_unclean_unfinished_task_is_checked_at_load() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let piece = 16 << 10;
+        let all = content(9, 4 * piece as usize);
+        {
+            let store = open(dir.path(), engine);
+            let task = store.create(&spec(9, Some(all.len() as u64), piece, Some(sha256(&all)))).unwrap();
+            rt().block_on(async {
+                for k in 0..3 {
+                    task.write_piece(k, piece_of(&all, piece, k), None).await.unwrap();
+                }
+            });
+            // Dropped without close(): the task stays DIRTY, as after kill -9 or a power cut.
+        }
+        let data = dir.path().join(format!("tasks/{}/{}.data", id(9).shard(), id(9)));
+        let mut bytes = std::fs::read(&data).unwrap();
+        bytes[piece as usize..2 * piece as usize].fill(0); // piece 1 "never reached the disk"
+        std::fs::write(&data, &bytes).unwrap();
+
+        let (store, report) = shoal::storage::Store::open(shoal::storage::StoreConfig {
+            io_engine: engine,
+            ..shoal::storage::StoreConfig::new(dir.path())
+        })
+        .unwrap();
+        assert_eq!((report.unclean, report.pieces_checked, report.pieces_cleared), (1, 2, 1), "{report:?}");
+        let task = store.get(&id(9)).unwrap();
+        assert_eq!(task.completed_pieces(), vec![0, 2], "only the bad piece is forgotten");
+        store.close().unwrap();
+        let (_, clean) = shoal::storage::Store::open(shoal::storage::StoreConfig::new(dir.path())).unwrap();
+        assert_eq!((clean.unclean, clean.pieces_checked), (0, 0), "a clean stop costs no check: {clean:?}");
+    }
+}
+
 #[test]
 fn zero_copy_sends_exact_bytes_to_a_socket() {
     for engine in engines() {

@@ -18,6 +18,7 @@ mod id;
 mod io;
 pub mod layout;
 mod meta;
+mod scrub;
 mod store;
 mod task;
 mod upload;

@@ -114,6 +114,10 @@ pub struct LoadReport {
     pub unclean: usize,
     pub discarded: usize,
     pub orphans_removed: usize,
+    /// Pieces of unfinished tasks left by an unclean stop that were read back at load and matched their crc.
+    pub pieces_checked: u64,
+    /// Pieces of those tasks whose bytes did not match (a power loss reached the piece table first): cleared.
+    pub pieces_cleared: u64,
 }
 
 impl Store {
@@ -142,6 +146,8 @@ impl Store {
             unclean = report.unclean,
             discarded = report.discarded,
             orphans = report.orphans_removed,
+            pieces_checked = report.pieces_checked,
+            pieces_cleared = report.pieces_cleared,
             "storage opened"
         );
         Ok((Arc::new(store), report))
@@ -206,6 +212,14 @@ impl Store {
                 Ok((task, unclean)) => {
                     report.loaded += 1;
                     report.unclean += unclean as usize;
+                    if unclean && !task.is_complete() {
+                        let s = super::scrub::scrub(&task);
+                        report.pieces_checked += u64::from(s.good);
+                        report.pieces_cleared += u64::from(s.cleared);
+                        if s.cleared > 0 {
+                            tracing::warn!(task = %id, cleared = s.cleared, good = s.good, "unclean stop: pieces failed their crc at load and will be fetched again");
+                        }
+                    }
                     lock(&self.tasks).insert(*id, task);
                 }
                 Err(e) => {

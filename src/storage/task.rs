@@ -411,7 +411,7 @@ impl Task {
         self.verified[(k / 64) as usize].load(Ordering::Acquire) & (1 << (k % 64)) != 0
     }
 
-    fn set_verified(&self, k: u32) {
+    pub(super) fn set_verified(&self, k: u32) {
         self.verified[(k / 64) as usize].fetch_or(1 << (k % 64), Ordering::AcqRel);
     }
 

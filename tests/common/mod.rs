@@ -7,6 +7,7 @@ pub mod hf;
 pub mod lfs;
 pub mod origin;
 pub mod registry;
+pub mod volatile_disk;
 
 use std::path::Path;
 use std::sync::Arc;
