@@ -207,21 +207,31 @@ fn power_cut_never_leaves_wrong_bytes_marked_good() {
         let tmp = tempfile::tempdir().unwrap();
         let mut disk = VolatileDisk::create(tmp.path(), DISK);
         let data_dir = disk.mount_point().join("data");
-        let (obj, oid, url) = origin.put_lfs(seed, OBJECT);
-        let digest = format!("sha256:{oid}");
+        // Rounds alternate a task keyed and verified by its digest (an LFS object) with one named by its URL
+        // alone, whose sha256 the store computes (nothing to check it against but the bytes themselves).
+        let (obj, url, digest) = if r % 4 < 2 {
+            let (obj, oid, url) = origin.put_lfs(seed, OBJECT);
+            (obj, url, Some(format!("sha256:{oid}")))
+        } else {
+            let obj = bytes::Bytes::from(content(seed, OBJECT));
+            let path = format!("/files/{seed}.bin");
+            origin.put(&path, obj.clone());
+            (obj, origin.url(&path), None)
+        };
         // Half the rounds write through the page cache, half with O_DIRECT (the default).
         let ingest = if r % 2 == 0 { "direct" } else { "buffered" };
         let yaml = format!("storage:\n  ingest: {ingest}\n");
         let mut d = daemon_with("127.0.0.1", &[], false, &data_dir, &yaml);
         let flusher = Flusher::start(&data_dir, seed);
-        let mut client = shoal()
-            .args(["get", &url, "--daemon", &d.proxy.to_string(), "--digest", &digest, "-O"])
-            .arg(tmp.path().join("first"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let at = Duration::from_millis(rng.gen_range(200..3600));
+        let mut client = shoal();
+        client.args(["get", &url, "--daemon", &d.proxy.to_string(), "-O"]).arg(tmp.path().join("first"));
+        if let Some(dg) = &digest {
+            client.args(["--digest", dg]);
+        }
+        let mut client = client.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        // Spread over the download (about 2 s here) and just after it, with jitter: every run has cuts
+        // mid-download, whatever the seed.
+        let at = Duration::from_millis(200 + (r % 7) * 350 + rng.gen_range(0..300));
         std::thread::sleep(at);
         let cut = disk.cut(seed);
         flusher.stop();
@@ -239,7 +249,7 @@ fn power_cut_never_leaves_wrong_bytes_marked_good() {
         let sent = origin.bytes_sent();
         let d2 = daemon_with("127.0.0.1", &[], false, &data_dir, &yaml);
         let out = tmp.path().join("again");
-        let (ok, err) = get(&d2, &url, &out, Some(&digest));
+        let (ok, err) = get(&d2, &url, &out, digest.as_deref());
         assert!(ok, "round {r}: the restarted daemon failed: {err}");
         assert!(std::fs::read(&out).unwrap() == obj, "round {r}: the restarted daemon served other bytes");
         let again = origin.bytes_sent() - sent;
@@ -248,9 +258,10 @@ fn power_cut_never_leaves_wrong_bytes_marked_good() {
         assert_eq!(cleared, raw.wrong_marked_pieces, "round {r}: the daemon cleared other pieces than the wrong ones");
         drop(d2);
         eprintln!(
-            "round {r} ({ingest}): cut at {at:?} after {} flushes, {} cached blocks kept, {} lost; raw: {} tasks, {} complete \
+            "round {r} ({ingest}, {}): cut at {at:?} after {} flushes, {} cached blocks kept, {} lost; raw: {} tasks, {} complete \
              ({} bad), {} pieces marked, {} wrong; store: {marked} marked, {wrong} wrong, {bad} bad complete; \
              refetched {:.2} of the object",
+            if digest.is_some() { "digest" } else { "url" },
             cut.flushes,
             cut.kept,
             cut.lost,
