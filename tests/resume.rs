@@ -75,3 +75,42 @@ fn an_origin_without_ranges_sends_the_whole_object_again() {
     assert_eq!(second, LEN as u64, "a 200 is the whole object");
     assert_eq!(d.proc.count("resuming from the origin"), 0);
 }
+
+/// A task named by its URL alone (no digest to hold the pieces to) cut by a crash, whose object the origin
+/// replaces with another of the same length before the restart: the restarted daemon must serve the new
+/// object whole, never the old pieces joined to new ones.
+#[test]
+fn a_url_task_resumed_after_the_object_changed_is_not_a_mix() {
+    let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
+    let old = bytes::Bytes::from(common::content(121, LEN));
+    let new = bytes::Bytes::from(common::content(122, LEN));
+    origin.put("/files/changing.bin", old);
+    let url = origin.url("/files/changing.bin");
+    let tmp = tempfile::tempdir().unwrap();
+    origin.set_frame_delay(Duration::from_millis(25));
+    let dir = tmp.path().join("d");
+    let mut d = cluster::daemon("127.0.0.97", &[], false, &dir);
+    let first = {
+        let (proxy, url, out) = (d.proxy, url.clone(), tmp.path().join("first"));
+        std::thread::spawn(move || cluster::get_via(proxy, &url, &out, None))
+    };
+    // Bounded: the whole body takes about 4 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while origin.bytes_sent() < (LEN * 3 / 4) as u64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.proc.kill();
+    let _ = first.join().unwrap();
+    origin.set_frame_delay(Duration::ZERO);
+    origin.put("/files/changing.bin", new.clone());
+
+    let d = cluster::daemon("127.0.0.97", &[], false, &dir);
+    let out = tmp.path().join("second");
+    let (ok, err) = get(&d, &url, &out, None);
+    assert!(ok, "{err}");
+    let got = std::fs::read(&out).unwrap();
+    let mixed = (0..LEN / (4 << 20))
+        .filter(|k| got[k * (4 << 20)..(k + 1) * (4 << 20)] != new[k * (4 << 20)..(k + 1) * (4 << 20)])
+        .count();
+    assert_eq!(mixed, 0, "{mixed} pieces of the old object were served as part of the new one");
+}

@@ -412,10 +412,16 @@ async fn from_origin(
         credentialed: req.credentials.any(),
     };
     engine.granted_by_fetch(req.task_id, &req.credentials.fingerprint);
-    let (mut task, _) = engine.store.get_or_create(&spec)?;
+    let (mut task, created) = engine.store.get_or_create(&spec)?;
     if task.awaits_digest() {
         // Pieces from peers that nobody vouches for: the origin's bytes replace them all.
         engine.store.remove(&req.task_id, "refetched from the origin");
+        task = engine.store.get_or_create(&spec)?.0;
+    } else if !created && !task.verifies_content() && !task.is_complete() && !task.completed_pieces().is_empty() {
+        // Pieces of an earlier attempt (an origin error, a crash) at a URL named by nothing else: the
+        // origin may hold another object of the same length by now, and no digest would catch old
+        // pieces joined to new ones. Start clean.
+        engine.store.remove(&req.task_id, "earlier attempt of a task with no digest");
         task = engine.store.get_or_create(&spec)?.0;
     }
     if task.content_length().is_some() && task.content_length() != resp.content_length && resp.content_length.is_some()
