@@ -20,6 +20,7 @@
 mod client;
 mod conn;
 mod error;
+mod fanout;
 mod frame;
 mod hash;
 mod server;

@@ -2,8 +2,11 @@
 //! and no clock (callers pass `now`), so each rule is unit-tested directly (state_tests.rs).
 //!
 //! Rules, in the order [`State::request_task`] applies them:
-//! - parents are other peers holding at least one piece (or all), not reported bad by this requester,
-//!   ranked by free upload capacity, then fewer upload connections, then more pieces; at most `max_parents`;
+//! - parents are other peers holding at least one piece (or all), or downloading the task from other
+//!   parents (started, not yet holding a piece), not reported bad by this requester, and feeding
+//!   fewer than `fan_out` children of the task (fanout.rs: the bound that makes a distribution tree);
+//!   ranked by free upload capacity, then fewer children, then fewer upload connections, then more pieces;
+//!   at most `max_parents`;
 //! - a task has at most one elected back-to-source peer while that peer is healthy (connected, not failed,
 //!   and progressing within `stall_timeout`); when there is none and nobody has the whole task, a new one
 //!   is elected: a seed peer chosen by rendezvous hashing of the task ID (sent a TriggerSeed with the
@@ -15,6 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::error::StateError;
+use super::fanout::FanOut;
 use super::hash::rendezvous_pick;
 use super::types::{Decision, HostInfo, Parent, PeerLoad, SeedTrigger, TaskProgress, TaskRequest};
 use crate::storage::TaskId;
@@ -31,6 +35,9 @@ const MAX_EXCLUDED_PER_CHILD: usize = 1024;
 pub struct StateConfig {
     /// Most parents returned for one request.
     pub max_parents: usize,
+    /// Most children of one task a parent is given to at once: no uplink carries more than this many
+    /// copies of a task's newest pieces (fanout.rs).
+    pub fan_out: u32,
     /// What a waiting requester is told to wait before asking again.
     pub retry_after: Duration,
     /// Longest a requester is kept waiting for the origin fetcher's first piece before it is sent to the
@@ -53,6 +60,7 @@ impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             max_parents: 4,
+            fan_out: 4,
             retry_after: Duration::from_millis(500),
             max_wait: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(30),
@@ -74,6 +82,8 @@ pub enum Action {
 pub struct TaskSummary {
     pub peers: usize,
     pub finished: usize,
+    /// The most children any parent of the task feeds now.
+    pub widest_fan_out: u32,
     /// The elected back-to-source peer.
     pub source: Option<String>,
 }
@@ -87,6 +97,8 @@ struct Host {
 
 struct Peer {
     pieces_complete: u32,
+    /// It reported progress: the task exists in its store, so children may subscribe to it.
+    started: bool,
     finished: bool,
     back_to_source: bool,
     /// When this peer last completed a new piece (or was elected / joined): what stall detection measures.
@@ -113,6 +125,8 @@ struct Task {
     /// Some peer asked for or holds the task for a request with credentials: sticky, since the bytes
     /// in the swarm may then be private.
     credentialed: bool,
+    /// Who feeds whom.
+    fanout: FanOut,
 }
 
 /// Hosts and tasks. One instance per scheduler, behind the server's lock.
@@ -211,7 +225,9 @@ impl State {
             return Ok((Decision::BackToSource, None));
         }
 
-        let parents = candidates(hosts, task, host_id, cfg.max_parents);
+        // Asking again ends what it was given before.
+        task.fanout.release(host_id);
+        let parents = candidates(hosts, task, host_id, &cfg);
         let mut action = None;
         if !task.peers.values().any(|p| p.finished) && !task.source_healthy(now, cfg.stall_timeout) {
             if req.private {
@@ -249,6 +265,7 @@ impl State {
         }
         if !parents.is_empty() {
             task.waiting_since.remove(host_id);
+            task.fanout.assign(host_id, parents.iter().map(|p| p.host_id.clone()).collect());
             return Ok((Decision::Parents(parents), action));
         }
         let since = *task.waiting_since.entry(host_id.to_owned()).or_insert(now);
@@ -276,6 +293,7 @@ impl State {
         if new || p.pieces_complete > peer.pieces_complete {
             peer.last_progress = now;
         }
+        peer.started = true;
         peer.pieces_complete = p.pieces_complete;
         // With the piece count still unknown, an earlier TaskFinished stands.
         if let Some(c) = count {
@@ -307,12 +325,14 @@ impl State {
         task.set_shape(Some(content_length), (piece_length > 0).then_some(piece_length), None);
         let count = task.piece_count;
         task.waiting_since.remove(host_id);
+        task.fanout.release(host_id);
         if let Some(peer) = task.peers.get_mut(host_id) {
             // Only the node that read the origin speaks for the content; children only repeat it.
             if peer.back_to_source && task.sha256.is_none() {
                 task.sha256 = sha256;
             }
             peer.finished = true;
+            peer.started = true;
             peer.last_progress = now;
             if let Some(c) = count {
                 peer.pieces_complete = c;
@@ -370,6 +390,7 @@ impl State {
         self.tasks.get(task_id).map(|t| TaskSummary {
             peers: t.peers.len(),
             finished: t.peers.values().filter(|p| p.finished).count(),
+            widest_fan_out: t.fanout.widest(),
             source: t.source.clone(),
         })
     }
@@ -409,6 +430,7 @@ impl State {
         }
         let Some(task) = self.tasks.get_mut(task_id) else { return };
         task.peers.remove(host_id);
+        task.fanout.forget(host_id);
         task.excluded.remove(host_id);
         task.waiting_since.remove(host_id);
         if task.source.as_deref() == Some(host_id) {
@@ -425,7 +447,7 @@ impl State {
 
 impl Peer {
     fn new(now: Instant) -> Peer {
-        Peer { pieces_complete: 0, finished: false, back_to_source: false, last_progress: now }
+        Peer { pieces_complete: 0, started: false, finished: false, back_to_source: false, last_progress: now }
     }
 }
 
@@ -462,12 +484,17 @@ impl Task {
 }
 
 /// The best parents for `child`, best first.
-fn candidates(hosts: &HashMap<String, Host>, task: &Task, child: &str, max: usize) -> Vec<Parent> {
+fn candidates(hosts: &HashMap<String, Host>, task: &Task, child: &str, cfg: &StateConfig) -> Vec<Parent> {
     let excluded = task.excluded.get(child);
+    // A child of other parents is a parent before its first piece: its children then follow it a piece
+    // behind instead of all asking the fetcher. (The fetcher itself is offered once it has a piece, so
+    // that children wait for the origin's first bytes under `max_wait`, not under a peer round's stall.)
+    let feeds =
+        |h: &str, p: &Peer| p.finished || p.pieces_complete > 0 || (p.started && task.fanout.is_child(h));
     let mut c: Vec<(&Host, &Peer)> = task
         .peers
         .iter()
-        .filter(|(h, p)| h.as_str() != child && (p.finished || p.pieces_complete > 0))
+        .filter(|(h, p)| h.as_str() != child && feeds(h, p) && task.fanout.children(h) < cfg.fan_out)
         .filter(|(h, _)| !excluded.is_some_and(|e| e.contains(h.as_str())))
         .filter_map(|(h, p)| hosts.get(h).map(|host| (host, p)))
         .collect();
@@ -476,11 +503,12 @@ fn candidates(hosts: &HashMap<String, Host>, task: &Task, child: &str, max: usiz
     c.sort_by(|(ha, pa), (hb, pb)| {
         free(hb)
             .cmp(&free(ha))
+            .then(task.fanout.children(&ha.info.host_id).cmp(&task.fanout.children(&hb.info.host_id)))
             .then(ha.load.upload_connections.cmp(&hb.load.upload_connections))
             .then(pieces(pb).cmp(&pieces(pa)))
             .then(ha.info.host_id.cmp(&hb.info.host_id))
     });
-    c.truncate(max);
+    c.truncate(cfg.max_parents);
     c.into_iter()
         .map(|(h, p)| Parent {
             host_id: h.info.host_id.clone(),

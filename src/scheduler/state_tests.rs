@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::*;
@@ -7,6 +8,7 @@ const T: TaskId = TaskId([7; 32]);
 fn cfg() -> StateConfig {
     StateConfig {
         max_parents: 4,
+        fan_out: 4,
         retry_after: Duration::from_millis(100),
         max_wait: Duration::from_secs(5),
         stall_timeout: Duration::from_secs(10),
@@ -96,6 +98,56 @@ fn parents_ranked_by_free_capacity_then_connections_then_pieces() {
     assert!(ps[3].finished);
     // The requester is never its own parent.
     assert!(!ids(&ask(&mut s, "c", now)).contains(&"c".to_string()));
+}
+
+/// 1 fetcher and 12 children asking at once, each parent feeding at most 2: the fetcher feeds 2, they
+/// feed the next ones once they have started, and so on: a tree, not 12 copies from the fetcher.
+#[test]
+fn fan_out_bounds_each_parent_and_children_feed_each_other() {
+    let now = Instant::now();
+    let mut s = State::new(StateConfig { fan_out: 2, max_hosts: 16, ..cfg() });
+    for i in 0..13 {
+        s.register(i, host(&format!("h{i}"), 1000, false));
+    }
+    assert_eq!(ask(&mut s, "h0", now), Decision::BackToSource);
+    let mut started = vec!["h0".to_string()];
+    let mut b2s = prog(T, 1);
+    b2s.back_to_source = true;
+    s.progress("h0", &b2s, now).unwrap();
+    let mut parents_of = HashMap::new();
+    // Rounds of asking: whoever gets parents starts (reports progress) before the next round.
+    for _round in 0..12 {
+        let mut newly = Vec::new();
+        for i in 1..13 {
+            let h = format!("h{i}");
+            if parents_of.contains_key(&h) {
+                continue;
+            }
+            if let Decision::Parents(ps) = ask(&mut s, &h, now) {
+                let ps: Vec<String> = ps.into_iter().map(|p| p.host_id).collect();
+                assert!(ps.iter().all(|p| started.contains(p)), "{h} got a parent that has not started: {ps:?}");
+                parents_of.insert(h.clone(), ps);
+                newly.push(h);
+            }
+        }
+        for h in newly {
+            s.progress(&h, &prog(T, 0), now).unwrap();
+            started.push(h);
+        }
+        let fed = |p: &str| parents_of.values().filter(|ps| ps.iter().any(|x| x == p)).count();
+        assert!(started.iter().all(|p| fed(p) <= 2), "a parent feeds more than 2: {parents_of:?}");
+        assert!(s.task_summary(&T).unwrap().widest_fan_out <= 2);
+    }
+    assert_eq!(parents_of.len(), 12, "every child found parents: {parents_of:?}");
+    let from_h0 = parents_of.values().filter(|ps| ps.contains(&"h0".to_string())).count();
+    assert_eq!(from_h0, 2, "the fetcher feeds two children, not twelve");
+    // A child that finishes frees its parents' places.
+    let (first, its) = parents_of.iter().find(|(_, ps)| ps.contains(&"h0".to_string())).unwrap();
+    let (first, its) = (first.clone(), its.clone());
+    s.finished(&first, T, 1 << 30, 4 << 20, None, now).unwrap();
+    s.register(13, host("h13", 1000, false));
+    let late = ids(&ask(&mut s, "h13", now));
+    assert!(its.iter().all(|p| late.contains(p) || s.tasks[&T].fanout.children(p) >= 2), "{late:?}");
 }
 
 #[test]
@@ -368,6 +420,7 @@ mod random_ops {
             if let Some(src) = &t.source {
                 assert!(t.peers.contains_key(src), "the source is a peer");
             }
+            assert!(t.fanout.widest() <= s.cfg.fan_out, "no parent feeds more than fan_out children");
         }
         for (h, host) in &s.hosts {
             for id in &host.tasks {
