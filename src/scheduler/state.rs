@@ -97,7 +97,8 @@ struct Host {
 
 struct Peer {
     pieces_complete: u32,
-    /// It reported progress: the task exists in its store, so children may subscribe to it.
+    /// It reported progress with the task's geometry: the task exists in its store, so children may
+    /// subscribe to it.
     started: bool,
     finished: bool,
     back_to_source: bool,
@@ -293,7 +294,9 @@ impl State {
         if new || p.pieces_complete > peer.pieces_complete {
             peer.last_progress = now;
         }
-        peer.started = true;
+        // A report with the task's geometry comes from the task in its store (the client's own
+        // announcement on first request has none): from now on children may subscribe to it.
+        peer.started |= p.piece_length > 0;
         peer.pieces_complete = p.pieces_complete;
         // With the piece count still unknown, an earlier TaskFinished stands.
         if let Some(c) = count {
@@ -489,8 +492,7 @@ fn candidates(hosts: &HashMap<String, Host>, task: &Task, child: &str, cfg: &Sta
     // A child of other parents is a parent before its first piece: its children then follow it a piece
     // behind instead of all asking the fetcher. (The fetcher itself is offered once it has a piece, so
     // that children wait for the origin's first bytes under `max_wait`, not under a peer round's stall.)
-    let feeds =
-        |h: &str, p: &Peer| p.finished || p.pieces_complete > 0 || (p.started && task.fanout.is_child(h));
+    let feeds = |h: &str, p: &Peer| p.finished || p.pieces_complete > 0 || (p.started && task.fanout.is_child(h));
     let mut c: Vec<(&Host, &Peer)> = task
         .peers
         .iter()
