@@ -22,12 +22,25 @@ pub(super) struct FanOut {
     parents_of: HashMap<String, Vec<String>>,
     /// parent → how many children it feeds.
     children: HashMap<String, u32>,
+    /// child → its level in the tree: one below its shallowest parent (a peer that is nobody's child, the
+    /// fetcher or a holder of the whole task, is level 0).
+    depth: HashMap<String, u32>,
 }
 
 impl FanOut {
     /// How many children `parent` feeds.
     pub(super) fn children(&self, parent: &str) -> u32 {
         self.children.get(parent).copied().unwrap_or(0)
+    }
+
+    /// `peer`'s level in the tree (0: fed by no one).
+    pub(super) fn depth(&self, peer: &str) -> u32 {
+        self.depth.get(peer).copied().unwrap_or(0)
+    }
+
+    /// The deepest level in the tree now.
+    pub(super) fn deepest(&self) -> u32 {
+        self.depth.values().copied().max().unwrap_or(0)
     }
 
     /// Whether `peer` was given parents (it is downloading from the swarm).
@@ -44,11 +57,14 @@ impl FanOut {
         for p in &parents {
             *self.children.entry(p.clone()).or_insert(0) += 1;
         }
+        let level = parents.iter().map(|p| self.depth(p)).min().unwrap_or(0) + 1;
+        self.depth.insert(child.to_owned(), level);
         self.parents_of.insert(child.to_owned(), parents);
     }
 
     /// `child` no longer downloads (it finished, failed, left or asks again).
     pub(super) fn release(&mut self, child: &str) {
+        self.depth.remove(child);
         let Some(parents) = self.parents_of.remove(child) else { return };
         for p in parents {
             if let Some(n) = self.children.get_mut(&p) {
@@ -83,10 +99,12 @@ mod tests {
         f.assign("c1", vec!["seed".into()]);
         f.assign("c2", vec!["seed".into(), "c1".into()]);
         assert_eq!((f.children("seed"), f.children("c1"), f.widest()), (2, 1, 2));
+        assert_eq!((f.depth("seed"), f.depth("c1"), f.depth("c2"), f.deepest()), (0, 1, 1, 1));
         assert!(f.is_child("c2") && !f.is_child("seed"));
         // Asking again replaces the old assignment.
         f.assign("c2", vec!["c1".into()]);
         assert_eq!((f.children("seed"), f.children("c1")), (1, 1));
+        assert_eq!(f.depth("c2"), 2, "one below its shallowest parent");
         f.release("c1");
         f.release("c2");
         assert_eq!((f.children("seed"), f.children("c1"), f.widest()), (0, 0, 0));

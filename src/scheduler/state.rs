@@ -5,8 +5,9 @@
 //! - parents are other peers holding at least one piece (or all), or downloading the task from other
 //!   parents (started, not yet holding a piece), not reported bad by this requester, and feeding
 //!   fewer than `fan_out` children of the task (fanout.rs: the bound that makes a distribution tree);
-//!   ranked by free upload capacity, then fewer children, then fewer upload connections, then more pieces;
-//!   at most `max_parents`;
+//!   ranked by free upload capacity, then level in the tree, then more pieces, then fewer children, then
+//!   fewer upload connections;
+//!   at most `max_parents`, of which at most `tree_parents` still downloading;
 //! - a task has at most one elected back-to-source peer while that peer is healthy (connected, not failed,
 //!   and progressing within `stall_timeout`); when there is none and nobody has the whole task, a new one
 //!   is elected: a seed peer chosen by rendezvous hashing of the task ID (sent a TriggerSeed with the
@@ -38,6 +39,9 @@ pub struct StateConfig {
     /// Most children of one task a parent is given to at once: no uplink carries more than this many
     /// copies of a task's newest pieces (fanout.rs).
     pub fan_out: u32,
+    /// Most parents still downloading the task that one child is given (finished ones fill the rest up to
+    /// `max_parents`): with `fan_out` 4 and 2 of them, each level of the tree feeds twice its width.
+    pub tree_parents: usize,
     /// What a waiting requester is told to wait before asking again.
     pub retry_after: Duration,
     /// Longest a requester is kept waiting for the origin fetcher's first piece before it is sent to the
@@ -61,6 +65,7 @@ impl Default for StateConfig {
         StateConfig {
             max_parents: 4,
             fan_out: 4,
+            tree_parents: 2,
             retry_after: Duration::from_millis(500),
             max_wait: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(30),
@@ -84,6 +89,8 @@ pub struct TaskSummary {
     pub finished: usize,
     /// The most children any parent of the task feeds now.
     pub widest_fan_out: u32,
+    /// The deepest level of the task's distribution tree now (1: children of the fetcher or of holders).
+    pub tree_depth: u32,
     /// The elected back-to-source peer.
     pub source: Option<String>,
 }
@@ -394,6 +401,7 @@ impl State {
             peers: t.peers.len(),
             finished: t.peers.values().filter(|p| p.finished).count(),
             widest_fan_out: t.fanout.widest(),
+            tree_depth: t.fanout.deepest(),
             source: t.source.clone(),
         })
     }
@@ -502,13 +510,24 @@ fn candidates(hosts: &HashMap<String, Host>, task: &Task, child: &str, cfg: &Sta
         .collect();
     let free = |h: &Host| h.info.upload_capacity_bytes_per_sec.saturating_sub(h.load.upload_bytes_per_sec);
     let pieces = |p: &Peer| if p.finished { u32::MAX } else { p.pieces_complete };
+    // Shallower before deeper, then more pieces, then fewer children: a level of the tree fills before the
+    // next one is used, and evenly, instead of growing a chain (swarm_sim showed one with children first).
     c.sort_by(|(ha, pa), (hb, pb)| {
         free(hb)
             .cmp(&free(ha))
+            .then(task.fanout.depth(&ha.info.host_id).cmp(&task.fanout.depth(&hb.info.host_id)))
+            .then(pieces(pb).cmp(&pieces(pa)))
             .then(task.fanout.children(&ha.info.host_id).cmp(&task.fanout.children(&hb.info.host_id)))
             .then(ha.load.upload_connections.cmp(&hb.load.upload_connections))
-            .then(pieces(pb).cmp(&pieces(pa)))
             .then(ha.info.host_id.cmp(&hb.info.host_id))
+    });
+    // Parents still downloading hand on the newest pieces: a child takes at most `tree_parents` of them,
+    // so that each level of the tree feeds fan_out / tree_parents times as many children as it has.
+    let mut unfinished = 0;
+    c.retain(|(_, p)| {
+        let keep = p.finished || unfinished < cfg.tree_parents;
+        unfinished += usize::from(keep && !p.finished);
+        keep
     });
     c.truncate(cfg.max_parents);
     c.into_iter()

@@ -9,6 +9,7 @@ fn cfg() -> StateConfig {
     StateConfig {
         max_parents: 4,
         fan_out: 4,
+        tree_parents: 4,
         retry_after: Duration::from_millis(100),
         max_wait: Duration::from_secs(5),
         stall_timeout: Duration::from_secs(10),
@@ -74,7 +75,7 @@ fn ids(d: &Decision) -> Vec<String> {
 }
 
 #[test]
-fn parents_ranked_by_free_capacity_then_connections_then_pieces() {
+fn parents_ranked_by_free_capacity_then_pieces_then_connections() {
     let now = Instant::now();
     let mut s = State::new(cfg());
     for (id, cap) in [("a", 1000), ("b", 1000), ("c", 1000), ("d", 5000), ("e", 1000), ("f", 1000), ("g", 1000)] {
@@ -87,12 +88,13 @@ fn parents_ranked_by_free_capacity_then_connections_then_pieces() {
     s.progress("d", &prog(T, 1), now).unwrap();
     s.progress("e", &prog(T, 0), now).unwrap(); // no piece yet: never a parent
     s.finished("f", T, 1 << 30, 4 << 20, None, now).unwrap();
-    // d has the most capacity but uses most of it; b has more connections than a and c; a has more pieces than c.
+    // d has the most capacity but uses most of it; b has more pieces than a, a more than c; f, finished,
+    // has the least capacity left.
     s.report_load("d", PeerLoad { upload_bytes_per_sec: 4500, upload_connections: 1 }).unwrap();
     s.report_load("b", PeerLoad { upload_bytes_per_sec: 0, upload_connections: 3 }).unwrap();
     s.report_load("f", PeerLoad { upload_bytes_per_sec: 100, upload_connections: 0 }).unwrap();
     let d = ask(&mut s, "g", now);
-    assert_eq!(ids(&d), ["a", "c", "b", "f"], "free desc, then fewer connections, then more pieces; at most 4");
+    assert_eq!(ids(&d), ["b", "a", "c", "f"], "free desc, then more pieces; at most 4");
     let Decision::Parents(ps) = d else { unreachable!() };
     assert_eq!(ps[3].pieces_complete, 256, "a finished parent has every piece");
     assert!(ps[3].finished);
