@@ -123,7 +123,8 @@ fn scheduler_cmd(a: &shoal::cli::SchedulerArgs) -> anyhow::Result<()> {
         );
     };
     let key = shoal::membership::ClusterKey::load(&path)?;
-    let cfg = shoal::scheduler::ServerConfig { membership: Some(key), ..Default::default() };
+    let metrics_addr = Some(a.metrics_addr.unwrap_or(c.scheduler.metrics));
+    let cfg = shoal::scheduler::ServerConfig { membership: Some(key), metrics_addr, ..Default::default() };
     shoal::scheduler::run_standalone(listen, cfg).map_err(Into::into)
 }
 

@@ -37,9 +37,14 @@ fn free_port() -> u16 {
 
 /// Starts `shoal scheduler --listen 127.0.0.1:PORT` and waits (at most 20 s) until it says it listens.
 fn start(port: u16) -> Sched {
+    start_with_metrics(port, "127.0.0.1:0")
+}
+
+/// [`start`] with /metrics and /healthz on `metrics`.
+fn start_with_metrics(port: u16, metrics: &str) -> Sched {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["scheduler", "--listen", &addr.to_string()])
+        .args(["scheduler", "--listen", &addr.to_string(), "--metrics-addr", metrics])
         .arg("--cluster-secret-file")
         .arg(secret_file())
         .env("SHOAL_LOG", "info")
@@ -537,4 +542,52 @@ async fn a_flooding_host_is_held_to_its_frame_budget() {
     assert!(matches!(reply, Some(Msg::RequestTaskReply(ref rep)) if rep.req_id == 9), "{reply:?}");
     assert!(t0.elapsed() >= Duration::from_secs(2), "61 frames at 20/s take 3 windows: {:?}", t0.elapsed());
     h.shutdown().await;
+}
+
+/// GET `path` on `addr`: (status line, body).
+fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (head.lines().next().unwrap_or("").to_owned(), body.to_owned())
+}
+
+/// An operator sees hosts, tasks, decisions and their latency at /metrics, and /healthz answers.
+#[tokio::test]
+async fn metrics_count_hosts_tasks_and_decisions() {
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let s = start_with_metrics(free_port(), &metrics.to_string());
+    let a = client(&[s.addr], "a", 4001);
+    let b = client(&[s.addr], "b", 4002);
+    assert_eq!(a.request_task(&req(tid(1))).await.unwrap().decision, Decision::BackToSource);
+    assert!(matches!(b.request_task(&req(tid(1))).await.unwrap().decision, Decision::Wait { .. }));
+    a.task_progress(&prog(tid(1), 1)).await.unwrap();
+    parents(&b, tid(1)).await;
+    let (status, body) = http_get(metrics, "/healthz");
+    assert!(status.contains(" 200 ") && body == "ok\n", "{status} {body:?}");
+    let (status, text) = http_get(metrics, "/metrics");
+    assert!(status.contains(" 200 "), "{status}");
+    for line in [
+        "shoal_scheduler_hosts 2",
+        "shoal_scheduler_tasks 1",
+        "shoal_scheduler_connections 2",
+        "shoal_scheduler_decisions_total{decision=\"back_to_source\"} 1",
+        "shoal_scheduler_decisions_total{decision=\"parents\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    // b may have been told to wait more than once (a's progress travels on another connection).
+    let value = |name: &str| -> u64 {
+        let l = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        l.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let waits = value("shoal_scheduler_decisions_total{decision=\"wait\"}");
+    assert!(waits >= 1);
+    assert_eq!(value("shoal_scheduler_decision_seconds_count"), 2 + waits);
+    assert_eq!(value("shoal_scheduler_decision_seconds_bucket{le=\"+Inf\"}"), 2 + waits);
+    assert!(!text.contains("127.0.0.1") && !text.contains(&hid("a")), "no address or host name leaves: {text}");
+    assert!(http_get(metrics, "/tasks").0.contains(" 404 "));
 }

@@ -277,6 +277,9 @@ pub struct SchedulerArgs {
     /// Address to listen on [default: 0.0.0.0:8002].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Where /metrics and /healthz answer [default: 127.0.0.1:8004].
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
     /// YAML configuration file (its `scheduler.listen` and `cluster.secret_file`).
     #[arg(long)]
     pub config: Option<PathBuf>,

@@ -149,6 +149,8 @@ pub struct MetricsConfig {
 pub struct SchedulerConfig {
     pub addrs: Vec<String>,
     pub listen: SocketAddr,
+    /// Where `shoal scheduler` serves /metrics and /healthz.
+    pub metrics: SocketAddr,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -230,7 +232,7 @@ impl Default for MetricsConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { addrs: Vec::new(), listen: addr("0.0.0.0:8002") }
+        SchedulerConfig { addrs: Vec::new(), listen: addr("0.0.0.0:8002"), metrics: addr("127.0.0.1:8004") }
     }
 }
 

@@ -23,6 +23,7 @@ mod error;
 mod fanout;
 mod frame;
 mod hash;
+mod ops;
 mod server;
 mod state;
 mod types;

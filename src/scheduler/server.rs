@@ -20,6 +20,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use super::error::{ServerError, StateError};
 use super::frame::{codec, decode_envelope, encode_envelope};
+use super::ops::{self, Kind, Stats};
 use super::proto::{self, envelope::Msg};
 use super::state::{Action, ConnId, State, StateConfig, TaskSummary};
 use super::types::{task_id_from, HostInfo, PeerLoad, TaskProgress, TaskRequest};
@@ -45,6 +46,8 @@ pub struct ServerConfig {
     /// The cluster secret every connection must prove (membership handshake, then a signed Register).
     /// `None` serves anyone who connects: only for in-process tests; the binaries always set it.
     pub membership: Option<ClusterKey>,
+    /// Where `/metrics` and `/healthz` answer (ops.rs); `None`: nowhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +60,7 @@ impl Default for ServerConfig {
             outbound_queue: 256,
             max_frames_per_sec: 5_000,
             membership: None,
+            metrics_addr: None,
         }
     }
 }
@@ -66,6 +70,7 @@ struct Shared {
     /// host → (its current connection, the queue of frames pushed to it).
     outbound: HashMap<String, (ConnId, mpsc::Sender<Bytes>)>,
     next_conn: ConnId,
+    stats: Arc<Stats>,
 }
 
 type SharedRef = Arc<Mutex<Shared>>;
@@ -90,10 +95,15 @@ impl Scheduler {
             state: State::new(cfg.state.clone()),
             outbound: HashMap::new(),
             next_conn: 1,
+            stats: Arc::new(Stats::default()),
         }));
+        let metrics = match cfg.metrics_addr {
+            Some(a) => Some(start_ops(a, &shared).map_err(|source| ServerError::Bind { addr: a, source })?),
+            None => None,
+        };
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared.clone(), cfg, stop_rx));
-        Ok(SchedulerHandle { addr: local, stop, task: Some(task), shared })
+        Ok(SchedulerHandle { addr: local, metrics, stop, task: Some(task), shared })
     }
 
     /// The single-node scheduler a daemon runs when no `--scheduler` is configured: 127.0.0.1 on a free
@@ -110,6 +120,7 @@ impl Scheduler {
 /// connection to be closed.
 pub struct SchedulerHandle {
     addr: SocketAddr,
+    metrics: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
     shared: SharedRef,
@@ -118,6 +129,11 @@ pub struct SchedulerHandle {
 impl SchedulerHandle {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` and `/healthz` answer, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
     }
 
     /// Stops accepting, closes every connection and waits until they are closed.
@@ -156,6 +172,9 @@ pub fn run_standalone(listen: SocketAddr, cfg: ServerConfig) -> Result<(), Serve
         let mut term = signal(SignalKind::terminate()).map_err(ServerError::Runtime)?;
         let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Runtime)?;
         let h = Scheduler::spawn(listen, cfg)?;
+        if let Some(m) = h.metrics_addr() {
+            tracing::info!(addr = %m, "scheduler metrics listening");
+        }
         tracing::info!(addr = %h.local_addr(), "scheduler listening");
         tokio::select! {
             _ = term.recv() => {}
@@ -166,6 +185,22 @@ pub fn run_standalone(listen: SocketAddr, cfg: ServerConfig) -> Result<(), Serve
         tracing::info!("scheduler stopped");
         Ok(())
     })
+}
+
+/// The operations endpoint, reading hosts, tasks and connections from the shared state per scrape.
+fn start_ops(addr: SocketAddr, shared: &SharedRef) -> std::io::Result<SocketAddr> {
+    let stats = lock(shared).stats.clone();
+    let weak = Arc::downgrade(shared);
+    let gauges = move || {
+        let Some(s) = weak.upgrade() else { return ops::Gauges { hosts: 0, tasks: 0, connections: 0 } };
+        let sh = lock(&s);
+        ops::Gauges {
+            hosts: sh.state.host_count() as u64,
+            tasks: sh.state.task_count() as u64,
+            connections: sh.outbound.len() as u64,
+        }
+    };
+    ops::start(addr, stats, Arc::new(gauges))
 }
 
 /// A plain listener (SO_REUSEADDR so a restart can rebind at once; no SO_REUSEPORT, so a second scheduler
@@ -489,7 +524,16 @@ fn decision_name(d: &crate::scheduler::Decision) -> &'static str {
 fn request_task(sh: &mut Shared, host: &str, r: proto::RequestTask, now: Instant) -> Result<Outcome, StateError> {
     let req_id = r.req_id;
     let req = TaskRequest::from_proto(r)?;
-    let (decision, action) = sh.state.request_task(host, &req, now)?;
+    let started = Instant::now();
+    let decided = sh.state.request_task(host, &req, now);
+    let kind = match &decided {
+        Ok((crate::scheduler::Decision::Parents(_), _)) => Kind::Parents,
+        Ok((crate::scheduler::Decision::BackToSource, _)) => Kind::BackToSource,
+        Ok((crate::scheduler::Decision::Wait { .. }, _)) => Kind::Wait,
+        Err(_) => Kind::Refused,
+    };
+    sh.stats.decided(kind, started.elapsed());
+    let (decision, action) = decided?;
     tracing::debug!(task = %req.task_id, %host, decision = decision_name(&decision), "task request");
     if let Some(Action::TriggerSeed { seed_host, trigger }) = action {
         let sent = sh

@@ -393,6 +393,10 @@ impl State {
         self.hosts.len()
     }
 
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
     pub fn task_ids(&self) -> Vec<TaskId> {
         self.tasks.keys().copied().collect()
     }

@@ -117,7 +117,9 @@ pub fn secret_file() -> &'static Path {
 pub fn scheduler(ip: &str) -> Scheduler {
     let addr = free_addr(ip);
     let mut cmd = shoal();
-    cmd.args(["scheduler", "--listen", &addr.to_string()]).arg("--cluster-secret-file").arg(secret_file());
+    cmd.args(["scheduler", "--listen", &addr.to_string(), "--metrics-addr", "127.0.0.1:0"])
+        .arg("--cluster-secret-file")
+        .arg(secret_file());
     let proc = Proc::spawn(&format!("scheduler@{addr}"), cmd);
     proc.wait_for("scheduler listening", Duration::from_secs(20));
     Scheduler { proc, addr }
