@@ -19,7 +19,8 @@
 #                peers finish; the restarted scheduler shows every host re-registered, and a fresh node then
 #                takes the object from the peers with no new origin download (the rebuilt task state);
 #   4 flap       the origin's link is dropped (iptables DROP both ways) 2 s of every 4 s while the seed and
-#                peers fetch from it (origin egress limited to 40 Mbit/s, 8×SIZE_MIB object);
+#                peers fetch from it (origin egress limited to 40 Mbit/s, 8×SIZE_MIB object); a client that
+#                failed (cleanly) asks once more after the flapping, and must then get the object;
 #   5 disk full  a seed whose data dir is a small tmpfs; while peers read object F from it, the rest of the
 #                tmpfs is filled by another process; F is still served whole and not evicted while in use,
 #                and a new object asked of that seed's proxy fails with an HTTP error (not a hang or a
@@ -174,7 +175,7 @@ print(sum(1 for t in json.load(sys.stdin) if t.get("sha256") in want and t.get("
 # log_epoch FILE PATTERN: the time (epoch seconds) of FILE's first line matching PATTERN, empty if none.
 log_epoch() {
   local l; l=$(grep -m1 -- "$2" "$1" 2>/dev/null | cut -d' ' -f1) || true
-  [ -n "$l" ] && date -d "$l" +%s.%N
+  if [ -n "$l" ]; then date -d "$l" +%s.%N; fi
 }
 max_time() { cat "$WORK"/r-"$1"-* | awk '$2 > m {m = $2} END {printf "%.1f", m}'; }
 bad() { cat "$WORK"/r-"$1"-* | grep -qE '^(CORRUPT|HANG)'; }
@@ -315,8 +316,21 @@ if want 4; then
   wait "$flapper" 2>/dev/null || true
   in_ns origin iptables -F INPUT; in_ns origin iptables -F OUTPUT
   tc -n "$P-origin" qdisc change dev eth0 root tbf rate 10gbit burst 256kb latency 50ms
+  # A client whose download failed cleanly asks again once the link is steady, as git-lfs or a package
+  # manager would: it must then get the exact object.
+  retry=()
+  for p in "${PEERS[@]}"; do if [ "$(cut -d' ' -f1 "$WORK/r-s4-$p")" = fail ]; then retry+=("$p"); fi; done
+  again=""
+  if [ ${#retry[@]} -gt 0 ]; then
+    fetch_all "$oid" 120 s4retry "${retry[@]}"
+    again="; retried once on a steady link: $(verdict s4retry) in $(max_time s4retry) s"
+    if bad s4retry; then FAILED=1; fi
+  fi
+  stalls=$(cat "$WORK"/seed.log "$WORK"/peer*.log | grep -c "origin body stalled" || true)
   pass=$(bad s4 && echo no || echo yes)
-  row "4. origin link flapping (down 2 s / up 2 s) during back-to-source" "$(verdict s4)" "$(max_time s4)" "" "180 s per client" "$pass"
+  row "4. origin link flapping (down 2 s / up 2 s) during back-to-source" \
+    "$(verdict s4) ($stalls origin bodies stalled past the 30 s idle bound)$again" "$(max_time s4)" "" \
+    "180 s per client (origin idle bound 30 s)" "$pass"
 fi
 
 # --- 5: a seed's disk fills up while peers read from it ---------------------------------------------------
@@ -334,7 +348,9 @@ if want 5; then
   sleep 2
   oid=$(make_obj $((SIZE_MIB * 4)))
   fetch seed5 "$oid" 120 s5seed    # the seed holds F
-  tc -n "$P-seed5" qdisc change dev eth0 root tbf rate 20mbit burst 256kb latency 50ms
+  # 80 Mbit/s: the reads last a few seconds, yet each of the 8 children gets its first 4 MiB piece
+  # within the 10 s stall bound (a slower shared uplink makes children drop the seed as stalled).
+  tc -n "$P-seed5" qdisc change dev eth0 root tbf rate 80mbit burst 256kb latency 50ms
   fetch_all "$oid" 120 s5 "${PEERS[@]}" &
   readers=$!
   sleep 1
