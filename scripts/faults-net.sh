@@ -12,6 +12,8 @@
 #   0 clean      the swarm fetches one object on clean links (the baseline of scenario 1);
 #   1 lossy      30 % loss and 200 ms delay on every packet entering a seed or peer from another seed or
 #                peer (so 400 ms RTT between two peers); the swarm completes; ratio = time / clean time;
+#   1b           the same on every packet entering a seed or peer, the origin's included (no clean path
+#                to escape to);
 #   2 partition  seed and peer links limited to 40 Mbit/s so the download lasts; once the child has pieces,
 #                every packet between it and the other peers and the seed is dropped (100 % loss, both
 #                ways); the child must finish from the origin or other parents within the stall bound;
@@ -34,9 +36,10 @@
 # takes an NFQUEUE queue and holds each packet's verdict for the delay; iptables rules in each namespace
 # drop a random 30 % (`statistic --mode random`) and queue the rest (`NFQUEUE --queue-bypass`, so traffic
 # still flows if the delayer dies). 30 % loss with 400 ms RTT makes TCP very slow (SYN retries of 1 s, 3 s,
-# RTO back-off), hence the small default object (4 MiB): scenario 1 takes a few minutes on this machine.
+# RTO back-off), hence the small default object (4 MiB): on this machine scenario 1 took about a minute
+# (its clients escape to the clean origin link) and 1b about 8 minutes; the rest take under 5 minutes.
 #
-# Bounds: each client gets BOUND seconds (600 for scenario 1, 120 otherwise); the whole run is stopped by a
+# Bounds: each client gets 600 s in scenarios 1 and 1b, 180 s in 4, 120 s otherwise; the whole run is stopped by a
 # watchdog after 40 min. Needs root (ip netns, tc, iptables, mount), nginx, curl, faketime (libfaketime).
 # Namespaces, mounts and processes are removed on exit, even when interrupted. Exits non-zero if a scenario
 # fails (CORRUPT, HANG, or its own check).
@@ -44,7 +47,7 @@ set -euo pipefail
 
 N=8
 SIZE_MIB=4
-ONLY=0,1,2,3,4,5,6
+ONLY=0,1,1b,2,3,4,5,6
 OUT=/var/tmp/shoal-bench/faults-net
 TOTAL_BOUND=2400
 while [ $# -gt 0 ]; do
@@ -189,7 +192,7 @@ row() {
   log "$1: $2 (${3}s)"
 }
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
-need_clean=$(want 1 && echo yes || echo no)
+need_clean=$({ want 1 || want 1b; } && echo yes || echo no)
 
 # --- 0: clean baseline ---------------------------------------------------------------------------------
 CLEAN=
@@ -203,25 +206,38 @@ if want 0 || [ "$need_clean" = yes ]; then
 fi
 
 # --- 1: 30 % loss, 200 ms delay on peer links -----------------------------------------------------------
-impair() { # impair NODE: drop 30 %, delay the rest 200 ms, for packets from seeds/peers entering NODE
-  in_ns "$1" iptables -A INPUT -s "$PEERNET" -m statistic --mode random --probability 0.3 -j DROP
-  in_ns "$1" iptables -A INPUT -s "$PEERNET" -j NFQUEUE --queue-num 0 --queue-bypass
+impair() { # impair NODE FROM: drop 30 %, delay the rest 200 ms, for packets from FROM entering NODE
+  in_ns "$1" iptables -A INPUT -s "$2" -m statistic --mode random --probability 0.3 -j DROP
+  in_ns "$1" iptables -A INPUT -s "$2" -j NFQUEUE --queue-num 0 --queue-bypass
   bg_ns "$1" "$NETDELAY" 0 200 2>>"$WORK/netdelay.log"
   DELAYERS+=($!)
 }
-if want 1; then
-  log "1: 30 % loss + 200 ms delay on every seed/peer ingress"
+# lossy TAG FROM LABEL: scenario 1 with the impairment on packets from FROM.
+lossy() {
+  local tag=$1 from=$2 label=$3 n d t ratio pass tx0 obytes
   DELAYERS=()
-  for n in seed "${PEERS[@]}"; do impair "$n"; done
+  for n in seed "${PEERS[@]}"; do impair "$n" "$from"; done
   sleep 0.5
   oid=$(make_obj "$SIZE_MIB")
-  fetch_all "$oid" 600 s1 "${PEERS[@]}"
+  tx0=$(origin_tx)
+  fetch_all "$oid" 600 "$tag" "${PEERS[@]}"
+  obytes=$(( $(origin_tx) - tx0 ))
   for n in seed "${PEERS[@]}"; do in_ns "$n" iptables -F INPUT; done
   for d in "${DELAYERS[@]}"; do kill "$d" 2>/dev/null || true; done
-  t=$(max_time s1)
+  t=$(max_time "$tag")
   ratio=$(awk -v a="$t" -v b="$CLEAN" 'BEGIN {printf "%.1f", a / b}')
-  pass=$(bad s1 && echo no || echo yes)
-  row "1. 30 % loss + 200 ms delay on peer links" "$(verdict s1)" "$t" "$ratio" "600 s" "$pass"
+  pass=$(bad "$tag" && echo no || echo yes)
+  row "$label" "$(verdict "$tag"); origin sent $(awk -v b="$obytes" -v s="$((SIZE_MIB << 20))" 'BEGIN {printf "%.2f", b / s}') × the object" \
+    "$t" "$ratio" "600 s" "$pass"
+}
+if want 1; then
+  log "1: 30 % loss + 200 ms delay on every seed/peer ingress from another seed/peer"
+  lossy s1 "$PEERNET" "1. 30 % loss + 200 ms delay on peer links"
+fi
+# 1b: the same impairment on the origin's packets too, so no client can escape to a clean path.
+if want 1b; then
+  log "1b: 30 % loss + 200 ms delay on every packet entering a seed or peer (origin's included)"
+  lossy s1b "$NET.0/24" "1b. 30 % loss + 200 ms delay on every seed/peer link, origin's included"
 fi
 
 # Scenarios 2 and 3 need a download that lasts: seed and peer uplinks at 40 Mbit/s.
@@ -273,6 +289,7 @@ if want 3; then
   all=$!
   sleep 2
   kill -9 "$SCHED_PID"
+  wait "$SCHED_PID" 2>/dev/null || true   # (reaped here: no "Killed" notice from the shell)
   echo "---- scheduler restarted ----" >>"$WORK/sched.log"
   sleep 3
   start_sched
