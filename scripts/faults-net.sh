@@ -14,7 +14,8 @@
 #                peer (so 400 ms RTT between two peers); the swarm completes; ratio = time / clean time;
 #   1b           the same on every packet entering a seed or peer, the origin's included (no clean path
 #                to escape to);
-#   2 partition  seed and peer links limited to 40 Mbit/s so the download lasts; once the child has pieces,
+#   2 partition  seed and peer links limited to 40 Mbit/s so the download lasts; once the child has received
+#                SIZE_MIB/2 MiB,
 #                every packet between it and the other peers and the seed is dropped (100 % loss, both
 #                ways); the child must finish from the origin or other parents within the stall bound;
 #   3 scheduler  the scheduler is killed (SIGKILL) with PEERS peers mid-swarm and restarted 3 s later; the
