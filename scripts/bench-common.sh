@@ -91,3 +91,47 @@ bridge_host() {
   ip -n "$ns" link set eth0 up
   ip -n "$ns" link set lo up
 }
+
+# A swarm on that switch (scripts/bench-swarm.sh, scripts/faults-net.sh): each member runs in its own
+# namespace "$P-NAME". in_ns NAME CMD... runs CMD there; bg_ns NAME CMD... starts it in the background and
+# records its PID ($! is the process itself: ip execs it, so it can be killed by PID).
+in_ns() { local ns="$P-$1"; shift; ip netns exec "$ns" "$@"; }
+bg_ns() { local ns="$P-$1"; shift; ip netns exec "$ns" "$@" & PIDS+=($!); }
+# swarm_host NAME OCTET RATE: bridge_host, with its egress limited to RATE by tc tbf.
+swarm_host() {
+  bridge_host "$1" "$2"
+  tc -n "$P-$1" qdisc add dev eth0 root tbf rate "$3" burst 256kb latency 50ms
+}
+# swarm_daemon NAME OCTET [ARGS...]: a node daemon in "$P-NAME" whose upload server listens on $NET.OCTET,
+# joined to the scheduler at $SCHED (default $NET.3:8002); log in $WORK/NAME.log. BIN, NET and WORK are set
+# by the caller; so is the cluster secret (SHOAL_CLUSTER_SECRET_FILE).
+swarm_daemon() {
+  bg_ns "$1" "$BIN" daemon --data-dir "$WORK/$1" --workers 1 --scheduler "${SCHED:-$NET.3:8002}" \
+    --proxy-addr 127.0.0.1:65001 --upload-addr "$NET.$2:65002" --metrics-addr 127.0.0.1:65003 "${@:3}" \
+    2>"$WORK/$1.log" >/dev/null
+}
+# swarm_wait_started COUNT: up to 10 s for COUNT daemon logs in WORK to say "daemon started".
+swarm_wait_started() {
+  local ready=0
+  for _ in $(seq 1 100); do
+    ready=$({ grep -l "daemon started" "$WORK"/*.log 2>/dev/null || true; } | wc -l)
+    [ "$ready" -ge "$1" ] && return 0
+    sleep 0.1
+  done
+  echo "swarm: $ready of $1 daemons started" >&2
+  return 1
+}
+# Stops every started process, then whatever still runs inside this run's "$P-*" namespaces (children of
+# killed shells included), and deletes those namespaces; keeps the logs as bench_cleanup does, removes WORK.
+swarm_cleanup() {
+  local p ns
+  for p in "${PIDS[@]:-}"; do if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; fi; done
+  sleep 0.5
+  for p in "${PIDS[@]:-}"; do if [ -n "$p" ]; then kill -9 "$p" 2>/dev/null || true; fi; done
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  if [ -n "${SHOAL_BENCH_KEEP_LOGS:-}" ]; then mkdir -p "$SHOAL_BENCH_KEEP_LOGS"; cp "$WORK"/*.log "$SHOAL_BENCH_KEEP_LOGS"/ 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}

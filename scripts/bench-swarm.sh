@@ -44,28 +44,10 @@ source "$ROOT/scripts/bench-common.sh"   # helpers; this script installs its own
 # One cluster secret for this run's scheduler and daemons (they read it from the environment).
 "$BIN" secret generate > "$WORK/cluster.secret"
 export SHOAL_CLUSTER_SECRET_FILE=$WORK/cluster.secret
-cleanup() {
-  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done
-  # Whatever still runs inside our namespaces (children of killed shells included) goes too.
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-    ip netns del "$ns" 2>/dev/null || true
-  done
-  if [ -n "${SHOAL_BENCH_KEEP_LOGS:-}" ]; then mkdir -p "$SHOAL_BENCH_KEEP_LOGS"; cp "$WORK"/*.log "$SHOAL_BENCH_KEEP_LOGS"/ 2>/dev/null || true; fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+trap swarm_cleanup EXIT INT TERM
 
 bridge_switch
-host() { # host NAME OCTET RATE
-  bridge_host "$1" "$2"
-  tc -n "$P-$1" qdisc add dev eth0 root tbf rate "$3" burst 256kb latency 50ms
-}
-in_ns() { local ns="$P-$1"; shift; ip netns exec "$ns" "$@"; }
-# Starts a long-running process in a namespace; $! is the process itself (ip execs it), so it can be killed.
-bg_ns() { local ns="$P-$1"; shift; ip netns exec "$ns" "$@" & PIDS+=($!); }
+host() { swarm_host "$@"; }
 
 host origin 2 "$ORIGIN_RATE"
 host sched 3 "$PEER_RATE"
@@ -81,19 +63,10 @@ URL="http://$NET.2:8080/$OID"
 
 bg_ns origin python3 -m http.server 8080 --bind "$NET.2" -d "$WORK/origin" >/dev/null 2>&1
 bg_ns sched "$BIN" scheduler --listen "$NET.3:8002" 2>"$WORK/sched.log"
-daemon() { # daemon NAME OCTET [--seed]
-  bg_ns "$1" "$BIN" daemon --data-dir "$WORK/$1" --workers 1 --scheduler "$NET.3:8002" \
-    --proxy-addr 127.0.0.1:65001 --upload-addr "$NET.$2:65002" --metrics-addr 127.0.0.1:65003 "${@:3}" \
-    2>"$WORK/$1.log" >/dev/null
-}
+daemon() { swarm_daemon "$@"; }
 daemon seed 4 --seed
 for i in $(seq 1 "$N"); do daemon "peer$i" $((10 + i)); done
-for _ in $(seq 1 100); do  # up to 10 s for every daemon to listen
-  ready=$({ grep -l "daemon started" "$WORK"/*.log 2>/dev/null || true; } | wc -l)
-  [ "$ready" -ge $((N + 1)) ] && break
-  sleep 0.1
-done
-[ "$ready" -ge $((N + 1)) ] || { echo "bench-swarm: daemons did not start" >&2; tail -n 5 "$WORK"/*.log >&2; exit 1; }
+swarm_wait_started $((N + 1)) || { tail -n 5 "$WORK"/*.log >&2; exit 1; }
 for _ in $(seq 1 50); do in_ns peer1 curl -s -o /dev/null "http://$NET.2:8080/" && break; sleep 0.1; done
 
 tx() { in_ns origin cat /sys/class/net/eth0/statistics/tx_bytes; }

@@ -11,6 +11,7 @@
 #     dependencies, so they are listed here; PyJWT 2.10+ answers 401 to every transfer)
 #   - huggingface_hub, the real Hugging Face client, in a venv under /opt/shoal-test-tools (tests/hf_harness.rs
 #     and the mirror tests run its hf_hub_download / snapshot_download against a local HF-like origin)
+#   - libfaketime (Debian package): tests/clock_step.rs steps one daemon's wall clock, never the machine's
 #   - an /etc/hosts name for the test LFS origin: git-lfs never proxies loopback literals or localhost
 set -euo pipefail
 
@@ -29,6 +30,7 @@ command -v gzip >/dev/null || need+=(gzip)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v containerd >/dev/null || need+=(containerd)
+ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(libfaketime)
 
 as_root() {
   if [ "$(id -u)" != 0 ]; then

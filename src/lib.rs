@@ -25,7 +25,8 @@ pub mod transfer;
 pub mod units;
 pub mod upstream;
 
-/// Wall-clock milliseconds since the Unix epoch, the time base of task access times and GC.
+/// Milliseconds since the Unix epoch, the time base of task access times and GC (storage's step-proof
+/// clock: wall time at first use, advanced by the monotonic clock).
 pub fn storage_now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    storage::now_ms()
 }

@@ -10,6 +10,7 @@
 //! (open, GC, clean close).
 
 pub mod buf;
+mod clock;
 mod digest;
 mod dirlock;
 mod error;
@@ -25,6 +26,7 @@ mod upload;
 mod uring;
 mod zerocopy;
 
+pub use clock::now_ms;
 pub use dirlock::{DirLock, DirLockError, Holder};
 pub use error::{FailReason, Result, StorageError};
 pub use gc::GcReport;

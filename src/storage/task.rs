@@ -91,9 +91,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub(super) fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub(super) use super::clock::now_ms;
 
 impl Task {
     pub(super) fn new(meta: Meta, data: File, direct: Option<File>, data_path: PathBuf, io: IoEngine) -> Arc<Task> {
