@@ -573,6 +573,7 @@ async fn metrics_count_hosts_tasks_and_decisions() {
     for line in [
         "shoal_scheduler_hosts 2",
         "shoal_scheduler_tasks 1",
+        "shoal_scheduler_task_peers 2",
         "shoal_scheduler_connections 2",
         "shoal_scheduler_decisions_total{decision=\"back_to_source\"} 1",
         "shoal_scheduler_decisions_total{decision=\"parents\"} 1",

@@ -64,6 +64,7 @@ impl Stats {
         };
         gauge(&mut s, "shoal_scheduler_hosts", "Hosts registered.", g.hosts);
         gauge(&mut s, "shoal_scheduler_tasks", "Tasks known.", g.tasks);
+        gauge(&mut s, "shoal_scheduler_task_peers", "Peers known across all tasks.", g.task_peers);
         gauge(&mut s, "shoal_scheduler_connections", "Peer connections open.", g.connections);
         let _ = writeln!(s, "# HELP shoal_scheduler_decisions_total Task requests answered, by decision.");
         let _ = writeln!(s, "# TYPE shoal_scheduler_decisions_total counter");
@@ -94,6 +95,8 @@ impl Stats {
 pub struct Gauges {
     pub hosts: u64,
     pub tasks: u64,
+    /// (task, peer) pairs: after a restart, equal to the count before once every peer re-announced.
+    pub task_peers: u64,
     pub connections: u64,
 }
 
@@ -149,8 +152,9 @@ mod tests {
         s.decided(Kind::Parents, Duration::from_micros(30));
         s.decided(Kind::Wait, Duration::from_micros(700));
         s.decided(Kind::Parents, Duration::from_millis(20));
-        let text = s.render(&Gauges { hosts: 3, tasks: 2, connections: 3 });
+        let text = s.render(&Gauges { hosts: 3, tasks: 2, task_peers: 4, connections: 3 });
         assert!(text.contains("shoal_scheduler_hosts 3\n"));
+        assert!(text.contains("shoal_scheduler_task_peers 4\n"));
         assert!(text.contains("shoal_scheduler_decisions_total{decision=\"parents\"} 2\n"));
         assert!(text.contains("shoal_scheduler_decisions_total{decision=\"wait\"} 1\n"));
         assert!(text.contains("shoal_scheduler_decision_seconds_bucket{le=\"0.00005\"} 1\n"), "{text}");

@@ -192,11 +192,12 @@ fn start_ops(addr: SocketAddr, shared: &SharedRef) -> std::io::Result<SocketAddr
     let stats = lock(shared).stats.clone();
     let weak = Arc::downgrade(shared);
     let gauges = move || {
-        let Some(s) = weak.upgrade() else { return ops::Gauges { hosts: 0, tasks: 0, connections: 0 } };
+        let Some(s) = weak.upgrade() else { return ops::Gauges { hosts: 0, tasks: 0, task_peers: 0, connections: 0 } };
         let sh = lock(&s);
         ops::Gauges {
             hosts: sh.state.host_count() as u64,
             tasks: sh.state.task_count() as u64,
+            task_peers: sh.state.task_peer_count() as u64,
             connections: sh.outbound.len() as u64,
         }
     };

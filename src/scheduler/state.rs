@@ -397,6 +397,11 @@ impl State {
         self.tasks.len()
     }
 
+    /// Every (task, peer) pair known: what a restarted scheduler must have heard again to be whole.
+    pub fn task_peer_count(&self) -> usize {
+        self.tasks.values().map(|t| t.peers.len()).sum()
+    }
+
     pub fn task_ids(&self) -> Vec<TaskId> {
         self.tasks.keys().copied().collect()
     }
