@@ -96,6 +96,9 @@ t0=$(tx)
 DIRECT=$(all_peers bash -c 'direct_get "$0"')
 direct_bytes=$(( $(tx) - t0 ))
 ideal=$(echo "scale=1; $size * 8 / $(numfmt --from=si "$(echo "${ORIGIN_RATE%bit}" | tr '[:lower:]' '[:upper:]')")" | bc)
+# The seed's own back-to-source time (its "task complete" line): if uploads to the swarm slowed the seed's
+# origin fetch, this exceeds size / origin rate by more than the link's overhead.
+seed_s=$(grep -a "task complete" "$WORK/seed.log" | grep -ao 'ms=[0-9]*' | head -n1 | awk -F= '{printf "%.1f", $2 / 1000}')
 
 {
   echo
@@ -103,6 +106,7 @@ ideal=$(echo "scale=1; $size * 8 / $(numfmt --from=si "$(echo "${ORIGIN_RATE%bit
   echo "|---|---|---|"
   printf "| Shoal P2P (scheduler + seed) | %.3f | %s |\n" "$(echo "scale=3; $p2p_bytes / $size" | bc)" "$(echo "$P2P" | stats)"
   printf "| direct from the origin | %.3f | %s |\n" "$(echo "scale=3; $direct_bytes / $size" | bc)" "$(echo "$DIRECT" | stats)"
+  echo "| the seed's fetch from the origin | | ${seed_s:-?} |"
   echo "| size / origin link rate | | $ideal |"
 } | tee "$OUT/results.md"
 

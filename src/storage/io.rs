@@ -228,11 +228,15 @@ impl IoEngine {
     }
 }
 
-fn start_writeback(f: &File, offset: u64, len: usize) -> io::Result<()> {
+/// Starts writeback of `len` bytes at `offset` without waiting (sync_file_range SYNC_FILE_RANGE_WRITE), so
+/// that a later fdatasync finds little left to flush. Only a hint: errors are logged at debug, never returned
+/// as failures.
+pub fn start_writeback(f: &impl std::os::fd::AsFd, offset: u64, len: usize) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    // SAFETY: sync_file_range takes no pointers; the descriptor is valid for the call.
+    let fd = f.as_fd();
+    // SAFETY: sync_file_range takes no pointers; `fd` is borrowed from an open file for the whole call.
     let r = unsafe {
-        libc::sync_file_range(f.as_raw_fd(), offset as libc::off64_t, len as libc::off64_t, libc::SYNC_FILE_RANGE_WRITE)
+        libc::sync_file_range(fd.as_raw_fd(), offset as libc::off64_t, len as libc::off64_t, libc::SYNC_FILE_RANGE_WRITE)
     };
     // Only a hint: a file system that refuses it loses nothing.
     if r != 0 {

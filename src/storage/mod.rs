@@ -31,7 +31,7 @@ pub use dirlock::{DirLock, DirLockError, Holder};
 pub use error::{FailReason, Result, StorageError};
 pub use gc::GcReport;
 pub use id::{BadTaskId, TaskId};
-pub use io::{Ingest, IoEngine, IoEngineChoice};
+pub use io::{start_writeback, Ingest, IoEngine, IoEngineChoice};
 pub use meta::{HEADER_SIZE as META_HEADER_SIZE, MAGIC as META_MAGIC, VERSION as META_VERSION};
 pub use store::{GcLimits, LoadReport, Store, StoreConfig, TaskSpec};
 pub use task::{Task, TaskInfo, TaskState};
