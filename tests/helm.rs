@@ -64,6 +64,14 @@ fn default_values_render_valid_manifests_with_expected_flags() {
     assert_cli_accepts(&sched_args);
     assert_eq!(sched_args[0], "scheduler");
     assert_eq!(flag(&sched_args, "--listen").as_deref(), Some("0.0.0.0:8002"));
+    // The scheduler's /metrics and /healthz on the pod IP, probed and scraped like the daemons'.
+    assert_eq!(flag(&sched_args, "--metrics-addr").as_deref(), Some("0.0.0.0:65003"));
+    assert_eq!(svc["spec"]["ports"][1]["name"], "metrics");
+    let sc = container(sched, "scheduler");
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(sc[probe]["httpGet"]["path"], "/healthz", "{probe}");
+        assert_eq!(sc[probe]["httpGet"]["port"], "metrics", "{probe}");
+    }
 
     // Seed peers: `daemon --seed`, data on a PVC.
     let seed = find(&docs, "StatefulSet", "shoal-seed-peer");
@@ -167,6 +175,7 @@ fn non_default_values_render_valid_manifests_with_expected_flags() {
     let rule = &np["spec"]["ingress"][0];
     assert_eq!(rule["ports"][0]["port"], "tcp-scheduler");
     assert_eq!(rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"], "shoal");
+    assert_eq!(np["spec"]["ingress"][1]["ports"][0]["port"], "metrics", "scrapers reach the scheduler's metrics");
     let np = find(&docs, "NetworkPolicy", "shoal-daemon");
     let ports: Vec<&str> =
         np["spec"]["ingress"].as_array().unwrap().iter().map(|r| r["ports"][0]["port"].as_str().unwrap()).collect();
@@ -266,7 +275,7 @@ fn non_default_values_render_valid_manifests_with_expected_flags() {
     let sm = find(&docs, "ServiceMonitor", "shoal");
     assert_eq!(sm["metadata"]["labels"]["release"], "prometheus");
     let port = sm["spec"]["endpoints"][0]["port"].as_str().unwrap();
-    for name in ["shoal-daemon", "shoal-seed-peer"] {
+    for name in ["shoal-daemon", "shoal-seed-peer", "shoal-scheduler"] {
         let svc = find(&docs, "Service", name);
         assert!(
             svc["spec"]["ports"].as_array().unwrap().iter().any(|p| p["name"] == port),

@@ -236,7 +236,12 @@ pub fn start_writeback(f: &impl std::os::fd::AsFd, offset: u64, len: usize) -> i
     let fd = f.as_fd();
     // SAFETY: sync_file_range takes no pointers; `fd` is borrowed from an open file for the whole call.
     let r = unsafe {
-        libc::sync_file_range(fd.as_raw_fd(), offset as libc::off64_t, len as libc::off64_t, libc::SYNC_FILE_RANGE_WRITE)
+        libc::sync_file_range(
+            fd.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
     };
     // Only a hint: a file system that refuses it loses nothing.
     if r != 0 {
