@@ -1,8 +1,9 @@
 //! Downloading one task's pieces from several parents at once.
 //!
 //! Each parent gets a subscription (what it has, and each piece as it lands there) and a worker that
-//! repeatedly claims the lowest missing piece that parent has and nobody is fetching, so a client
-//! streaming the task gets pieces in order while every parent stays busy. A piece that fails goes back to
+//! repeatedly claims a missing piece that parent has and nobody is fetching: the lowest one while a client
+//! streaming the task waits (so it gets pieces in order), the rarest among the parents otherwise; every
+//! parent stays busy. A piece that fails goes back to
 //! the pool for another parent; a parent that fails (dead, stalled, wrong crc) is dropped for this task
 //! and reported, and the download fails only when no parent is left with pieces still missing.
 //!
@@ -268,10 +269,59 @@ fn note_new(shared: &Mutex<Shared>, task: &Task, pieces: &[u32]) {
     }
 }
 
-/// The lowest piece this parent has that is free, marked as taken.
+/// The piece to fetch next from this parent ([`pick`]), marked as taken.
 fn claim(shared: &Mutex<Shared>, me: usize, task: &Task) -> Option<u32> {
+    let wanted = task.wanted_piece();
     let mut s = lock(shared);
-    let k = s.free.iter().copied().find(|k| s.have[me].contains(k) && !task.has_piece(*k))?;
+    let k = pick(&s.free, &s.have, me, wanted, |k| task.has_piece(k))?;
     s.free.remove(&k);
     Some(k)
+}
+
+/// Which free piece parent `me` should send. While a client streaming the task waits at piece `wanted`,
+/// the lowest free piece from there on (then any lower one): the stream never starves. Otherwise
+/// rarest-first: the piece the fewest of this round's parents hold, lowest first among equals, so that
+/// pieces only one parent has are copied before that parent leaves or is dropped.
+fn pick(
+    free: &BTreeSet<u32>,
+    have: &[HashSet<u32>],
+    me: usize,
+    wanted: Option<u32>,
+    stored: impl Fn(u32) -> bool,
+) -> Option<u32> {
+    let mine = have.get(me)?;
+    let usable = |k: &&u32| mine.contains(k) && !stored(**k);
+    match wanted {
+        Some(w) => free.range(w..).find(usable).or_else(|| free.range(..w).find(usable)).copied(),
+        None => {
+            free.iter().filter(usable).min_by_key(|&&k| (have.iter().filter(|h| h.contains(&k)).count(), k)).copied()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(v: &[u32]) -> HashSet<u32> {
+        v.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_waiting_reader_gets_pieces_in_order_and_otherwise_the_rarest_goes_first() {
+        let free: BTreeSet<u32> = (0..8).collect();
+        // Parent 0 holds 0..8; parent 1 holds 0..4; parent 2 holds 0..2 and 6.
+        let have = vec![set(&[0, 1, 2, 3, 4, 5, 6, 7]), set(&[0, 1, 2, 3]), set(&[0, 1, 6])];
+        let none = |_| false;
+        assert_eq!(pick(&free, &have, 0, Some(0), none), Some(0), "a reader waits at 0");
+        assert_eq!(pick(&free, &have, 0, Some(5), none), Some(5), "a reader waits at 5");
+        assert_eq!(pick(&free, &have, 1, Some(5), none), Some(0), "parent 1 has nothing from 5 on");
+        // No reader: pieces 4, 5 and 7 are held by parent 0 alone.
+        assert_eq!(pick(&free, &have, 0, None, none), Some(4));
+        assert_eq!(pick(&free, &have, 0, None, |k| k == 4), Some(5), "stored pieces are skipped");
+        // Parent 2's rarest is 6 (two holders) before 0 and 1 (three).
+        assert_eq!(pick(&free, &have, 2, None, none), Some(6));
+        assert_eq!(pick(&free, &have, 3, None, none), None, "no such parent");
+        assert_eq!(pick(&BTreeSet::new(), &have, 0, None, none), None);
+    }
 }

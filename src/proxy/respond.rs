@@ -163,7 +163,7 @@ pub fn parse_range(v: &str, len: u64) -> RangeAsk {
 }
 /// Waits until piece `k` can be sent; `false` past the end of the content (the body is then complete).
 async fn wait_piece(task: &Arc<Task>, k: u32) -> Result<bool, StorageError> {
-    match task.wait_piece(k).await {
+    match task.wait_piece_for_reader(k).await {
         Ok(()) => {}
         // Past the end of a task whose length became known while streaming: the body is complete, and
         // ends cleanly only if the content is proven right.

@@ -24,6 +24,7 @@ mod store;
 mod task;
 mod upload;
 mod uring;
+mod wanted;
 mod zerocopy;
 
 pub use clock::now_ms;

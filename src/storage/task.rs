@@ -84,6 +84,8 @@ pub struct Task {
     pub(super) announced: Mutex<Announced>,
     pub(super) hasher: Mutex<HashState>,
     pub(super) removed: AtomicBool,
+    /// Pieces streaming readers wait for (wanted.rs).
+    pub(super) wanted: super::wanted::Wanted,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -112,6 +114,7 @@ impl Task {
             announced: Mutex::new(Announced::default()),
             hasher: Mutex::new(HashState::default()),
             removed: AtomicBool::new(false),
+            wanted: Default::default(),
         })
     }
 
