@@ -124,7 +124,9 @@ fn scheduler_cmd(a: &shoal::cli::SchedulerArgs) -> anyhow::Result<()> {
     };
     let key = shoal::membership::ClusterKey::load(&path)?;
     let metrics_addr = Some(a.metrics_addr.unwrap_or(c.scheduler.metrics));
-    let cfg = shoal::scheduler::ServerConfig { membership: Some(key), metrics_addr, ..Default::default() };
+    let mut cfg = shoal::scheduler::ServerConfig { membership: Some(key), metrics_addr, ..Default::default() };
+    cfg.state.fan_out = c.scheduler.fan_out;
+    cfg.state.tree_parents = c.scheduler.tree_parents;
     shoal::scheduler::run_standalone(listen, cfg).map_err(Into::into)
 }
 

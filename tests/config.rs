@@ -21,6 +21,8 @@ fn config_default_passes_check_and_bad_files_name_the_key() {
         ("storage:\n  ttl: 5w\n", "storage.ttl", "unknown duration unit"),
         ("upload:\n  adress: 1.2.3.4:5\n", "upload", "unknown field `adress`"),
         ("engine:\n  max_parents: 0\n", "engine.max_parents", "between 1 and 1024"),
+        ("scheduler:\n  fan_out: 0\n", "scheduler.fan_out", "between 1 and 1024"),
+        ("scheduler:\n  tree_parents: 5000\n", "scheduler.tree_parents", "between 1 and 1024"),
         ("proxy:\n  deny_destinations: [10.0.0.0/33]\n", "proxy.deny_destinations[0]", "not a CIDR network"),
         ("proxy:\n  allow_destinations: [nowhere]\n", "proxy.allow_destinations[0]", "not a CIDR network"),
         ("proxy:\n  connect_ports: [443, \"9-1\"]\n", "proxy.connect_ports[1]", "LOW-HIGH"),

@@ -42,9 +42,15 @@ fn start(port: u16) -> Sched {
 
 /// [`start`] with /metrics and /healthz on `metrics`.
 fn start_with_metrics(port: u16, metrics: &str) -> Sched {
+    start_with_args(port, &["--metrics-addr", metrics])
+}
+
+/// [`start`] with more arguments.
+fn start_with_args(port: u16, extra: &[&str]) -> Sched {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["scheduler", "--listen", &addr.to_string(), "--metrics-addr", metrics])
+        .args(["scheduler", "--listen", &addr.to_string()])
+        .args(extra)
         .arg("--cluster-secret-file")
         .arg(secret_file())
         .env("SHOAL_LOG", "info")
@@ -591,4 +597,22 @@ async fn metrics_count_hosts_tasks_and_decisions() {
     assert_eq!(value("shoal_scheduler_decision_seconds_bucket{le=\"+Inf\"}"), 2 + waits);
     assert!(!text.contains("127.0.0.1") && !text.contains(&hid("a")), "no address or host name leaves: {text}");
     assert!(http_get(metrics, "/tasks").0.contains(" 404 "));
+}
+
+/// `scheduler.fan_out` in the config file bounds how many children one parent feeds: with 1, the second
+/// child is not given the parent the first one already takes from.
+#[tokio::test]
+async fn the_configured_fan_out_bounds_a_parents_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("shoal.yaml");
+    std::fs::write(&cfg, "scheduler:\n  fan_out: 1\n").unwrap();
+    let s = start_with_args(free_port(), &["--metrics-addr", "127.0.0.1:0", "--config", cfg.to_str().unwrap()]);
+    let a = client(&[s.addr], "a", 4001);
+    let b = client(&[s.addr], "b", 4002);
+    let c = client(&[s.addr], "c", 4003);
+    assert_eq!(a.request_task(&req(tid(9))).await.unwrap().decision, Decision::BackToSource);
+    a.task_progress(&prog(tid(9), 2)).await.unwrap();
+    assert_eq!(parents(&b, tid(9)).await[0].host_id, hid("a"));
+    let d = c.request_task(&req(tid(9))).await.unwrap().decision;
+    assert!(matches!(d, Decision::Wait { .. }), "a feeds b already; fan_out 1 leaves nothing for c: {d:?}");
 }

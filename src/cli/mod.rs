@@ -280,7 +280,8 @@ pub struct SchedulerArgs {
     /// Where /metrics and /healthz answer [default: 127.0.0.1:8004].
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
-    /// YAML configuration file (its `scheduler.listen` and `cluster.secret_file`).
+    /// YAML configuration file (its `scheduler.listen`, `scheduler.metrics`, `scheduler.fan_out`,
+    /// `scheduler.tree_parents` and `cluster.secret_file`).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// File holding the cluster secret every member must prove (required; `shoal secret generate`).

@@ -151,6 +151,10 @@ pub struct SchedulerConfig {
     pub listen: SocketAddr,
     /// Where `shoal scheduler` serves /metrics and /healthz.
     pub metrics: SocketAddr,
+    /// Most children one parent of a task feeds at once (the distribution tree's width per node).
+    pub fan_out: u32,
+    /// Most parents still downloading that one child is given.
+    pub tree_parents: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -232,7 +236,13 @@ impl Default for MetricsConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { addrs: Vec::new(), listen: addr("0.0.0.0:8002"), metrics: addr("127.0.0.1:8004") }
+        SchedulerConfig {
+            addrs: Vec::new(),
+            listen: addr("0.0.0.0:8002"),
+            metrics: addr("127.0.0.1:8004"),
+            fan_out: 4,
+            tree_parents: 2,
+        }
     }
 }
 
@@ -357,6 +367,13 @@ impl Config {
         }
         if e.parent_stall < Duration::from_millis(100) {
             return Err(bad("engine.parent_stall", "must be at least 100ms"));
+        }
+        let sc = &self.scheduler;
+        if sc.fan_out == 0 || sc.fan_out > 1024 {
+            return Err(bad("scheduler.fan_out", "must be between 1 and 1024"));
+        }
+        if sc.tree_parents == 0 || sc.tree_parents > 1024 {
+            return Err(bad("scheduler.tree_parents", "must be between 1 and 1024"));
         }
         if self.proxy.max_connections == 0 {
             return Err(bad("proxy.max_connections", "must be at least 1"));
