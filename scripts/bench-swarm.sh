@@ -80,17 +80,30 @@ all_peers() {
   for p in "${pids[@]}"; do wait "$p"; done
   for i in $(seq 1 "$N"); do cat "$WORK/t$i"; done
 }
-p2p_get() { timeout 600 "$BIN" get "$URL" --daemon 127.0.0.1:65001 --digest "sha256:$OID" -O "$WORK/out$1" && rm -f "$WORK/out$1"; }
-direct_get() { timeout 600 curl -sf -o /dev/null "$URL"; }
-export -f p2p_get direct_get in_ns; export BIN URL OID WORK P
+# Bounds: every peer at once shares the origin link, so a direct run lasts about N × size / rate.
+BOUND=$(( 600 + N * SIZE_MIB * 8 * 3 / 200 ))   # seconds: 600 plus 1.5 × N × size at 100 Mbit/s
+p2p_get() { timeout "$BOUND" "$BIN" get "$URL" --daemon 127.0.0.1:65001 --digest "sha256:$OID" -O "$WORK/out$1" && rm -f "$WORK/out$1"; }
+direct_get() { timeout "$BOUND" curl -sf -o /dev/null "$URL"; }
+export -f p2p_get direct_get in_ns; export BIN URL OID WORK P BOUND
 
 stats() { sort -n | awk '{a[NR]=$1} END {printf "%.1f / %.1f / %.1f", a[1], a[int((NR+1)/2)], a[NR]}'; }
 size=$((SIZE_MIB << 20))
 # $0 expands in the child bash, on purpose.
-t0=$(tx)
+# CPU seconds (user + system) of this run's daemons (the seed's and the peers'): with every node on one
+# machine's cores, this says whether the swarm waited on the links or on the CPU.
+cpu_s() {
+  local t=0 p
+  for p in $(pgrep -f "$WORK" || true); do
+    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = shoal ] || continue
+    t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) ))
+  done
+  echo "scale=1; $t / $(getconf CLK_TCK)" | bc
+}
+t0=$(tx); c0=$(cpu_s); w0=$(date +%s.%N)
 # shellcheck disable=SC2016
 P2P=$(all_peers bash -c 'p2p_get "$0"')
 p2p_bytes=$(( $(tx) - t0 ))
+p2p_cpu=$(echo "$(cpu_s) - $c0" | bc); p2p_wall=$(echo "$(date +%s.%N) - $w0" | bc)
 t0=$(tx)
 # shellcheck disable=SC2016
 DIRECT=$(all_peers bash -c 'direct_get "$0"')
@@ -107,6 +120,7 @@ seed_s=$(grep -a "task complete" "$WORK/seed.log" | grep -ao 'ms=[0-9]*' | head 
   printf "| Shoal P2P (scheduler + seed) | %.3f | %s |\n" "$(echo "scale=3; $p2p_bytes / $size" | bc)" "$(echo "$P2P" | stats)"
   printf "| direct from the origin | %.3f | %s |\n" "$(echo "scale=3; $direct_bytes / $size" | bc)" "$(echo "$DIRECT" | stats)"
   echo "| the seed's fetch from the origin | | ${seed_s:-?} |"
+  printf "| Shoal daemons' CPU during the P2P run | | %.1f s over %.1f s on %s cores |\n" "$p2p_cpu" "$p2p_wall" "$(nproc)"
   echo "| size / origin link rate | | $ideal |"
 } | tee "$OUT/results.md"
 
