@@ -6,13 +6,16 @@
 //! and `upstream` (outbound HTTP, origins' TLS trust) and `units` (sizes, durations) below every floor
 //! that needs them.
 //! Beside the daemon stand the programs that use one: `lfs` (git-lfs's transfer agent) → `client` (one
-//! download through the local daemon, or an in-process `engine`).
+//! download through the local daemon, or an in-process `engine`). `fuzzing` (hidden) holds the fuzz
+//! targets' bodies, over the parsers of every floor.
 
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lfs;
 pub mod membership;
 pub mod metrics;

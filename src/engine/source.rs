@@ -310,7 +310,7 @@ fn build(
 }
 
 /// `bytes S-E/T` → (S, E, Some(T)); `bytes S-E/*` → (S, E, None).
-fn parse_content_range(v: Option<&HeaderValue>) -> Option<(u64, u64, Option<u64>)> {
+pub(crate) fn parse_content_range(v: Option<&HeaderValue>) -> Option<(u64, u64, Option<u64>)> {
     let v = v?.to_str().ok()?.strip_prefix("bytes ")?;
     let (range, total) = v.split_once('/')?;
     let (s, e) = range.split_once('-')?;

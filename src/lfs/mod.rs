@@ -14,6 +14,9 @@ mod credential;
 mod endpoint;
 mod install;
 mod protocol;
+
+/// One line of git-lfs's custom-transfer protocol, parsed (for the fuzz target `crate::fuzzing`).
+pub(crate) use protocol::parse as parse_protocol_line;
 mod ssh;
 
 pub use agent::{run as run_agent, AgentOptions, Out};

@@ -395,6 +395,41 @@ fn put64(b: &mut [u8], off: usize, v: u64) {
     b[off..off + 8].copy_from_slice(&v.to_le_bytes());
 }
 
+/// A metadata file built from fuzz input (see `crate::fuzzing::task_metadata`), and the ID to open it as.
+/// Input: a mode byte; 128 bytes for the header's fixed fields; 56 for its mutable ones (state, length,
+/// digest, access time); a u16 URL length and the URL; the rest is the piece table. With the mode's low
+/// bit set the header is made self-consistent (magic, version, sizes, crc), so the fuzzer reaches the
+/// checks behind the crc instead of stopping at it.
+pub(crate) fn fuzz_image(data: &[u8]) -> (Vec<u8>, TaskId) {
+    let take = |from: usize, n: usize| data.get(from..data.len().min(from + n)).unwrap_or(&[]);
+    let repair = data.first().is_some_and(|m| m & 1 == 1);
+    let mut h = vec![0u8; HEADER_SIZE];
+    let fixed = take(1, OFF_URL);
+    h[..fixed.len()].copy_from_slice(fixed);
+    let mutable = take(1 + OFF_URL, OFF_LAST_ACCESS + 8 - OFF_STATE);
+    h[OFF_STATE..OFF_STATE + mutable.len()].copy_from_slice(mutable);
+    let mut at = 1 + OFF_URL + (OFF_LAST_ACCESS + 8 - OFF_STATE);
+    let url_len = take(at, 2).iter().fold(0usize, |a, &b| a << 8 | b as usize) % (MAX_URL + 1);
+    at += 2;
+    let url = take(at, url_len);
+    h[OFF_URL..OFF_URL + url.len()].copy_from_slice(url);
+    let table = take(at + url.len(), usize::MAX);
+    let table = &table[..table.len() / 8 * 8];
+    if repair {
+        h[..8].copy_from_slice(&MAGIC);
+        put32(&mut h, OFF_VERSION, VERSION);
+        put32(&mut h, OFF_HEADER_SIZE, HEADER_SIZE as u32);
+        put32(&mut h, OFF_URL_LEN, url.len() as u32);
+        put32(&mut h, OFF_CAPACITY, (table.len() / 8) as u32);
+        let crc = header_crc(&h, url.len());
+        put32(&mut h, OFF_HEADER_CRC, crc);
+    }
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&h[OFF_TASK_ID..OFF_TASK_ID + 32]);
+    h.extend_from_slice(table);
+    (h, TaskId(id))
+}
+
 fn get32(b: &[u8], off: usize) -> u32 {
     let mut w = [0u8; 4];
     w.copy_from_slice(&b[off..off + 4]);

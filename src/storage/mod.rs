@@ -37,3 +37,12 @@ pub use meta::{HEADER_SIZE as META_HEADER_SIZE, MAGIC as META_MAGIC, VERSION as 
 pub use store::{GcLimits, LoadReport, Store, StoreConfig, TaskSpec};
 pub use task::{Task, TaskInfo, TaskState};
 pub use zerocopy::{fallback_count as zero_copy_fallbacks, ZeroCopy};
+
+/// Writes the metadata file that fuzz input `data` describes to `path` and loads it as the store would:
+/// true if it loads. For the fuzz target `crate::fuzzing::task_metadata`; nothing else calls it.
+#[doc(hidden)]
+pub fn fuzz_load_meta(data: &[u8], path: &std::path::Path) -> std::io::Result<bool> {
+    let (image, id) = meta::fuzz_image(data);
+    std::fs::write(path, image)?;
+    Ok(meta::Meta::open(path, id).is_ok())
+}
