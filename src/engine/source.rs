@@ -81,7 +81,13 @@ impl OriginClient {
     }
 
     fn from_connector(https: Https, head_timeout: Duration) -> OriginClient {
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
+        // The timer is what enforces the idle timeout: without one, hyper-util drops an expired idle
+        // connection only when the pool is next asked for that origin, so a burst's connections (and their
+        // descriptors) stayed open for good once the load stopped (scripts/soak.sh showed it).
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(https);
         OriginClient { client, head_timeout }
     }
 

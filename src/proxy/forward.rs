@@ -52,7 +52,13 @@ impl Forwarder {
                 https_connector(connect_timeout, destinations.clone()).map_err(|e| ForwardError::Tls(e.to_string()))?
             }
         };
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
+        // The timer is what enforces the idle timeout: without one, hyper-util drops an expired idle
+        // connection only when the pool is next asked for that origin, so a burst's connections (and their
+        // descriptors) stayed open for good once the load stopped (scripts/soak.sh showed it).
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(https);
         Ok(Forwarder { client, destinations, connect_timeout, head_timeout })
     }
 
