@@ -13,8 +13,11 @@ use crate::proxy::plan::{self, Plan, TaskFacts};
 use crate::proxy::rules::Rules;
 use crate::storage::TaskId;
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its fuzz/ binary and corpus directory.
-pub const TARGETS: [(&str, fn(&[u8])); 7] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("request_plan", request_plan),
     ("ranges", ranges),
     ("transfer_frames", transfer_frames),
