@@ -139,8 +139,9 @@ sample() {
   local now r
   now=$(date +%s.%N); r=$(responses)
   local socks
-  socks=$(find "/proc/$DPID/fd" -lname 'socket:*' 2>/dev/null | wc -l)
-  echo "$(echo "$now - $T0" | bc),$(status_kib "$DPID" VmRSS),$(status_kib "$DPID" RssAnon),$(ls "/proc/$DPID/fd" | wc -l),$socks,$(status_kib "$DPID" Threads),$r,$1" >>"$OUT/samples.csv"
+  # Descriptors open and close while find walks them: a vanished entry is not an error here.
+  socks=$(find "/proc/$DPID/fd" -lname 'socket:*' 2>/dev/null | wc -l || true)
+  echo "$(echo "$now - $T0" | bc),$(status_kib "$DPID" VmRSS),$(status_kib "$DPID" RssAnon),$(ls "/proc/$DPID/fd" 2>/dev/null | wc -l || true),$socks,$(status_kib "$DPID" Threads),$r,$1" >>"$OUT/samples.csv"
 }
 echo "seconds,rss_kib,anon_kib,fds,sockets,threads,responses,phase" >"$OUT/samples.csv"
 T0=$(date +%s.%N)
