@@ -3,7 +3,7 @@
 //! Owns: the counters every subsystem bumps (bytes by source, task outcomes, piece latency, proxy
 //! statuses) and their rendering. Never: blocks a data path (counters are atomics; the histogram and the
 //! status map take a short uncontended lock). Called by: engine, proxy and daemon (bumps), and the metrics
-//! HTTP endpoint (server.rs).
+//! HTTP endpoint (server.rs), whose serving loop the scheduler's /metrics uses too.
 
 pub mod server;
 pub mod tasks;

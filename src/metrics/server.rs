@@ -87,6 +87,17 @@ async fn handle(
 
 /// Binds `addr` and serves on the current runtime (call it inside one); returns the bound address.
 pub fn start(addr: SocketAddr, probe: Arc<dyn Probe>) -> std::io::Result<SocketAddr> {
+    serve(addr, move |req, client| handle(probe.clone(), client, req))
+}
+
+/// Binds `addr` and serves HTTP/1 on the current runtime until it stops: every request goes to `answer`
+/// with the client's address, and a request head must arrive within 10 s. Returns the bound address.
+/// The daemon's endpoint ([`start`]) and the scheduler's (scheduler/ops.rs) both run on it.
+pub fn serve<F, Fut>(addr: SocketAddr, answer: F) -> std::io::Result<SocketAddr>
+where
+    F: Fn(Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
     let std_l = std::net::TcpListener::bind(addr)?;
     std_l.set_nonblocking(true)?;
     let l = tokio::net::TcpListener::from_std(std_l)?;
@@ -98,9 +109,9 @@ pub fn start(addr: SocketAddr, probe: Arc<dyn Probe>) -> std::io::Result<SocketA
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
-            let probe = probe.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| handle(probe.clone(), client, req));
+                let svc = service_fn(move |req| answer(req, client));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))

@@ -13,8 +13,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 
 /// Upper bounds of the decision-latency buckets, in microseconds.
 const BUCKETS_US: [u64; 9] = [10, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
@@ -100,46 +98,24 @@ pub struct Gauges {
     pub connections: u64,
 }
 
-/// Binds `addr` and serves `/metrics` and `/healthz` on the current runtime; `gauges` is called per
-/// scrape. Returns the bound address.
+/// Binds `addr` and serves `/metrics` and `/healthz` on the current runtime (on the daemon endpoint's
+/// HTTP loop, metrics/server.rs); `gauges` is called per scrape. Returns the bound address.
 pub fn start(
     addr: SocketAddr,
     stats: Arc<Stats>,
     gauges: Arc<dyn Fn() -> Gauges + Send + Sync>,
 ) -> std::io::Result<SocketAddr> {
-    let std_l = std::net::TcpListener::bind(addr)?;
-    std_l.set_nonblocking(true)?;
-    let l = tokio::net::TcpListener::from_std(std_l)?;
-    let bound = l.local_addr()?;
-    tokio::spawn(async move {
-        // Runs until the runtime stops.
-        loop {
-            let Ok((sock, _)) = l.accept().await else {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            };
-            let (stats, gauges) = (stats.clone(), gauges.clone());
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let body = match req.uri().path() {
-                        "/metrics" => Some(stats.render(&gauges())),
-                        "/healthz" => Some("ok\n".to_owned()),
-                        _ => None,
-                    };
-                    let (status, body) = body.map_or((StatusCode::NOT_FOUND, String::new()), |b| (StatusCode::OK, b));
-                    let mut r = Response::new(Full::new(Bytes::from(body)));
-                    *r.status_mut() = status;
-                    async move { Ok::<_, Infallible>(r) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(sock), svc)
-                    .await;
-            });
-        }
-    });
-    Ok(bound)
+    crate::metrics::server::serve(addr, move |req: Request<hyper::body::Incoming>, _client| {
+        let body = match req.uri().path() {
+            "/metrics" => Some(stats.render(&gauges())),
+            "/healthz" => Some("ok\n".to_owned()),
+            _ => None,
+        };
+        let (status, body) = body.map_or((StatusCode::NOT_FOUND, String::new()), |b| (StatusCode::OK, b));
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        async move { Ok::<_, Infallible>(r) }
+    })
 }
 
 #[cfg(test)]
