@@ -133,17 +133,25 @@ request = function()
 end
 EOF
 
-responses() { curl -s --noproxy '' "http://$METRICS/metrics" | awk '/^shoal_proxy_responses_total/ {s += $NF} END {print s + 0}'; }
+# Responses so far, then the allocator's live and free-but-kept bytes and the piece buffers (KiB), comma-separated.
+scrape() {
+  curl -s --noproxy '' "http://$METRICS/metrics" | awk '
+    /^shoal_proxy_responses_total/ {r += $NF}
+    /^shoal_heap_bytes\{state="in_use"\}/ {u = $NF}
+    /^shoal_heap_bytes\{state="free"\}/ {f = $NF}
+    /^shoal_piece_buffer_bytes/ {b = $NF}
+    END {printf "%d,%d,%d,%d\n", r, u / 1024, f / 1024, b / 1024}'
+}
 status_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 sample() {
   local now r
-  now=$(date +%s.%N); r=$(responses)
+  now=$(date +%s.%N); r=$(scrape)
   local socks
   # Descriptors open and close while find walks them: a vanished entry is not an error here.
   socks=$(find "/proc/$DPID/fd" -lname 'socket:*' 2>/dev/null | wc -l || true)
   echo "$(echo "$now - $T0" | bc),$(status_kib "$DPID" VmRSS),$(status_kib "$DPID" RssAnon),$(ls "/proc/$DPID/fd" 2>/dev/null | wc -l || true),$socks,$(status_kib "$DPID" Threads),$r,$1" >>"$OUT/samples.csv"
 }
-echo "seconds,rss_kib,anon_kib,fds,sockets,threads,responses,phase" >"$OUT/samples.csv"
+echo "seconds,rss_kib,anon_kib,fds,sockets,threads,responses,heap_in_use_kib,heap_free_kib,piece_buffer_kib,phase" >"$OUT/samples.csv"
 T0=$(date +%s.%N)
 sample idle
 SECS=$((MINUTES * 60))
@@ -160,6 +168,9 @@ for i in $(seq $(((SECS + 60) / 5))); do
 done
 wait "$WPID" || true
 for _ in $(seq 12); do sleep 5; sample after; done
+# Where the idle daemon's anonymous memory is: its 20 largest mappings by Anonymous KiB.
+awk '/^[0-9a-f]+-[0-9a-f]+ / {m = $1 " " $6} /^Anonymous:/ && $2 > 0 {print $2, m}' "/proc/$DPID/smaps" |
+  sort -rn | head -20 >"$OUT/smaps-after.txt" || true
 
 # Every complete task read back through the proxy, against the origin's bytes.
 curl -s --noproxy '' "http://$METRICS/tasks" >"$WORK/tasks.json"
@@ -203,7 +214,8 @@ m = re.search(r"Socket errors: (.*)", wrk)
 sockerr = m.group(1) if m else "none"
 print(f"| {conns} connections, {minutes} min | start | middle of the load | end of the load | peak | 60 s after |")
 print("|---|---|---|---|---|---|")
-for key, name in (("rss_kib", "RSS MiB"), ("anon_kib", "RssAnon MiB")):
+for key, name in (("rss_kib", "RSS MiB"), ("anon_kib", "RssAnon MiB"), ("heap_in_use_kib", "heap in use MiB"),
+                  ("heap_free_kib", "heap freed, kept MiB"), ("piece_buffer_kib", "piece buffers MiB")):
     peak = max(int(r[key]) for r in rows)
     print(f"| {name} | {mib(first[key])} | {mib(mid[key])} | {mib(end_load[key])} | {mib(peak)} | {mib(last[key])} |")
 for key in ("fds", "sockets", "threads"):
