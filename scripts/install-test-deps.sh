@@ -17,6 +17,8 @@ set -euo pipefail
 
 TOOLS=/opt/shoal-test-tools
 need=()
+# jemalloc (the binary's allocator, built from source by tikv-jemalloc-sys) needs make beside the C compiler.
+command -v make >/dev/null || need+=(make)
 command -v mount >/dev/null || need+=(mount)
 command -v losetup >/dev/null || need+=(mount)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)

@@ -304,21 +304,27 @@ async fn collect_garbage(store: Arc<Store>, sched: SchedulerClient, interval: Du
 }
 
 /// Once the proxy has gone idle after serving connections, returns the allocator's free memory to the
-/// kernel (once per idle spell: never while busy, where it would only be faulted in again).
+/// kernel: never while busy, where it would only be faulted in again, and again while idle whenever the
+/// allocator's live memory fell by a piece since the last trim (idle upstream connections and finished
+/// downloads release theirs after the clients have gone: the soak's first trim came before 21 MiB of it).
 async fn give_back_memory(connections: impl Fn() -> usize) {
+    const FREED: u64 = 4 << 20;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut busy_since_trim = false;
+    let live = || crate::runtime::heap_stats().map_or(0, |h| h.in_use);
+    let mut live_at_trim = live();
     // Runs until the core stops at shutdown.
     loop {
         tick.tick().await;
-        match connections() {
-            0 if busy_since_trim => {
-                busy_since_trim = false;
-                let _ = tokio::task::spawn_blocking(crate::runtime::trim_heap).await;
-            }
-            0 => {}
-            _ => busy_since_trim = true,
+        if connections() > 0 {
+            busy_since_trim = true;
+            continue;
+        }
+        if busy_since_trim || live().saturating_add(FREED) < live_at_trim {
+            busy_since_trim = false;
+            let _ = tokio::task::spawn_blocking(crate::runtime::trim_heap).await;
+            live_at_trim = live();
         }
     }
 }
@@ -375,6 +381,8 @@ impl Probe for DaemonProbe {
             uploaded_bytes: self.upload.stats().bytes_served,
             upload_connections: self.upload.load().connections as u64,
             tasks_cached: self.store.list().len() as u64,
+            piece_buffer_bytes: crate::storage::buf::live_bytes() as u64,
+            heap: crate::runtime::heap_stats(),
         }
     }
 

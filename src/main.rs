@@ -279,6 +279,7 @@ fn ca_cmd(c: shoal::cli::CaCommand) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
+    shoal::runtime::start_allocator();
     let r: anyhow::Result<()> = match cli.command {
         Command::Daemon(a) => daemon_cmd(&a),
         Command::Scheduler(a) => scheduler_cmd(&a),

@@ -46,6 +46,10 @@ pub struct Gauges {
     pub uploaded_bytes: u64,
     pub upload_connections: u64,
     pub tasks_cached: u64,
+    /// Piece-buffer memory that exists (in use or pooled for reuse).
+    pub piece_buffer_bytes: u64,
+    /// The allocator's live bytes and what it holds beyond them, where it can tell.
+    pub heap: Option<crate::runtime::HeapStats>,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -127,6 +131,20 @@ impl Metrics {
             g.storage_limit_bytes,
         );
         counter(&mut o, "shoal_storage_evictions_total", "Tasks removed by GC.", g.evictions);
+        gauge(
+            &mut o,
+            "shoal_piece_buffer_bytes",
+            "Piece-buffer memory that exists, in use or pooled for reuse.",
+            g.piece_buffer_bytes,
+        );
+        if let Some(h) = g.heap {
+            let name = "shoal_heap_bytes";
+            let _ = write!(
+                o,
+                "# HELP {name} The allocator's memory: in live allocations, and held beyond them.\n# TYPE {name} gauge\n{name}{{state=\"in_use\"}} {}\n{name}{{state=\"free\"}} {}\n",
+                h.in_use, h.free
+            );
+        }
         gauge(&mut o, "shoal_upload_connections", "Child peers connected to the upload server.", g.upload_connections);
         let _ = write!(
             o,
