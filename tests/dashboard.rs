@@ -20,7 +20,7 @@ const MIB: usize = 1 << 20;
 
 /// Labels a query may group or filter by: the ones Prometheus adds on scrape (the chart's ServiceMonitor) and
 /// the ones the daemon exports.
-const LABELS: &[&str] = &["namespace", "pod", "instance", "engine", "status", "listener", "result", "le"];
+const LABELS: &[&str] = &["namespace", "pod", "instance", "engine", "status", "listener", "result", "le", "state"];
 
 fn dashboard() -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/shoal/dashboards/shoal.json");
