@@ -98,10 +98,12 @@ pub fn task_metadata(data: &[u8]) {
     let _ = std::fs::remove_file(&path);
 }
 
-/// The config file (YAML, then every validation `shoal config check` runs).
+/// The config file (YAML, then every validation `shoal config check` runs), the rules' regexes parsed
+/// but not compiled (see [`crate::config::Config::parse_checking`]).
 pub fn config_file(data: &[u8]) {
+    use crate::config::{Config, RuleCheck};
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = crate::config::Config::parse(text, "fuzz.yaml");
+        let _ = Config::parse_checking(text, "fuzz.yaml", RuleCheck::Syntax);
     }
 }
 
