@@ -131,9 +131,9 @@ pub fn tune_long_lived(sock: &tokio::net::TcpStream) {
 
 /// jemalloc, not glibc's malloc, for the whole process (feature `jemalloc`, on by default). Measured with
 /// scripts/soak.sh, 1,000 connections of mixed hits, Range, cold misses and pass-through for 3 minutes:
-/// RssAnon under load 0.57× glibc's at the same request rate, and after the load glibc kept ~180 MiB of
-/// freed memory resident across its per-thread arenas until a second malloc_trim (small live allocations
-/// pinned the pages around them). jemalloc keeps small objects apart from large buffers and its background
+/// RssAnon under load 0.66× glibc's at 1.16× its request rate. After the load glibc kept ~180 MiB of freed
+/// memory resident across its per-thread arenas until a second malloc_trim (small live allocations pinned
+/// the pages around them). jemalloc keeps small objects apart from large buffers and its background
 /// threads purge freed pages on a timer, also while the process is idle (docs/reliability.md §3).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
