@@ -512,11 +512,8 @@ impl Config {
     /// `proxy.rules`' regexes parsed (not compiled), and the mirrors. An error names the key and the reason.
     fn rules_syntax(&self) -> Result<(), (String, String)> {
         for (i, rc) in self.proxy.rules.iter().enumerate() {
-            regex_syntax::Parser::new().parse(&rc.regex).map_err(|e| {
-                let last =
-                    e.to_string().lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("invalid").to_owned();
-                (format!("proxy.rules[{i}].regex"), last)
-            })?;
+            crate::proxy::rules::Rule::check_syntax(&rc.regex)
+                .map_err(|e| (format!("proxy.rules[{i}].regex"), e.to_string()))?;
         }
         self.mirrors().map(drop)
     }

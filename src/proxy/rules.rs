@@ -32,31 +32,6 @@ pub enum ContentDigest {
 /// Largest compiled size of a rule's regex, in bytes.
 const RULE_REGEX_LIMIT: usize = 1 << 20;
 
-/// Rule regexes compiled so far, by pattern (at most this many; the set starts over when full).
-const COMPILED_CAP: usize = 256;
-
-/// `pattern` compiled (within [`RULE_REGEX_LIMIT`]), from the process's cache when it was compiled before. A
-/// config is validated and then built (twice per load), and every SIGHUP rebuilds every rule; compiling
-/// is most of that work (88 % of a config parse, measured by the config fuzz target's profile), and only
-/// new patterns need it.
-fn compile(pattern: &str) -> Result<Regex, regex::Error> {
-    static COMPILED: std::sync::Mutex<Option<std::collections::HashMap<String, Regex>>> = std::sync::Mutex::new(None);
-    let cached =
-        |m: &mut Option<std::collections::HashMap<String, Regex>>| m.get_or_insert_default().get(pattern).cloned();
-    if let Some(r) = cached(&mut COMPILED.lock().unwrap_or_else(|p| p.into_inner())) {
-        return Ok(r);
-    }
-    // Compiled outside the lock: a large pattern takes milliseconds.
-    let r = regex::RegexBuilder::new(pattern).size_limit(RULE_REGEX_LIMIT).build()?;
-    let mut guard = COMPILED.lock().unwrap_or_else(|p| p.into_inner());
-    let map = guard.get_or_insert_default();
-    if map.len() >= COMPILED_CAP {
-        map.clear();
-    }
-    map.insert(pattern.to_owned(), r.clone());
-    Ok(r)
-}
-
 /// One proxy rule: requests whose URL (without query) matches `regex` go P2P.
 #[derive(Clone, Debug)]
 pub struct Rule {
@@ -76,18 +51,26 @@ pub enum RuleError {
     Regex { pattern: String, reason: String },
 }
 
+impl RuleError {
+    /// `pattern` refused for `e`, a regex parse or compile error.
+    fn regex(pattern: &str, e: &dyn std::fmt::Display) -> RuleError {
+        // The syntax error's text draws the pattern with a caret over several lines; its last line says
+        // what is wrong, which is what a one-line log or CLI message needs.
+        let text = e.to_string();
+        let last = text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("invalid");
+        RuleError::Regex { pattern: pattern.to_owned(), reason: last.trim_start_matches("error: ").to_owned() }
+    }
+}
+
 impl Rule {
     /// A rule with the default filtered parameters, no TLS upgrade and `content_digest: Auto`.
     pub fn new(pattern: &str) -> Result<Rule, RuleError> {
         // A rule's regex runs against every request's URL: a pattern that compiles to more than 1 MiB (the
         // regex crate allows 10) is refused rather than slowing every request and every config load.
-        let regex = compile(pattern).map_err(|e| {
-            // The syntax error's text draws the pattern with a caret over several lines; its last line says
-            // what is wrong, which is what a one-line log or CLI message needs.
-            let text = e.to_string();
-            let last = text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("invalid");
-            RuleError::Regex { pattern: pattern.to_owned(), reason: last.trim_start_matches("error: ").to_owned() }
-        })?;
+        let regex = regex::RegexBuilder::new(pattern)
+            .size_limit(RULE_REGEX_LIMIT)
+            .build()
+            .map_err(|e| RuleError::regex(pattern, &e))?;
         Ok(Rule {
             regex,
             filtered_query_params: DEFAULT_FILTERED_PARAMS.iter().map(|s| (*s).to_owned()).collect(),
@@ -95,6 +78,12 @@ impl Rule {
             content_digest: ContentDigest::Auto,
             authorize: Authorize::Auto,
         })
+    }
+
+    /// Checks `pattern` as regex syntax without compiling it, with [`Rule::new`]'s error (what the config
+    /// fuzz target validates; see `Config::parse_checking`).
+    pub fn check_syntax(pattern: &str) -> Result<(), RuleError> {
+        regex_syntax::Parser::new().parse(pattern).map(drop).map_err(|e| RuleError::regex(pattern, &e))
     }
 
     pub fn pattern(&self) -> &str {
@@ -121,7 +110,7 @@ const DEFAULT_PATTERNS: &[&str] =
 impl Default for Rules {
     fn default() -> Rules {
         // The default patterns are constants checked by a unit test; a failure here would be a build bug,
-        // so it degrades to "no rule" rather than a panic. Compiled once per process ([`compile`]'s cache).
+        // so it degrades to "no rule" rather than a panic.
         Rules {
             rules: DEFAULT_PATTERNS.iter().filter_map(|p| Rule::new(p).ok()).collect(),
             mirrors: Default::default(),
