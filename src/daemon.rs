@@ -170,7 +170,9 @@ impl Node {
         cores.spawn_on(0, report_load(upload.clone(), sched.clone()));
         cores.spawn_on(0, collect_garbage(store.clone(), sched.clone(), cfg.gc_interval));
         cores.spawn_on(0, announce_stored(store.clone(), sched.clone()));
-        cores.spawn_on(0, give_back_memory(proxy.connection_count()));
+        if crate::runtime::TRIMS_HEAP {
+            cores.spawn_on(0, give_back_memory(proxy.connection_count()));
+        }
         tracing::info!(
             data_dir = %store.data_dir().display(),
             io_engine = store.engine().name(),
