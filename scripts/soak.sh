@@ -139,7 +139,7 @@ scrape() {
     /^shoal_proxy_responses_total/ {r += $NF}
     /^shoal_heap_bytes\{state="in_use"\}/ {u = $NF}
     /^shoal_heap_bytes\{state="free"\}/ {f = $NF}
-    /^shoal_piece_buffer_bytes/ {b = $NF}
+    /^shoal_piece_buffer_bytes/ {b += $NF}
     END {printf "%d,%d,%d,%d\n", r, u / 1024, f / 1024, b / 1024}'
 }
 status_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }

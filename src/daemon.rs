@@ -373,6 +373,13 @@ struct DaemonProbe {
     embedded: bool,
 }
 
+/// The piece-buffer gauges, from storage's counters (read one after another, so a sum may be a buffer off).
+fn piece_buffers() -> crate::metrics::PieceBuffers {
+    use crate::storage::buf;
+    let (held, idle, in_use) = (buf::held_bytes() as u64, buf::idle_bytes() as u64, buf::in_use_bytes() as u64);
+    crate::metrics::PieceBuffers { held, busy: in_use.saturating_sub(held), idle }
+}
+
 impl Probe for DaemonProbe {
     fn gauges(&self) -> Gauges {
         Gauges {
@@ -383,7 +390,7 @@ impl Probe for DaemonProbe {
             uploaded_bytes: self.upload.stats().bytes_served,
             upload_connections: self.upload.load().connections as u64,
             tasks_cached: self.store.list().len() as u64,
-            piece_buffer_bytes: crate::storage::buf::live_bytes() as u64,
+            piece_buffers: piece_buffers(),
             heap: crate::runtime::heap_stats(),
         }
     }

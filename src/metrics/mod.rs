@@ -46,10 +46,19 @@ pub struct Gauges {
     pub uploaded_bytes: u64,
     pub upload_connections: u64,
     pub tasks_cached: u64,
-    /// Piece-buffer memory that exists (in use or pooled for reuse).
-    pub piece_buffer_bytes: u64,
+    /// Piece-buffer memory that exists, by what it is doing.
+    pub piece_buffers: PieceBuffers,
     /// The allocator's live bytes and what it holds beyond them, where it can tell.
     pub heap: Option<crate::runtime::HeapStats>,
+}
+
+/// Piece-buffer bytes: stored pieces kept in memory, buffers being filled, written or sent, and idle ones
+/// pooled for reuse.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PieceBuffers {
+    pub held: u64,
+    pub busy: u64,
+    pub idle: u64,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -131,11 +140,11 @@ impl Metrics {
             g.storage_limit_bytes,
         );
         counter(&mut o, "shoal_storage_evictions_total", "Tasks removed by GC.", g.evictions);
-        gauge(
-            &mut o,
-            "shoal_piece_buffer_bytes",
-            "Piece-buffer memory that exists, in use or pooled for reuse.",
-            g.piece_buffer_bytes,
+        let (name, b) = ("shoal_piece_buffer_bytes", g.piece_buffers);
+        let _ = write!(
+            o,
+            "# HELP {name} Piece-buffer memory: stored pieces kept in memory, buffers being filled, written or sent, and idle ones pooled for reuse.\n# TYPE {name} gauge\n{name}{{state=\"held\"}} {}\n{name}{{state=\"busy\"}} {}\n{name}{{state=\"idle\"}} {}\n",
+            b.held, b.busy, b.idle
         );
         if let Some(h) = g.heap {
             let name = "shoal_heap_bytes";
@@ -210,7 +219,8 @@ mod tests {
         m.piece_downloaded(Duration::from_millis(300));
         m.proxy_response(200);
         m.proxy_response(404);
-        let g = Gauges { io_engine: "uring", storage_bytes: 7, ..Gauges::default() };
+        let piece_buffers = PieceBuffers { held: 1, busy: 2, idle: 3 };
+        let g = Gauges { io_engine: "uring", storage_bytes: 7, piece_buffers, ..Gauges::default() };
         let t = m.render(&g);
         assert!(t.contains("shoal_bytes_from_origin_total 42\n"), "{t}");
         assert!(t.contains("shoal_piece_download_seconds_bucket{le=\"0.005\"} 1\n"), "{t}");
@@ -219,6 +229,9 @@ mod tests {
         assert!(t.contains("shoal_proxy_responses_total{status=\"404\"} 1\n"), "{t}");
         assert!(t.contains("shoal_io_engine{engine=\"uring\"} 1\n"), "{t}");
         assert!(t.contains("shoal_storage_bytes 7\n"), "{t}");
+        for (state, v) in [("held", 1), ("busy", 2), ("idle", 3)] {
+            assert!(t.contains(&format!("shoal_piece_buffer_bytes{{state=\"{state}\"}} {v}\n")), "{t}");
+        }
         assert!(t.contains("shoal_membership_refused_total{listener=\"upload\"} "), "{t}");
         assert!(t.contains("shoal_authorization_probes_total{result=\"denied\"} 0\n"), "{t}");
     }

@@ -23,6 +23,8 @@ pub const IDLE_CAP: usize = 32 << 20;
 
 /// Piece-buffer memory that exists right now, idle or in use (see [`live_bytes`]).
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// The part of it idle in the pool (kept equal to the pool's own total, under its lock).
+static IDLE: AtomicUsize = AtomicUsize::new(0);
 
 /// A buffer's memory: its own anonymous mapping (page-aligned, and given back to the kernel when dropped,
 /// so the daemon's RSS falls when downloads end; glibc kept heap buffers of this size in its arenas), or,
@@ -207,6 +209,7 @@ impl Pool {
         if size > 0 && g.total + size <= IDLE_CAP {
             g.by_size.entry(size).or_default().push(b.mem);
             g.total += size;
+            IDLE.fetch_add(size, Ordering::AcqRel);
         }
     }
 
@@ -214,6 +217,7 @@ impl Pool {
         let mut g = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let mem = g.by_size.get_mut(&class(cap))?.pop()?;
         g.total -= mem.window().len();
+        IDLE.fetch_sub(mem.window().len(), Ordering::AcqRel);
         Some(mem)
     }
 }
@@ -327,7 +331,12 @@ pub fn live_bytes() -> usize {
 
 /// Idle bytes held by the pool (for tests and metrics).
 pub fn idle_bytes() -> usize {
-    pool().idle.lock().unwrap_or_else(|p| p.into_inner()).total
+    IDLE.load(Ordering::Acquire)
+}
+
+/// Piece-buffer memory in use: filled, being filled, on its way to the disk, held, or being sent.
+pub fn in_use_bytes() -> usize {
+    live_bytes().saturating_sub(idle_bytes())
 }
 
 #[cfg(test)]
