@@ -6,6 +6,7 @@
 //! (origins that ignore Range corrupted Dragonfly's multi-piece files).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -368,6 +369,7 @@ pub(super) async fn stream_pieces(
         return Err(EngineError::BadRange);
     }
     let mut body = resp.body;
+    let _stream = s.budget.count_stream();
     let mut w = PieceWriter::new(task, s.in_flight, s.budget, resp.start).await?;
     // Bounded by the body: every round consumes a frame or ends (or the segment is whole).
     while end.is_none_or(|e| w.k < e) {
@@ -485,6 +487,17 @@ impl<'a> PieceWriter<'a> {
 pub struct IngestBudget {
     mib: Arc<tokio::sync::Semaphore>,
     total: u32,
+    /// Origin bodies being streamed into pieces right now (see [`IngestBudget::may_widen`]).
+    streams: Arc<AtomicUsize>,
+}
+
+/// One origin body counted in [`IngestBudget`]'s streams while it lives.
+pub(super) struct Stream(Arc<AtomicUsize>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A piece buffer's share of the budget, returned when dropped.
@@ -496,7 +509,24 @@ impl IngestBudget {
     /// `bytes` of buffers at once (at least one 4 MiB piece).
     pub fn new(bytes: u64) -> IngestBudget {
         let total = u32::try_from(bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX).max(4);
-        IngestBudget { mib: Arc::new(tokio::sync::Semaphore::new(total as usize)), total }
+        let streams = Arc::new(AtomicUsize::new(0));
+        IngestBudget { mib: Arc::new(tokio::sync::Semaphore::new(total as usize)), total, streams }
+    }
+
+    /// Counts an origin body as streaming until the guard is dropped.
+    pub(super) fn count_stream(&self) -> Stream {
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        Stream(self.streams.clone())
+    }
+
+    /// Whether another connection may join a download of `len`-byte pieces: only while every origin
+    /// stream of the daemon could have two pieces of the budget (one being filled, one on its way to the
+    /// disk) with it counted. When many downloads run at once the budget, not one connection's rate, is
+    /// what limits them, and each then reads in order on one connection (see `segments::next_chunk`).
+    pub(super) fn may_widen(&self, len: usize) -> bool {
+        let per_stream = len.div_ceil(1 << 20).max(1).saturating_mul(2);
+        let streams = self.streams.load(Ordering::Acquire);
+        streams.saturating_add(1).saturating_mul(per_stream) <= self.total as usize
     }
 
     /// Waits for room for one buffer of `len` bytes; a piece larger than the whole budget takes all of it.
