@@ -118,8 +118,9 @@ start_daemon() { # name ip [extra args] -> sets <name>_PID, <name>_PROXY
     sleep 0.1
   done
   printf -v "${name}_PROXY" '%s' "$ip:$pp"
+  printf -v "${name}_METRICS" '%s' "$ip:$mp"
 }
-a_PID=""; b_PID=""; c_PID=""; a_PROXY=""; b_PROXY=""; c_PROXY=""
+a_PID=""; b_PID=""; c_PID=""; a_PROXY=""; b_PROXY=""; c_PROXY=""; c_METRICS=""
 start_daemon a 127.0.0.61 --scheduler "$SCHED"
 start_daemon b 127.0.0.62 --scheduler "$SCHED"
 
@@ -197,29 +198,43 @@ done
 echo "== memory: daemon C serving $CONC concurrent downloads of $RSS_MIB MiB, cold then local hits"
 start_daemon c 127.0.0.64
 rss_kib() { awk '/^RssAnon:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-# concurrent LABEL: CONC GETs at once through C while sampling its RssAnon; appends "label peak_kib"
+# What C's memory is, from its /metrics (MiB): allocator in use / kept free; piece buffers held / busy / idle.
+mem_parts() {
+  curl -s --noproxy '*' "http://$c_METRICS/metrics" | awk '
+    /^shoal_heap_bytes\{state="in_use"\}/ {u = $NF} /^shoal_heap_bytes\{state="free"\}/ {f = $NF}
+    /^shoal_piece_buffer_bytes\{state="held"\}/ {h = $NF} /^shoal_piece_buffer_bytes\{state="busy"\}/ {b = $NF}
+    /^shoal_piece_buffer_bytes\{state="idle"\}/ {i = $NF}
+    END {m = 1048576; printf "heap=%.0f+%.0f,pieces=%.0f/%.0f/%.0f", u / m, f / m, h / m, b / m, i / m}'
+}
+# concurrent LABEL: CONC GETs at once through C while sampling its RssAnon; appends "label peak_kib
+# samples wall_s cpu_s_per_gib" (C's utime+stime over the bytes served)
 concurrent() {
-  local pids=() i oid peak=0 v n=0
+  local pids=() i oid peak=0 v n=0 c0 t0 parts="-"
+  c0=$(cpu_ticks "$c_PID"); t0=$(date +%s.%N)
   for oid in "${RSS_OIDS[@]}"; do
     timeout 900 curl -sS -f --noproxy '' -x "http://$c_PROXY" -o /dev/null "$ORIGIN/$oid" 2>>"$WORK/conc.err" &
     pids+=($!); PIDS+=($!)
   done
   # 20 samples/s while any download runs, bounded by the curls' own 900 s timeout.
   for i in $(seq 18000); do
-    v=$(rss_kib "$c_PID"); [ "$v" -gt "$peak" ] && peak=$v
+    v=$(rss_kib "$c_PID"); if [ "$v" -gt "$peak" ]; then peak=$v; parts=$(mem_parts); fi
     n=0; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && n=$((n + 1)); done
     [ "$n" = 0 ] && break
     sleep 0.05
   done
   for p in "${pids[@]}"; do wait "$p" || { echo "bench-local: a concurrent download failed: $(tail -n1 "$WORK/conc.err")" >&2; exit 1; }; done
-  echo "$1 $peak $i" >>"$WORK/rss"
+  local c1 t1
+  c1=$(cpu_ticks "$c_PID"); t1=$(date +%s.%N)
+  echo "$1 $peak $i $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')" \
+    "$(awk -v c=$((c1 - c0)) -v t="$TCK" -v g="$(awk -v n="$CONC" -v m="$RSS_MIB" 'BEGIN { print n * m / 1024 }')" 'BEGIN { printf "%.3f", c / t / g }')" \
+    "$parts" >>"$WORK/rss"
 }
 : >"$WORK/rss"
 base_rss=$(rss_kib "$c_PID")
 concurrent d_cold
 for oid in "${RSS_OIDS[@]}"; do wait_local "$c_PROXY" "$ORIGIN/$oid"; done
 concurrent d_hit
-awk -v b="$base_rss" '{printf "  %-7s peak RssAnon %.1f MiB (%s samples; idle before: %.1f MiB)\n", $1, $2/1024, $3, b/1024}' "$WORK/rss"
+awk -v b="$base_rss" '{printf "  %-7s peak RssAnon %.1f MiB (%s samples; idle before: %.1f MiB), %s s, CPU %s s/GiB; at the peak, MiB: %s\n", $1, $2/1024, $3, b/1024, $4, $5, $6}' "$WORK/rss"
 
 # ---- the table
 col() { awk -v l="$1" -v k="$2" '$1 == l {print $k}' "$3"; }
@@ -253,6 +268,8 @@ met() { awk -v r="$1" -v g="$2" 'BEGIN { print (r <= g ? "met" : "missed") }'; }
   echo "| (c) cold, time to first byte, ms | $(fmt "$c_fb" '%.1f') | direct $(fmt "$cd_fb" '%.1f') | +$(fmt "$fb_d" '%.1f') ms | ≤ +10 ms $(met "$fb_d" 10) |"
   echo "| (d) peak RssAnon, $CONC concurrent cold downloads of $RSS_MIB MiB, MiB | $rss_cold | idle $(fmt "$base_rss" '%.0f' | awk '{printf "%.1f", $1/1024}') | | ≤ 64 MiB $(met "$rss_cold" 64) |"
   echo "| (d) peak RssAnon, $CONC concurrent local hits of $RSS_MIB MiB, MiB | $rss_hit | | | ≤ 64 MiB $(met "$rss_hit" 64) |"
+  echo "| (d) $CONC concurrent cold downloads: seconds, daemon C CPU s/GiB | $(col d_cold 4 "$WORK/rss") s, $(col d_cold 5 "$WORK/rss") | | | |"
+  echo "| (d) at the cold peak, MiB: allocator in use + kept free, piece buffers held / busy / idle | $(col d_cold 6 "$WORK/rss" | tr ',' ' ') | | | |"
   echo
   echo "Served from (x-shoal-source): cold $(srcs c_cold); B $(srcs b_peer); local $(srcs a_local)." \
     "Origin bytes beyond the direct GET, median per round: cold $ob_cold, remote-peer hit $ob_peer."
