@@ -144,7 +144,8 @@ async fn next_chunk(
     while !first && !budget.may_widen(piece_length) && !chunks.is_empty() && live() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    chunks.take()
+    // A failed download's other connections would only ask the origin for bytes no one stores.
+    (first || live()).then(|| chunks.take()).flatten()
 }
 
 /// The part of chunk `[a, b)` from its first missing piece to its last one, if any is missing.
@@ -262,7 +263,8 @@ mod tests {
             assert_eq!(got, Some((4, 6)));
             let _full: Vec<_> = (0..4).map(|_| b.count_stream()).collect();
             let gone = tokio::time::timeout(Duration::from_secs(2), next_chunk(&c, false, pl, &b, || false));
-            assert_eq!(gone.await.ok(), Some(Some((6, 8))), "an ended download stops waiting (taking fails later)");
+            assert_eq!(gone.await.ok(), Some(None), "an ended download stops waiting and takes nothing");
+            assert_eq!(next_chunk(&c, true, pl, &b, || false).await, Some((6, 8)), "the first reports the end itself");
             // Bounded by the count.
             while c.take().is_some() {}
             let none = tokio::time::timeout(Duration::from_secs(2), next_chunk(&c, false, pl, &b, || true));
