@@ -68,6 +68,14 @@ pub fn global() -> &'static Metrics {
     &GLOBAL
 }
 
+/// One metric of `kind` ("gauge", "counter") with a series per value of `label`, in the order given.
+fn labelled(o: &mut String, (name, kind): (&str, &str), help: &str, label: &str, series: &[(&str, u64)]) {
+    let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+    for (value, n) in series {
+        let _ = writeln!(o, "{name}{{{label}=\"{value}\"}} {n}");
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -140,18 +148,22 @@ impl Metrics {
             g.storage_limit_bytes,
         );
         counter(&mut o, "shoal_storage_evictions_total", "Tasks removed by GC.", g.evictions);
-        let (name, b) = ("shoal_piece_buffer_bytes", g.piece_buffers);
-        let _ = write!(
-            o,
-            "# HELP {name} Piece-buffer memory: stored pieces kept in memory, buffers being filled, written or sent, and idle ones pooled for reuse.\n# TYPE {name} gauge\n{name}{{state=\"held\"}} {}\n{name}{{state=\"busy\"}} {}\n{name}{{state=\"idle\"}} {}\n",
-            b.held, b.busy, b.idle
+        let b = g.piece_buffers;
+        labelled(
+            &mut o,
+            ("shoal_piece_buffer_bytes", "gauge"),
+            "Piece-buffer memory: stored pieces kept in memory, buffers being filled, written or sent, and idle \
+             ones pooled for reuse.",
+            "state",
+            &[("held", b.held), ("busy", b.busy), ("idle", b.idle)],
         );
         if let Some(h) = g.heap {
-            let name = "shoal_heap_bytes";
-            let _ = write!(
-                o,
-                "# HELP {name} The allocator's memory: in live allocations, and held beyond them.\n# TYPE {name} gauge\n{name}{{state=\"in_use\"}} {}\n{name}{{state=\"free\"}} {}\n",
-                h.in_use, h.free
+            labelled(
+                &mut o,
+                ("shoal_heap_bytes", "gauge"),
+                "The allocator's memory: in live allocations, and held beyond them.",
+                "state",
+                &[("in_use", h.in_use), ("free", h.free)],
             );
         }
         gauge(&mut o, "shoal_upload_connections", "Child peers connected to the upload server.", g.upload_connections);
@@ -162,29 +174,27 @@ impl Metrics {
         );
         {
             use crate::membership::{refused, Role};
-            let name = "shoal_membership_refused_total";
-            let _ = write!(
-                o,
-                "# HELP {name} Connections refused (or refused by the other end) for want of cluster membership.\n\
-                 # TYPE {name} counter\n{name}{{listener=\"scheduler\"}} {}\n{name}{{listener=\"upload\"}} {}\n",
-                refused(Role::Scheduler),
-                refused(Role::Upload)
+            labelled(
+                &mut o,
+                ("shoal_membership_refused_total", "counter"),
+                "Connections refused (or refused by the other end) for want of cluster membership.",
+                "listener",
+                &[("scheduler", refused(Role::Scheduler)), ("upload", refused(Role::Upload))],
             );
         }
-        {
-            let name = "shoal_authorization_probes_total";
-            let _ = write!(
-                o,
-                "# HELP {name} Cached copies the origin was asked about before serving them, by result \
-                 (cached: a recent yes was reused).\n# TYPE {name} counter\n\
-                 {name}{{result=\"allowed\"}} {}\n{name}{{result=\"cached\"}} {}\n\
-                 {name}{{result=\"denied\"}} {}\n{name}{{result=\"failed\"}} {}\n",
-                get(&self.authz_allowed),
-                get(&self.authz_cached),
-                get(&self.authz_denied),
-                get(&self.authz_failed)
-            );
-        }
+        labelled(
+            &mut o,
+            ("shoal_authorization_probes_total", "counter"),
+            "Cached copies the origin was asked about before serving them, by result (cached: a recent yes was \
+             reused).",
+            "result",
+            &[
+                ("allowed", get(&self.authz_allowed)),
+                ("cached", get(&self.authz_cached)),
+                ("denied", get(&self.authz_denied)),
+                ("failed", get(&self.authz_failed)),
+            ],
+        );
         {
             let h = lock(&self.piece_latency_us);
             let name = "shoal_piece_download_seconds";
