@@ -23,7 +23,7 @@ pub const IDLE_CAP: usize = 32 << 20;
 
 /// Piece-buffer memory that exists right now, idle or in use (see [`live_bytes`]).
 static LIVE: AtomicUsize = AtomicUsize::new(0);
-/// The part of it idle in the pool (kept equal to the pool's own total, under its lock).
+/// The part of it idle in the pool: changed only under the pool's lock, read without it.
 static IDLE: AtomicUsize = AtomicUsize::new(0);
 
 /// A buffer's memory: its own anonymous mapping (page-aligned, and given back to the kernel when dropped,
@@ -186,37 +186,29 @@ impl Drop for Pooled {
     }
 }
 
-/// Idle buffers by allocation size, and their total.
-#[derive(Default)]
-struct Idle {
-    by_size: HashMap<usize, Vec<Mem>>,
-    total: usize,
-}
-
 struct Pool {
-    idle: Mutex<Idle>,
+    /// Idle buffers by allocation size (their total is [`IDLE`]).
+    idle: Mutex<HashMap<usize, Vec<Mem>>>,
 }
 
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
-    POOL.get_or_init(|| Pool { idle: Mutex::new(Idle::default()) })
+    POOL.get_or_init(|| Pool { idle: Mutex::new(HashMap::new()) })
 }
 
 impl Pool {
     fn put(&self, b: PieceBuf) {
         let size = b.mem.window().len();
         let mut g = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if size > 0 && g.total + size <= IDLE_CAP {
-            g.by_size.entry(size).or_default().push(b.mem);
-            g.total += size;
+        if size > 0 && IDLE.load(Ordering::Acquire) + size <= IDLE_CAP {
+            g.entry(size).or_default().push(b.mem);
             IDLE.fetch_add(size, Ordering::AcqRel);
         }
     }
 
     fn take(&self, cap: usize) -> Option<Mem> {
         let mut g = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let mem = g.by_size.get_mut(&class(cap))?.pop()?;
-        g.total -= mem.window().len();
+        let mem = g.get_mut(&class(cap))?.pop()?;
         IDLE.fetch_sub(mem.window().len(), Ordering::AcqRel);
         Some(mem)
     }
