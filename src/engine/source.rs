@@ -491,6 +491,11 @@ pub struct IngestBudget {
     streams: Arc<AtomicUsize>,
 }
 
+/// A buffer of `len` bytes in the budget's unit: whole MiB, at least one.
+fn mib(len: usize) -> u32 {
+    u32::try_from(len.div_ceil(1 << 20)).unwrap_or(u32::MAX).max(1)
+}
+
 /// One origin body counted in [`IngestBudget`]'s streams while it lives.
 pub(super) struct Stream(Arc<AtomicUsize>);
 
@@ -524,14 +529,14 @@ impl IngestBudget {
     /// disk) with it counted. When many downloads run at once the budget, not one connection's rate, is
     /// what limits them, and each then reads in order on one connection (see `segments::next_chunk`).
     pub(super) fn may_widen(&self, len: usize) -> bool {
-        let per_stream = len.div_ceil(1 << 20).max(1).saturating_mul(2);
+        let per_stream = (mib(len) as usize).saturating_mul(2);
         let streams = self.streams.load(Ordering::Acquire);
         streams.saturating_add(1).saturating_mul(per_stream) <= self.total as usize
     }
 
     /// Waits for room for one buffer of `len` bytes; a piece larger than the whole budget takes all of it.
     pub(super) async fn reserve(&self, len: usize) -> Reservation {
-        let want = u32::try_from(len.div_ceil(1 << 20)).unwrap_or(u32::MAX).clamp(1, self.total);
+        let want = mib(len).min(self.total);
         // The semaphore is never closed, so acquiring only waits.
         Reservation { _permit: self.mib.clone().acquire_many_owned(want).await.ok() }
     }
