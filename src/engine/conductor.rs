@@ -378,6 +378,9 @@ async fn from_origin(
     tx: &watch::Sender<Published>,
 ) -> Result<(), EngineError> {
     Metrics::add(&metrics::global().back_to_source, 1);
+    // This download's first connection is an origin stream from before its request: downloads that
+    // arrive together see each other before any of them widens (`segments::next_chunk`).
+    let _stream = engine.ingest.count_stream();
     // A download cut short (a crash, a failed attempt) goes on from its first missing piece when the
     // origin serves ranges; an origin that answers 200 instead sends the whole object again.
     // With several connections allowed, even a fresh download asks for a range (from 0): a 206 proves

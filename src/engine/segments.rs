@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::error::EngineError;
-use super::source::{stream_pieces, IngestBudget, OriginClient, OriginResponse, Streaming};
+use super::source::{stream_pieces, IngestBudget, OriginClient, OriginResponse, Stream, Streaming};
 use super::FetchRequest;
 use crate::storage::buf::HOLD_CAP;
 use crate::storage::{Task, TaskState};
@@ -125,24 +125,34 @@ async fn near_the_hash(task: &Task, (_, b): (u32, u32), chunk: u32, limit: std::
     }
 }
 
-/// The next chunk for a connection. The first one always takes it; any other only while the ingest budget
-/// allows another stream ([`IngestBudget::may_widen`]), so that when many downloads run at once each
-/// reads in order on one connection: its pieces are then hashed as they arrive instead of waiting in
-/// memory, or being read back, for the gaps before them. Measured with 8 concurrent cold 1 GiB downloads
-/// (loopback, 2 cores, two runs each against the previous code): the daemon's CPU 1.42-1.54 s/GiB
-/// against 1.76-1.82, peak RssAnon 86-94 MiB against 113-114, and a capped origin's single download
-/// still took 0.24x a direct GET (scripts/bench-origin-cap.sh). Meanwhile it waits, until the first
-/// connection has taken every chunk or `live` says the download ended.
+/// The next chunk for a connection. The first one (`seat` is `None`: its stream is counted by the caller)
+/// always takes it; an extra one only while it holds a seat in the ingest budget
+/// ([`IngestBudget::try_widen`]), given up before a chunk when the budget has become crowded, so that
+/// when many downloads run at once each reads in order on one connection: its pieces are then hashed as
+/// they arrive instead of waiting in memory, or being read back, for the gaps before them. Measured with
+/// 8 concurrent cold 1 GiB downloads (loopback, 2 cores, two runs each against the previous code): the
+/// daemon's CPU 1.42-1.54 s/GiB against 1.76-1.82, peak RssAnon 86-94 MiB against 113-114, and a capped
+/// origin's single download still took 0.24x a direct GET (scripts/bench-origin-cap.sh). Meanwhile it
+/// waits, until the first connection has taken every chunk or `live` says the download ended.
 async fn next_chunk(
     chunks: &Chunks,
-    first: bool,
+    seat: Option<&mut Option<Stream>>,
     piece_length: usize,
     budget: &IngestBudget,
     live: impl Fn() -> bool,
 ) -> Option<(u32, u32)> {
-    // Bounded by the first connection, which takes a chunk every round or ends the download.
-    while !first && !budget.may_widen(piece_length) && !chunks.is_empty() && live() {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let first = seat.is_none();
+    if let Some(seat) = seat {
+        if seat.is_some() && budget.crowded(piece_length) {
+            *seat = None;
+        }
+        // Bounded by the first connection, which takes a chunk every round or ends the download.
+        while seat.is_none() && !chunks.is_empty() && live() {
+            *seat = budget.try_widen(piece_length);
+            if seat.is_none() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
     }
     // A failed download's other connections would only ask the origin for bytes no one stores.
     (first || live()).then(|| chunks.take()).flatten()
@@ -174,14 +184,16 @@ pub(super) async fn fetch(
     let worker = |window: Option<OriginResponse>| {
         let chunks = &chunks;
         async move {
-            let first = window.is_some();
+            // An extra connection's seat in the ingest budget; the first one's is its download's.
+            let (first, mut seat) = (window.is_some(), None);
             let mut n = match window {
                 Some(resp) => stream_pieces(task, resp, Some(plan.window_end), s).await?,
                 None => 0,
             };
             // Bounded: every round takes a chunk, and there are finitely many.
             let live = || matches!(task.state(), TaskState::InProgress);
-            while let Some(c) = next_chunk(chunks, first, task.piece_length() as usize, s.budget, live).await {
+            let pl = task.piece_length() as usize;
+            while let Some(c) = next_chunk(chunks, (!first).then_some(&mut seat), pl, s.budget, live).await {
                 near_the_hash(task, c, plan.chunk, s.idle).await;
                 // A resumed download asks only for what is missing: a chunk already stored is skipped,
                 // and one partly stored is narrowed to the pieces between its first and last gap.
@@ -248,28 +260,55 @@ mod tests {
         rt.block_on(async {
             let (pl, b) = (4usize << 20, IngestBudget::new(32 << 20));
             let c = Chunks::new(0, 64, 2);
-            assert_eq!(next_chunk(&c, false, pl, &b, || true).await, Some((0, 2)), "alone, it joins at once");
-            // Four streams at 2 x 4 MiB each fill 32 MiB: another connection waits...
-            let streams: Vec<_> = (0..4).map(|_| b.count_stream()).collect();
-            let waiting = tokio::time::timeout(Duration::from_millis(100), next_chunk(&c, false, pl, &b, || true));
+            let _download = b.count_stream();
+            let mut seat = None;
+            let got = next_chunk(&c, Some(&mut seat), pl, &b, || true).await;
+            assert_eq!(got, Some((0, 2)), "alone, it joins at once");
+            assert!(seat.is_some(), "and holds a seat");
+            // Two more downloads arrive: four streams at 2 x 4 MiB each fill 32 MiB.
+            let more: Vec<_> = (0..2).map(|_| b.count_stream()).collect();
+            let mut other = None;
+            let waiting =
+                tokio::time::timeout(Duration::from_millis(100), next_chunk(&c, Some(&mut other), pl, &b, || true));
             assert!(waiting.await.is_err(), "a fifth stream would leave less than two pieces each");
-            assert_eq!(next_chunk(&c, true, pl, &b, || true).await, Some((2, 4)), "the first never waits");
-            // ...until a stream ends, or there is nothing left to take, or the download ends.
-            let later = next_chunk(&c, false, pl, &b, || true);
+            assert!(other.is_none(), "and it took no seat");
+            assert_eq!(next_chunk(&c, None, pl, &b, || true).await, Some((2, 4)), "the first never waits");
+            // One more: the extra connection gives its seat up before its next chunk, and waits...
+            let fifth = b.count_stream();
+            let later = next_chunk(&c, Some(&mut seat), pl, &b, || true);
             let (got, ()) = tokio::join!(later, async {
                 tokio::time::sleep(Duration::from_millis(60)).await;
-                drop(streams);
+                // ...until a stream ends.
+                drop(fifth);
             });
             assert_eq!(got, Some((4, 6)));
-            let _full: Vec<_> = (0..4).map(|_| b.count_stream()).collect();
-            let gone = tokio::time::timeout(Duration::from_secs(2), next_chunk(&c, false, pl, &b, || false));
+            assert!(seat.is_some(), "it sits again");
+            drop(seat);
+            let _full: Vec<_> = (0..2).map(|_| b.count_stream()).collect();
+            let mut late = None;
+            let gone = tokio::time::timeout(Duration::from_secs(2), next_chunk(&c, Some(&mut late), pl, &b, || false));
             assert_eq!(gone.await.ok(), Some(None), "an ended download stops waiting and takes nothing");
-            assert_eq!(next_chunk(&c, true, pl, &b, || false).await, Some((6, 8)), "the first reports the end itself");
+            assert_eq!(next_chunk(&c, None, pl, &b, || false).await, Some((6, 8)), "the first reports the end itself");
             // Bounded by the count.
             while c.take().is_some() {}
-            let none = tokio::time::timeout(Duration::from_secs(2), next_chunk(&c, false, pl, &b, || true));
+            let none = tokio::time::timeout(Duration::from_secs(2), next_chunk(&c, Some(&mut late), pl, &b, || true));
             assert_eq!(none.await.ok(), Some(None), "nothing left: it ends");
+            drop(more);
         });
+    }
+
+    #[test]
+    fn seats_are_checked_and_counted_at_once() {
+        let b = IngestBudget::new(32 << 20);
+        let pl = 4usize << 20;
+        let _first = b.count_stream();
+        let seats: Vec<_> = (0..8).filter_map(|_| b.try_widen(pl)).collect();
+        assert_eq!(seats.len(), 3, "32 MiB holds four streams of two 4 MiB pieces");
+        assert!(!b.crowded(pl));
+        let _another = b.count_stream();
+        assert!(b.crowded(pl), "a fifth stream crowds the budget");
+        drop(seats);
+        assert!(!b.crowded(pl) && b.try_widen(pl).is_some(), "seats given back are free again");
     }
 
     #[test]

@@ -344,6 +344,7 @@ pub async fn stream_into(
     idle: Duration,
     budget: &IngestBudget,
 ) -> Result<u64, EngineError> {
+    let _stream = budget.count_stream();
     stream_pieces(task, resp, None, &Streaming { in_flight, idle, budget }).await
 }
 
@@ -356,7 +357,8 @@ pub(super) struct Streaming<'a> {
 
 /// [`stream_into`], stopping after piece `end - 1` when `end` is set (one segment of a download split
 /// over several ranged connections; the rest of the body, if any, is not read). A segment whose body
-/// ends before `end` is an error. Returns the bytes this body delivered.
+/// ends before `end` is an error. Returns the bytes this body delivered. The caller counts the stream in
+/// the budget ([`IngestBudget::count_stream`], [`IngestBudget::try_widen`]).
 pub(super) async fn stream_pieces(
     task: &Arc<Task>,
     resp: OriginResponse,
@@ -369,7 +371,6 @@ pub(super) async fn stream_pieces(
         return Err(EngineError::BadRange);
     }
     let mut body = resp.body;
-    let _stream = s.budget.count_stream();
     let mut w = PieceWriter::new(task, s.in_flight, s.budget, resp.start).await?;
     // Bounded by the body: every round consumes a frame or ends (or the segment is whole).
     while end.is_none_or(|e| w.k < e) {
@@ -487,7 +488,8 @@ impl<'a> PieceWriter<'a> {
 pub struct IngestBudget {
     mib: Arc<tokio::sync::Semaphore>,
     total: u32,
-    /// Origin bodies being streamed into pieces right now (see [`IngestBudget::may_widen`]).
+    /// Origin streams right now: downloads' first connections and the seats of their extra ones (see
+    /// [`IngestBudget::try_widen`]).
     streams: Arc<AtomicUsize>,
 }
 
@@ -518,20 +520,32 @@ impl IngestBudget {
         IngestBudget { mib: Arc::new(tokio::sync::Semaphore::new(total as usize)), total, streams }
     }
 
-    /// Counts an origin body as streaming until the guard is dropped.
+    /// Counts a download's first connection as an origin stream until the guard is dropped. Taken before
+    /// its first request, so that downloads arriving together see each other before any widens.
     pub(super) fn count_stream(&self) -> Stream {
         self.streams.fetch_add(1, Ordering::AcqRel);
         Stream(self.streams.clone())
     }
 
-    /// Whether another connection may join a download of `len`-byte pieces: only while every origin
-    /// stream of the daemon could have two pieces of the budget (one being filled, one on its way to the
-    /// disk) with it counted. When many downloads run at once the budget, not one connection's rate, is
-    /// what limits them, and each then reads in order on one connection (see `segments::next_chunk`).
-    pub(super) fn may_widen(&self, len: usize) -> bool {
+    /// A seat for another connection of a download of `len`-byte pieces, counted as a stream until
+    /// dropped: only while every origin stream of the daemon could have two pieces of the budget (one
+    /// being filled, one on its way to the disk) with it counted. When many downloads run at once the
+    /// budget, not one connection's rate, is what limits them, and each then reads in order on one
+    /// connection (see `segments::next_chunk`). Checked and counted at once: two downloads widening at
+    /// the same moment cannot both take the last room.
+    pub(super) fn try_widen(&self, len: usize) -> Option<Stream> {
         let per_stream = (mib(len) as usize).saturating_mul(2);
-        let streams = self.streams.load(Ordering::Acquire);
-        streams.saturating_add(1).saturating_mul(per_stream) <= self.total as usize
+        let fits = |n: usize| n.saturating_add(1).saturating_mul(per_stream) <= self.total as usize;
+        let update = |n: usize| fits(n).then(|| n + 1);
+        self.streams.fetch_update(Ordering::AcqRel, Ordering::Acquire, update).ok()?;
+        Some(Stream(self.streams.clone()))
+    }
+
+    /// Whether the origin streams of the daemon, each with its two pieces of `len` bytes, now need more
+    /// than the budget: an extra connection holding a seat then gives it up before its next chunk.
+    pub(super) fn crowded(&self, len: usize) -> bool {
+        let per_stream = (mib(len) as usize).saturating_mul(2);
+        self.streams.load(Ordering::Acquire).saturating_mul(per_stream) > self.total as usize
     }
 
     /// Waits for room for one buffer of `len` bytes; a piece larger than the whole budget takes all of it.
