@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the tools the test suite uses, on a fresh Debian machine, as root. Idempotent and quick when
 # everything is already there.
-#   - curl, git, git-lfs, mount, tar, gzip (Debian packages)
+#   - curl, git, git-lfs, mount, tar, gzip, g++ (Debian packages)
 #   - e2fsprogs (mkfs.ext4) and mount's losetup: the power-loss test puts ext4 on a loop device over its
 #     own FUSE image (tests/power_loss.rs; needs /dev/fuse and loop devices, which the kernel provides)
 #   - docker-registry (distribution 2.8), skopeo and containerd (Debian packages): a real registry and
@@ -19,6 +19,8 @@ TOOLS=/opt/shoal-test-tools
 need=()
 # jemalloc (the binary's allocator, built from source by tikv-jemalloc-sys) needs make beside the C compiler.
 command -v make >/dev/null || need+=(make)
+# libfuzzer-sys compiles libFuzzer (C++) for the suite's short fuzz run (scripts/fuzz.sh).
+command -v c++ >/dev/null || need+=(g++)
 command -v mount >/dev/null || need+=(mount)
 command -v losetup >/dev/null || need+=(mount)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)

@@ -18,3 +18,8 @@ cargo test --release --all-targets --no-fail-fast
 # The daemon must also come up on the sync engine alone, as it does where seccomp blocks io_uring.
 echo "== cargo test, io engine forced to sync by the environment"
 SHOAL_IO_ENGINE=sync cargo test --release --test daemon --no-fail-fast
+
+# Every parser of outside bytes under libFuzzer for 30 s, two at a time, on the stable toolchain: a crash
+# fails the suite. The long runs (10 M executions each) are scripts/fuzz.sh's, reported in docs/reliability.md.
+echo "== fuzz: every target for 30 s"
+scripts/fuzz.sh -t 30 -n
