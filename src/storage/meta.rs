@@ -401,7 +401,8 @@ fn put64(b: &mut [u8], off: usize, v: u64) {
 /// bit set the header is made self-consistent (magic, version, sizes, crc), so the fuzzer reaches the
 /// checks behind the crc instead of stopping at it.
 pub(crate) fn fuzz_image(data: &[u8]) -> (Vec<u8>, TaskId) {
-    let take = |from: usize, n: usize| data.get(from..data.len().min(from + n)).unwrap_or(&[]);
+    // Saturating: the piece table is "the rest" (n = usize::MAX); a wrapped sum gave it no bytes at all.
+    let take = |from: usize, n: usize| data.get(from..data.len().min(from.saturating_add(n))).unwrap_or(&[]);
     let repair = data.first().is_some_and(|m| m & 1 == 1);
     let mut h = vec![0u8; HEADER_SIZE];
     let fixed = take(1, OFF_URL);
@@ -464,6 +465,20 @@ mod tests {
         )
         .unwrap();
         (path, id, m)
+    }
+
+    #[test]
+    fn a_fuzz_image_carries_the_piece_table_the_input_ends_with() {
+        // Found by the first fuzz run with overflow checks: the table was always empty before.
+        let head = 1 + OFF_URL + (OFF_LAST_ACCESS + 8 - OFF_STATE);
+        let mut data = vec![0u8; head + 2 + 3];
+        data[0] = 1;
+        data[head + 1] = 3;
+        data.extend_from_slice(&[0xab; 8 * 5 + 3]);
+        let (image, _) = fuzz_image(&data);
+        assert_eq!(image.len(), HEADER_SIZE + 8 * 5, "five whole entries, the ragged tail dropped");
+        assert_eq!(get32(&image, OFF_CAPACITY), 5);
+        assert!(fuzz_image(&[]).0.len() == HEADER_SIZE, "an empty input is a bare header");
     }
 
     #[test]
