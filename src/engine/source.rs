@@ -498,7 +498,14 @@ fn mib(len: usize) -> u32 {
     u32::try_from(len.div_ceil(1 << 20)).unwrap_or(u32::MAX).max(1)
 }
 
-/// One origin body counted in [`IngestBudget`]'s streams while it lives.
+/// What one origin stream of `len`-byte pieces needs of the budget, in its unit: two pieces (one being
+/// filled, one on its way to the disk).
+fn per_stream(len: usize) -> usize {
+    (mib(len) as usize).saturating_mul(2)
+}
+
+/// One origin stream (a download's first connection, or an extra connection's seat) counted in
+/// [`IngestBudget`]'s streams while it lives.
 pub(super) struct Stream(Arc<AtomicUsize>);
 
 impl Drop for Stream {
@@ -534,7 +541,7 @@ impl IngestBudget {
     /// connection (see `segments::next_chunk`). Checked and counted at once: two downloads widening at
     /// the same moment cannot both take the last room.
     pub(super) fn try_widen(&self, len: usize) -> Option<Stream> {
-        let per_stream = (mib(len) as usize).saturating_mul(2);
+        let per_stream = per_stream(len);
         let fits = |n: usize| n.saturating_add(1).saturating_mul(per_stream) <= self.total as usize;
         let update = |n: usize| fits(n).then(|| n + 1);
         self.streams.fetch_update(Ordering::AcqRel, Ordering::Acquire, update).ok()?;
@@ -544,8 +551,7 @@ impl IngestBudget {
     /// Whether the origin streams of the daemon, each with its two pieces of `len` bytes, now need more
     /// than the budget: an extra connection holding a seat then gives it up before its next chunk.
     pub(super) fn crowded(&self, len: usize) -> bool {
-        let per_stream = (mib(len) as usize).saturating_mul(2);
-        self.streams.load(Ordering::Acquire).saturating_mul(per_stream) > self.total as usize
+        self.streams.load(Ordering::Acquire).saturating_mul(per_stream(len)) > self.total as usize
     }
 
     /// Waits for room for one buffer of `len` bytes; a piece larger than the whole budget takes all of it.
