@@ -17,7 +17,7 @@ use crate::storage::TaskId;
 pub type Target = fn(&[u8]);
 
 /// Every target, by the name of its fuzz/ binary and corpus directory.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("request_plan", request_plan),
     ("ranges", ranges),
     ("transfer_frames", transfer_frames),
@@ -25,6 +25,7 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("task_metadata", task_metadata),
     ("config_file", config_file),
     ("lfs_agent_protocol", lfs_agent_protocol),
+    ("origin_answer", origin_answer),
 ];
 
 /// A request head as a client sends it to the proxy (httparse, as hyper parses it), then the proxy's plan
@@ -82,6 +83,20 @@ pub fn transfer_frames(data: &[u8]) {
             Ok(None) | Err(_) => return,
         }
     }
+}
+
+/// An origin's answer to a back-to-source GET, read as the engine reads it (head, then the body by its
+/// framing); the first two bytes pick how many bytes each socket read returns and each body read takes.
+pub fn origin_answer(data: &[u8]) {
+    thread_local! {
+        static RT: tokio::runtime::Runtime =
+            tokio::runtime::Builder::new_current_thread().build().expect("a current-thread runtime");
+    }
+    let [chunk, slice, wire @ ..] = data else { return };
+    let (chunk, slice) = (usize::from(*chunk) + 1, (usize::from(*slice) + 1) * 13);
+    RT.with(|rt| {
+        let _ = rt.block_on(crate::engine::decode_origin_answer(wire, chunk, slice));
+    });
 }
 
 /// One scheduler frame's payload (the length prefix is tokio-util's codec).

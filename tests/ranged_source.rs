@@ -51,6 +51,8 @@ fn an_origin_that_serves_ranges_is_read_over_several_connections_every_byte_once
     want.push((160 * mib, None));
     assert_eq!(chunks, want, "contiguous, bounded chunks on piece boundaries: {ranges:?}");
     assert_eq!(origin.bytes_sent(), LEN as u64, "every byte once: no connection was cut mid-body");
+    // Each connection takes its next chunk on the connection the last one ended on (keep-alive).
+    assert!(origin.connections() <= 4, "20 ranged GETs over {} connections", origin.connections());
 }
 
 #[test]

@@ -45,6 +45,40 @@ fn every_flavour_streams_exact_bytes_into_a_task() {
 }
 
 #[test]
+fn a_body_read_to_its_end_leaves_its_connection_for_the_next_get() {
+    let obj = Bytes::from(content(52, 300_000));
+    for fl in FLAVOURS {
+        let origin = Origin::start("127.0.0.1", fl);
+        origin.put("/o", obj.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), engines()[0]);
+        rt().block_on(async {
+            let client = OriginClient::new(
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                shoal::upstream::Destinations::standard(),
+            )
+            .unwrap();
+            for seed in 0..3u8 {
+                let resp = client.get(&origin.url("/o"), &[], None).await.unwrap();
+                let s = spec(60 + seed, resp.content_length, 64 << 10, Some(sha256(&obj)));
+                let task = store.create(&s).unwrap();
+                stream_into(&task, resp, 4, Duration::from_secs(30), &IngestBudget::new(32 << 20)).await.unwrap();
+                assert_eq!(task.wait_complete().await.unwrap(), sha256(&obj), "{fl:?}");
+            }
+            // A body left unread closes its connection: the next GET dials a new one.
+            drop(client.get(&origin.url("/o"), &[], None).await.unwrap());
+            let resp = client.get(&origin.url("/o"), &[], None).await.unwrap();
+            let task = store.create(&spec(70, resp.content_length, 64 << 10, Some(sha256(&obj)))).unwrap();
+            stream_into(&task, resp, 4, Duration::from_secs(30), &IngestBudget::new(32 << 20)).await.unwrap();
+            assert_eq!(task.wait_complete().await.unwrap(), sha256(&obj), "{fl:?}");
+        });
+        assert_eq!(origin.requests(), 5, "{fl:?}");
+        assert_eq!(origin.connections(), 2, "{fl:?}: three whole bodies over one connection, then a new one");
+    }
+}
+
+#[test]
 fn range_is_trusted_only_when_the_origin_proves_it() {
     let obj = Bytes::from(content(51, 100_000));
     for fl in FLAVOURS {

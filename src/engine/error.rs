@@ -24,6 +24,9 @@ pub enum EngineError {
     OriginStalled { received: u64, idle: std::time::Duration },
     #[error("origin body failed after {received} bytes: {reason}")]
     OriginBody { received: u64, reason: String },
+    /// The origin's answer broke HTTP/1.1 (a malformed head, conflicting lengths): its fault, never cached.
+    #[error("origin broke HTTP/1.1: {0}")]
+    OriginProtocol(String),
     #[error("origin body ended after {got} of {expected} bytes")]
     Truncated { expected: u64, got: u64 },
     #[error("origin sent more than the {expected} bytes it announced")]

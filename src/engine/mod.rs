@@ -1,12 +1,14 @@
 //! The engine: gets a task's bytes into local storage from the best place — local store, peers, or the
 //! origin — and publishes every piece the moment it lands.
 //!
-//! Owns: the per-task conductor (conductor.rs), multi-parent piece download (pieces.rs) and back-to-source
-//! HTTP (source.rs). Never: speaks to HTTP clients (that is the proxy) or decides the on-disk format
+//! Owns: the per-task conductor (conductor.rs), multi-parent piece download (pieces.rs), back-to-source
+//! HTTP (source.rs; segments.rs splits a download over ranged connections, wire.rs reads a GET's body
+//! straight into piece buffers) and the memory origin downloads may hold (budget.rs). Never: speaks to HTTP clients (that is the proxy) or decides the on-disk format
 //! (storage). Called by: the proxy, `shoal get` and a seed peer's trigger loop; calls storage, transfer and
 //! the scheduler client.
 
 mod authorize;
+mod budget;
 mod conductor;
 mod error;
 pub mod identity;
@@ -14,6 +16,7 @@ mod pieces;
 mod seed;
 mod segments;
 pub mod source;
+mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,9 +26,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use authorize::{credentials, Authorize, Credentials, CREDENTIAL_HEADERS, SIGNATURE_PARAMS, TOKEN_PARAMS};
+pub use budget::IngestBudget;
 pub use conductor::{Fetch, Source};
 pub use error::EngineError;
-pub use source::{stream_into, IngestBudget, OriginClient, OriginResponse};
+pub use source::{stream_into, OriginClient, OriginResponse};
+pub(crate) use wire::decode as decode_origin_answer;
+pub use wire::{BodyError, RawBody};
 
 use crate::metrics::{self, Metrics};
 use crate::scheduler::SchedulerClient;

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::source::IngestBudget;
+use super::budget::IngestBudget;
 use crate::metrics::{self, Metrics};
 use crate::storage::Task;
 use crate::transfer::{Pool, SubEvent, TransferError};

@@ -22,8 +22,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::budget::{IngestBudget, Stream};
 use super::error::EngineError;
-use super::source::{stream_pieces, IngestBudget, OriginClient, OriginResponse, Stream, Streaming};
+use super::source::{stream_pieces, OriginClient, OriginResponse, Streaming};
 use super::FetchRequest;
 use crate::storage::buf::HOLD_CAP;
 use crate::storage::{Task, TaskState};

@@ -6,19 +6,21 @@
 //! (origins that ignore Range corrupted Dragonfly's multi-piece files).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, HOST, RANGE};
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use std::future::Future;
 
+use super::budget::{IngestBudget, Reservation};
 use super::error::EngineError;
+use super::wire::{RawBody, Wire};
 use crate::metrics::{self, Metrics};
 use crate::storage::buf::{self, PieceBuf};
 use crate::storage::{Task, TaskState};
@@ -33,6 +35,8 @@ const SET_BY_THE_FETCH: &[&str] = &["host", "range", "if-range", "accept-encodin
 #[derive(Clone)]
 pub struct OriginClient {
     client: Client<Https, Empty<Bytes>>,
+    /// GETs whose body becomes pieces: read straight into piece buffers (see `wire`).
+    wire: Arc<Wire>,
     head_timeout: Duration,
 }
 
@@ -48,12 +52,12 @@ pub struct OriginResponse {
     pub start: u64,
     /// For a proven 206, the offset of the body's last byte.
     pub end: Option<u64>,
-    body: Incoming,
+    body: RawBody,
 }
 
 impl OriginResponse {
-    /// The body, for callers that consume it themselves.
-    pub fn into_body(self) -> Incoming {
+    /// The body, for callers that read it themselves ([`RawBody::read`]).
+    pub fn into_body(self) -> RawBody {
         self.body
     }
 }
@@ -88,8 +92,8 @@ impl OriginClient {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(https);
-        OriginClient { client, head_timeout }
+            .build(https.clone());
+        OriginClient { client, wire: Wire::new(https), head_timeout }
     }
 
     /// GET `url` with the client's `headers` (hop-by-hop ones dropped) and an optional byte range.
@@ -124,7 +128,8 @@ impl OriginClient {
                 extra.push((http::header::IF_RANGE, v.clone()));
             }
         }
-        let (parts, body) = self.follow(Method::GET, url, headers, SET_BY_THE_FETCH, &extra).await?.into_parts();
+        let (parts, body) =
+            self.follow(Raw(self), Method::GET, url, headers, SET_BY_THE_FETCH, &extra).await?.into_parts();
         if !parts.status.is_success() {
             return Err(EngineError::OriginStatus { status: parts.status, headers: Box::new(parts.headers) });
         }
@@ -166,7 +171,7 @@ impl OriginClient {
             true => vec![(RANGE, HeaderValue::from_static("bytes=0-0"))],
             false => Vec::new(),
         };
-        let resp = self.follow(method, url, headers, SET_BY_THE_PROBE, &extra).await?;
+        let resp = self.follow(Hyper(self), method, url, headers, SET_BY_THE_PROBE, &extra).await?;
         let status = resp.status();
         if !status.is_success() {
             return Err(EngineError::OriginStatus { status, headers: Box::new(resp.into_parts().0.headers) });
@@ -182,7 +187,7 @@ impl OriginClient {
         headers: &[(String, String)],
     ) -> Result<(StatusCode, HeaderMap), EngineError> {
         let req = build(Method::HEAD, url, headers, SET_BY_THE_PROBE)?;
-        let (parts, _) = self.send(req).await?.into_parts();
+        let (parts, _) = Hyper(self).send(req).await?.into_parts();
         Ok((parts.status, parts.headers))
     }
 
@@ -190,14 +195,15 @@ impl OriginClient {
     /// task: a registry's 307 to blob storage, a hub's 302 to its CDN. Credentials (Authorization, Cookie)
     /// go only to the origin they were sent to: a hop to another scheme, host or port drops them (the
     /// signed URL carries its own). A hop from https to http is refused: never a silent downgrade.
-    async fn follow(
+    async fn follow<E: Exchange>(
         &self,
+        via: E,
         method: Method,
         url: &str,
         headers: &[(String, String)],
         skip: &[&str],
         extra: &[(HeaderName, HeaderValue)],
-    ) -> Result<http::Response<Incoming>, EngineError> {
+    ) -> Result<http::Response<E::Body>, EngineError> {
         let first: Uri = url.parse().map_err(|e: http::uri::InvalidUri| EngineError::InvalidUrl {
             url: url.to_owned(),
             reason: e.to_string(),
@@ -214,7 +220,7 @@ impl OriginClient {
             for (n, v) in extra {
                 req.headers_mut().insert(n.clone(), v.clone());
             }
-            let resp = self.send(req).await?;
+            let resp = via.send(req).await?;
             let Some(next) = redirect_target(&at, &resp) else { return Ok(resp) };
             if hop == MAX_REDIRECTS {
                 return Err(EngineError::TooManyRedirects(MAX_REDIRECTS));
@@ -229,17 +235,43 @@ impl OriginClient {
         }
         Err(EngineError::TooManyRedirects(MAX_REDIRECTS))
     }
+}
 
+/// How one request of a redirect chain goes to the origin; the wait for the answer's head is bounded.
+trait Exchange {
+    type Body;
+    fn send(&self, req: Request<Empty<Bytes>>)
+        -> impl Future<Output = Result<http::Response<Self::Body>, EngineError>>;
+}
+
+/// hyper's pooled client: probes and HEADs, whose bodies are not read.
+struct Hyper<'a>(&'a OriginClient);
+
+impl Exchange for Hyper<'_> {
+    type Body = Incoming;
     async fn send(&self, req: Request<Empty<Bytes>>) -> Result<http::Response<Incoming>, EngineError> {
-        let host = req.uri().host().unwrap_or("").to_owned();
-        tokio::time::timeout(self.head_timeout, self.client.request(req))
+        let (host, timeout) = (req.uri().host().unwrap_or("").to_owned(), self.0.head_timeout);
+        tokio::time::timeout(timeout, self.0.client.request(req))
             .await
-            .map_err(|_| EngineError::OriginHeadTimeout(self.head_timeout))?
+            .map_err(|_| EngineError::OriginHeadTimeout(timeout))?
             .map_err(|e| match (denial_in(&e), tls_refusal_in(&host, &e)) {
                 (Some(d), _) => EngineError::Denied(d.clone()),
                 (None, Some(t)) => EngineError::OriginTls(t),
                 (None, None) => EngineError::OriginConnect(error_chain(&e)),
             })
+    }
+}
+
+/// The wire: GETs whose bodies are read into piece buffers.
+struct Raw<'a>(&'a OriginClient);
+
+impl Exchange for Raw<'_> {
+    type Body = RawBody;
+    async fn send(&self, req: Request<Empty<Bytes>>) -> Result<http::Response<RawBody>, EngineError> {
+        let timeout = self.0.head_timeout;
+        tokio::time::timeout(timeout, self.0.wire.exchange(&req))
+            .await
+            .map_err(|_| EngineError::OriginHeadTimeout(timeout))?
     }
 }
 
@@ -252,7 +284,7 @@ fn is_credential(name: &str) -> bool {
 }
 
 /// Where a redirect answer points (absolute, or resolved against `base`); `None` for any other answer.
-fn redirect_target(base: &Uri, resp: &http::Response<Incoming>) -> Option<Uri> {
+fn redirect_target<B>(base: &Uri, resp: &http::Response<B>) -> Option<Uri> {
     if !matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
         return None;
     }
@@ -377,19 +409,19 @@ pub(super) async fn stream_pieces(
         if let TaskState::Failed(r) = task.state() {
             return Err(EngineError::Storage(r.into()));
         }
-        let frame = match tokio::time::timeout(s.idle, body.frame()).await {
+        let n = match tokio::time::timeout(s.idle, body.read(w.room())).await {
             Err(_) => return Err(EngineError::OriginStalled { received: w.total, idle: s.idle }),
-            Ok(None) => break,
-            Ok(Some(Ok(f))) => f,
-            Ok(Some(Err(e))) => return Err(EngineError::OriginBody { received: w.total, reason: error_chain(&e) }),
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(EngineError::OriginBody { received: w.total, reason: e.to_string() }),
         };
-        let Ok(data) = frame.into_data() else { continue };
-        Metrics::add(&metrics::global().bytes_from_origin, data.len() as u64);
-        if let Some(exp) = expected.filter(|&e| w.total + data.len() as u64 > e) {
+        Metrics::add(&metrics::global().bytes_from_origin, n as u64);
+        if let Some(exp) = expected.filter(|&e| w.total + n as u64 > e) {
             return Err(EngineError::TooLong { expected: exp });
         }
-        w.push(data, end).await?;
+        w.filled(n).await?;
     }
+    body.release_if_done();
     if let Some(e) = end.filter(|&e| w.k < e) {
         let want = u64::from(e) * pl as u64;
         return Err(EngineError::Truncated { expected: want, got: w.total });
@@ -438,23 +470,24 @@ impl<'a> PieceWriter<'a> {
         Ok(PieceWriter { task, pl, in_flight, budget, held, buf, k, total: start, writes })
     }
 
-    /// Takes `data`; bytes past piece `end - 1` are dropped (a segment's body ends there anyway).
-    async fn push(&mut self, mut data: Bytes, end: Option<u32>) -> Result<(), EngineError> {
-        // Bounded by the frame's length: every round moves at least one byte into a piece.
-        while !data.is_empty() && end.is_none_or(|e| self.k < e) {
-            let take = self.buf.fill_from(&data);
-            data = data.split_off(take);
-            self.total += take as u64;
-            if self.buf.is_full() {
-                let piece = std::mem::replace(&mut self.buf, PieceBuf::empty()).freeze();
-                let held = std::mem::replace(&mut self.held, Reservation { _permit: None });
-                self.spawn_write(piece, held);
-                if self.writes.len() >= self.in_flight.max(1) {
-                    join(self.writes.pop_front()).await?;
-                }
-                self.held = self.budget.reserve(self.pl).await;
-                self.buf = buf::take(self.pl);
+    /// Where the next body bytes go: the rest of the piece being filled.
+    fn room(&mut self) -> &mut [u8] {
+        self.buf.spare_mut()
+    }
+
+    /// `n` more bytes of [`PieceWriter::room`] were filled; a full piece goes to the disk.
+    async fn filled(&mut self, n: usize) -> Result<(), EngineError> {
+        self.buf.advance(n);
+        self.total += n as u64;
+        if self.buf.is_full() {
+            let piece = std::mem::replace(&mut self.buf, PieceBuf::empty()).freeze();
+            let held = std::mem::replace(&mut self.held, Reservation::none());
+            self.spawn_write(piece, held);
+            if self.writes.len() >= self.in_flight.max(1) {
+                join(self.writes.pop_front()).await?;
             }
+            self.held = self.budget.reserve(self.pl).await;
+            self.buf = buf::take(self.pl);
         }
         Ok(())
     }
@@ -472,7 +505,7 @@ impl<'a> PieceWriter<'a> {
     /// Writes the last, short piece and waits for every write.
     async fn finish(&mut self) -> Result<(), EngineError> {
         if !self.buf.is_empty() {
-            let held = std::mem::replace(&mut self.held, Reservation { _permit: None });
+            let held = std::mem::replace(&mut self.held, Reservation::none());
             let piece = std::mem::replace(&mut self.buf, PieceBuf::empty()).freeze();
             self.spawn_write(piece, held);
         }
@@ -480,85 +513,6 @@ impl<'a> PieceWriter<'a> {
             join(Some(w)).await?;
         }
         Ok(())
-    }
-}
-
-/// Memory for piece buffers of origin downloads, shared by the whole daemon (MiB granularity).
-#[derive(Clone)]
-pub struct IngestBudget {
-    mib: Arc<tokio::sync::Semaphore>,
-    total: u32,
-    /// Origin streams right now: downloads' first connections and the seats of their extra ones (see
-    /// [`IngestBudget::try_widen`]).
-    streams: Arc<AtomicUsize>,
-}
-
-/// A buffer of `len` bytes in the budget's unit: whole MiB, at least one.
-fn mib(len: usize) -> u32 {
-    u32::try_from(len.div_ceil(1 << 20)).unwrap_or(u32::MAX).max(1)
-}
-
-/// What one origin stream of `len`-byte pieces needs of the budget, in its unit: two pieces (one being
-/// filled, one on its way to the disk).
-fn per_stream(len: usize) -> usize {
-    (mib(len) as usize).saturating_mul(2)
-}
-
-/// One origin stream (a download's first connection, or an extra connection's seat) counted in
-/// [`IngestBudget`]'s streams while it lives.
-pub(super) struct Stream(Arc<AtomicUsize>);
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A piece buffer's share of the budget, returned when dropped.
-pub struct Reservation {
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
-}
-
-impl IngestBudget {
-    /// `bytes` of buffers at once (at least one 4 MiB piece).
-    pub fn new(bytes: u64) -> IngestBudget {
-        let total = u32::try_from(bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX).max(4);
-        let streams = Arc::new(AtomicUsize::new(0));
-        IngestBudget { mib: Arc::new(tokio::sync::Semaphore::new(total as usize)), total, streams }
-    }
-
-    /// Counts a download's first connection as an origin stream until the guard is dropped. Taken before
-    /// its first request, so that downloads arriving together see each other before any widens.
-    pub(super) fn count_stream(&self) -> Stream {
-        self.streams.fetch_add(1, Ordering::AcqRel);
-        Stream(self.streams.clone())
-    }
-
-    /// A seat for another connection of a download of `len`-byte pieces, counted as a stream until
-    /// dropped: only while every origin stream of the daemon could have two pieces of the budget (one
-    /// being filled, one on its way to the disk) with it counted. When many downloads run at once the
-    /// budget, not one connection's rate, is what limits them, and each then reads in order on one
-    /// connection (see `segments::next_chunk`). Checked and counted at once: two downloads widening at
-    /// the same moment cannot both take the last room.
-    pub(super) fn try_widen(&self, len: usize) -> Option<Stream> {
-        let per_stream = per_stream(len);
-        let fits = |n: usize| n.saturating_add(1).saturating_mul(per_stream) <= self.total as usize;
-        let update = |n: usize| fits(n).then(|| n + 1);
-        self.streams.fetch_update(Ordering::AcqRel, Ordering::Acquire, update).ok()?;
-        Some(Stream(self.streams.clone()))
-    }
-
-    /// Whether the origin streams of the daemon, each with its two pieces of `len` bytes, now need more
-    /// than the budget: an extra connection holding a seat then gives it up before its next chunk.
-    pub(super) fn crowded(&self, len: usize) -> bool {
-        self.streams.load(Ordering::Acquire).saturating_mul(per_stream(len)) > self.total as usize
-    }
-
-    /// Waits for room for one buffer of `len` bytes; a piece larger than the whole budget takes all of it.
-    pub(super) async fn reserve(&self, len: usize) -> Reservation {
-        let want = mib(len).min(self.total);
-        // The semaphore is never closed, so acquiring only waits.
-        Reservation { _permit: self.mib.clone().acquire_many_owned(want).await.ok() }
     }
 }
 
@@ -598,23 +552,5 @@ mod tests {
         assert_eq!(parse_content_range(Some(&h("bytes 0-100/100"))), None);
         assert_eq!(parse_content_range(Some(&h("items 0-1/2"))), None);
         assert_eq!(parse_content_range(None), None);
-    }
-
-    #[test]
-    fn the_ingest_budget_bounds_buffers_and_never_blocks_a_lone_large_piece() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let b = IngestBudget::new(8 << 20);
-            let (one, two) = (b.reserve(4 << 20).await, b.reserve(4 << 20).await);
-            let third = tokio::time::timeout(Duration::from_millis(50), b.reserve(4 << 20)).await;
-            assert!(third.is_err(), "a third 4 MiB buffer waits while two hold the 8 MiB");
-            drop(one);
-            let third = tokio::time::timeout(Duration::from_secs(1), b.reserve(4 << 20)).await;
-            assert!(third.is_ok(), "and goes once one is returned");
-            drop((two, third));
-            // A 64 MiB piece takes the whole budget instead of waiting forever.
-            let big = tokio::time::timeout(Duration::from_secs(1), b.reserve(64 << 20)).await;
-            assert!(big.is_ok());
-        });
     }
 }

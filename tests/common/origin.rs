@@ -32,6 +32,8 @@ pub const FLAVOURS: [Flavour; 4] = [
 #[derive(Default)]
 struct State {
     objects: Mutex<HashMap<String, Bytes>>,
+    /// TCP connections accepted.
+    connections: AtomicU64,
     bytes_sent: AtomicU64,
     requests: AtomicU64,
     /// Paths whose body is cut after this many bytes (then the connection is dropped).
@@ -268,6 +270,7 @@ impl Origin {
                         _ = &mut rx => break,
                         acc = l.accept() => {
                             let Ok((sock, _)) = acc else { continue };
+                            st.connections.fetch_add(1, Ordering::Relaxed);
                             let st = st.clone();
                             tokio::spawn(async move {
                                 let svc = service_fn(move |req| handle(st.clone(), flavour, req));
@@ -368,6 +371,10 @@ impl Origin {
 
     pub fn bytes_sent(&self) -> u64 {
         self.state.bytes_sent.load(Ordering::Relaxed)
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
     }
 
     pub fn requests(&self) -> u64 {

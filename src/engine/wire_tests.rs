@@ -1,0 +1,140 @@
+use proptest::prelude::*;
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use super::{decode, Wire};
+
+fn run(wire: &[u8], chunk: usize, slice: usize) -> Result<(u16, Vec<u8>), String> {
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(decode(wire, chunk, slice))
+}
+
+/// A chunked coding of `body` in chunks of `size` bytes, with an extension and a trailer.
+fn chunked(body: &[u8], size: usize) -> Vec<u8> {
+    let mut w = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for c in body.chunks(size.max(1)) {
+        w.extend_from_slice(format!("{:x};ext=1\r\n", c.len()).as_bytes());
+        w.extend_from_slice(c);
+        w.extend_from_slice(b"\r\n");
+    }
+    w.extend_from_slice(b"0\r\nx-trailer: 1\r\n\r\n");
+    w
+}
+
+#[test]
+fn a_content_length_body_is_read_exactly_whatever_the_socket_hands_over() {
+    let body: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let mut wire = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+    wire.extend_from_slice(&body);
+    for (chunk, slice) in [(1, 1), (7, 4096), (65536, 3), (4096, 65536)] {
+        assert_eq!(run(&wire, chunk, slice).unwrap(), (200, body.clone()), "{chunk} {slice}");
+    }
+}
+
+#[test]
+fn a_chunked_body_drops_its_framing_extensions_and_trailers() {
+    let body: Vec<u8> = (0..5_000u32).map(|i| (i % 13) as u8).collect();
+    for (size, chunk) in [(1, 3), (100, 1), (4999, 64), (5000, 16384)] {
+        assert_eq!(run(&chunked(&body, size), chunk, 777).unwrap(), (200, body.clone()), "{size} {chunk}");
+    }
+}
+
+#[test]
+fn an_answer_without_a_length_runs_to_the_end_of_the_connection() {
+    let wire = b"HTTP/1.1 200 OK\r\n\r\nhello, world";
+    assert_eq!(run(wire, 5, 4).unwrap(), (200, b"hello, world".to_vec()));
+}
+
+#[test]
+fn an_interim_answer_is_skipped_for_the_one_that_follows() {
+    let wire = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 206 Partial Content\r\ncontent-length: 2\r\n\r\nok";
+    assert_eq!(run(wire, 9, 64).unwrap(), (206, b"ok".to_vec()));
+}
+
+#[test]
+fn a_short_or_broken_body_is_an_error_never_an_end() {
+    let short = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n12345";
+    assert!(run(short, 3, 64).unwrap_err().contains("5 bytes before"), "{:?}", run(short, 3, 64));
+    let mut cut = chunked(b"0123456789", 4);
+    cut.truncate(cut.len() - 10);
+    assert!(run(&cut, 2, 64).is_err());
+    let no_crlf = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabcXY0\r\n\r\n";
+    assert!(run(no_crlf, 64, 64).unwrap_err().contains("CRLF"));
+    let bad_size = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n";
+    assert!(run(bad_size, 64, 64).unwrap_err().contains("chunk-size"));
+    let overflow = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n100000000000000000\r\n";
+    assert!(run(overflow, 64, 64).unwrap_err().contains("chunk-size"));
+}
+
+#[test]
+fn malformed_or_oversized_heads_and_conflicting_lengths_are_refused() {
+    let two = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd";
+    assert!(run(two, 64, 64).unwrap_err().contains("conflicting"));
+    let signed = b"HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\nabc";
+    assert!(run(signed, 64, 64).unwrap_err().contains("Content-Length"));
+    assert!(run(b"HTTX/1.1 200 OK\r\n\r\n", 64, 64).unwrap_err().contains("bad response head"));
+    let mut huge = b"HTTP/1.1 200 OK\r\n".to_vec();
+    huge.extend(std::iter::repeat_n(b"x-pad: 0123456789\r\n".as_slice(), 4000).flatten());
+    assert!(run(&huge, 4096, 64).is_err());
+    let mut endless_line = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1;x=".to_vec();
+    endless_line.extend(std::iter::repeat_n(b'a', 10_000));
+    assert!(run(&endless_line, 4096, 64).unwrap_err().contains("too long"));
+    // The same repeated value is one length, as RFC 9110 §8.6 allows.
+    let same = b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\nabc";
+    assert_eq!(run(same, 64, 64).unwrap(), (200, b"abc".to_vec()));
+}
+
+#[test]
+fn nothing_from_the_origin_at_all_is_an_error() {
+    assert!(run(b"", 64, 64).is_err());
+    assert!(run(b"HTTP/1.1 200 OK\r\ncontent-le", 64, 64).unwrap_err().contains("inside the response head"));
+}
+
+#[test]
+fn an_idle_connection_is_reused_while_fresh_and_closed_after_its_time_without_another_get() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    rt.block_on(async {
+        let dest = crate::upstream::Destinations::standard();
+        let https = crate::upstream::https_connector(Duration::from_secs(1), dest).unwrap();
+        let wire = Wire::keeping(https, Duration::from_millis(100));
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        wire.put("http://o.test".into(), Box::new(ours));
+        let again = wire.take("http://o.test").expect("a fresh connection is handed out again");
+        assert!(wire.take("http://o.test").is_none() && wire.take("https://o.test").is_none());
+        wire.put("http://o.test".into(), again);
+        // The sweeper closes it once it expires: the origin's end reads the close.
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), theirs.read(&mut b)).await.unwrap().unwrap();
+        assert_eq!(n, 0);
+        assert!(wire.take("http://o.test").is_none());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!wire.sweeping.load(std::sync::atomic::Ordering::Acquire), "the sweeper ended with nothing idle");
+    });
+}
+
+proptest! {
+    #[test]
+    fn any_body_comes_out_whole_however_it_is_framed_and_split(
+        body in proptest::collection::vec(any::<u8>(), 0..3000),
+        size in 1usize..700,
+        chunk in 1usize..5000,
+        slice in 1usize..5000,
+        coding in 0u8..3,
+    ) {
+        let wire = match coding {
+            0 => {
+                let mut w = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+                w.extend_from_slice(&body);
+                w
+            }
+            1 => chunked(&body, size),
+            _ => {
+                let mut w = b"HTTP/1.0 200 OK\r\n\r\n".to_vec();
+                w.extend_from_slice(&body);
+                w
+            }
+        };
+        prop_assert_eq!(run(&wire, chunk, slice).unwrap(), (200, body));
+    }
+}
