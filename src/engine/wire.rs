@@ -99,7 +99,9 @@ impl Wire {
 
     fn response(self: &Arc<Self>, head: Head, key: String) -> http::Response<RawBody> {
         let Head { status, version, headers, conn, rest, framing } = head;
-        let keep = version == Version::HTTP_11 && !closes(&headers) && !matches!(framing, Framing::Close);
+        // Both lengths on one answer is how response smuggling starts (RFC 9112 §6.1): read it, never reuse.
+        let both = headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH);
+        let keep = version == Version::HTTP_11 && !closes(&headers) && !both && !matches!(framing, Framing::Close);
         let reuse = keep.then(|| (self.clone(), key));
         let body = RawBody { conn: Some(conn), buf: rest, framing, reuse };
         let mut resp = http::Response::new(body);
@@ -250,7 +252,8 @@ async fn send(mut conn: Conn, wire: &[u8]) -> Result<Head, SendError> {
     conn.flush().await.map_err(SendError::Stale)?;
     let mut buf = BytesMut::with_capacity(READ_AHEAD);
     let mut got_any = false;
-    // Bounded by MAX_HEAD: every turn reads at least one byte, parses a head, or fails.
+    // Bounded by MAX_HEAD per head (every turn reads at least one byte, parses a head, or fails) and, for
+    // an origin sending interim answers without end, by the caller's head timeout.
     loop {
         if let Some((n, head)) = parse_head(&buf).map_err(SendError::Malformed)? {
             buf.advance(n);

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use super::{decode, Wire};
+use super::{decode, send, Trickle, Wire};
 
 fn run(wire: &[u8], chunk: usize, slice: usize) -> Result<(u16, Vec<u8>), String> {
     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(decode(wire, chunk, slice))
@@ -110,6 +110,34 @@ fn an_idle_connection_is_reused_while_fresh_and_closed_after_its_time_without_an
         assert!(wire.take("http://o.test").is_none());
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!wire.sweeping.load(std::sync::atomic::Ordering::Acquire), "the sweeper ended with nothing idle");
+    });
+}
+
+#[test]
+fn only_an_answer_framed_one_way_and_read_to_its_end_leaves_its_connection_for_reuse() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    rt.block_on(async {
+        let dest = crate::upstream::Destinations::standard();
+        let https = crate::upstream::https_connector(Duration::from_secs(1), dest).unwrap();
+        let wire = Wire::keeping(https, Duration::from_secs(30));
+        let cases: [(&[u8], bool); 5] = [
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc", true),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", true),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n", false),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc", false),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabcEXTRA", false),
+        ];
+        for (i, (answer, kept)) in cases.into_iter().enumerate() {
+            let conn = Box::new(Trickle { data: answer.to_vec(), at: 0, chunk: 4096 });
+            let head = send(conn, b"GET / HTTP/1.1\r\n\r\n").await.ok().unwrap();
+            let key = format!("http://o{i}.test");
+            let mut body = wire.response(head, key.clone()).into_body();
+            let mut b = [0u8; 16];
+            assert_eq!(body.read(&mut b).await.unwrap(), 3);
+            assert_eq!(&b[..3], b"abc");
+            assert_eq!(body.read(&mut b).await.unwrap(), 0, "case {i}");
+            assert_eq!(wire.take(&key).is_some(), kept, "case {i}");
+        }
     });
 }
 
