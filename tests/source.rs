@@ -13,6 +13,12 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
+/// An origin client with the daemon's default timeouts and destination policy.
+fn client() -> OriginClient {
+    OriginClient::new(Duration::from_secs(5), Duration::from_secs(30), shoal::upstream::Destinations::standard())
+        .unwrap()
+}
+
 #[test]
 fn every_flavour_streams_exact_bytes_into_a_task() {
     let piece = 64 << 10;
@@ -23,12 +29,7 @@ fn every_flavour_streams_exact_bytes_into_a_task() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path(), engines()[i % engines().len()]);
         rt().block_on(async {
-            let client = OriginClient::new(
-                Duration::from_secs(5),
-                Duration::from_secs(30),
-                shoal::upstream::Destinations::standard(),
-            )
-            .unwrap();
+            let client = client();
             let resp = client.get(&origin.url("/lfs/obj"), &[("X-Test".into(), "1".into())], None).await.unwrap();
             assert_eq!(resp.status, 200);
             assert_eq!(resp.content_length, fl.content_length.then_some(obj.len() as u64), "{fl:?}");
@@ -53,12 +54,7 @@ fn a_body_read_to_its_end_leaves_its_connection_for_the_next_get() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path(), engines()[0]);
         rt().block_on(async {
-            let client = OriginClient::new(
-                Duration::from_secs(5),
-                Duration::from_secs(30),
-                shoal::upstream::Destinations::standard(),
-            )
-            .unwrap();
+            let client = client();
             for seed in 0..3u8 {
                 let resp = client.get(&origin.url("/o"), &[], None).await.unwrap();
                 let s = spec(60 + seed, resp.content_length, 64 << 10, Some(sha256(&obj)));
@@ -85,12 +81,7 @@ fn range_is_trusted_only_when_the_origin_proves_it() {
         let origin = Origin::start("127.0.0.1", fl);
         origin.put("/o", obj.clone());
         rt().block_on(async {
-            let client = OriginClient::new(
-                Duration::from_secs(5),
-                Duration::from_secs(30),
-                shoal::upstream::Destinations::standard(),
-            )
-            .unwrap();
+            let client = client();
             let resp = client.get(&origin.url("/o"), &[], Some((1000, Some(1999)))).await.unwrap();
             if fl.ranges {
                 assert_eq!(resp.status, 206);
@@ -116,12 +107,7 @@ fn origin_errors_and_truncation_fail_loudly() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path(), engines()[0]);
         rt().block_on(async {
-            let client = OriginClient::new(
-                Duration::from_secs(5),
-                Duration::from_secs(30),
-                shoal::upstream::Destinations::standard(),
-            )
-            .unwrap();
+            let client = client();
             for code in [404u16, 500] {
                 match client.get(&origin.url(&format!("/status/{code}")), &[], None).await {
                     Err(EngineError::OriginStatus { status, headers }) => {

@@ -20,13 +20,11 @@ use std::future::Future;
 
 use super::budget::{IngestBudget, Reservation};
 use super::error::EngineError;
-use super::wire::{RawBody, Wire};
+use super::wire::{dial_error, RawBody, Wire};
 use crate::metrics::{self, Metrics};
 use crate::storage::buf::{self, PieceBuf};
 use crate::storage::{Task, TaskState};
-use crate::upstream::{
-    denial_in, error_chain, https_connector, https_connector_with, tls_refusal_in, Destinations, Https, HOP_BY_HOP,
-};
+use crate::upstream::{https_connector, https_connector_with, Destinations, Https, HOP_BY_HOP};
 
 /// Client headers that a back-to-source GET sets itself: the whole object, identity-encoded, from its host.
 const SET_BY_THE_FETCH: &[&str] = &["host", "range", "if-range", "accept-encoding"];
@@ -254,11 +252,7 @@ impl Exchange for Hyper<'_> {
         tokio::time::timeout(timeout, self.0.client.request(req))
             .await
             .map_err(|_| EngineError::OriginHeadTimeout(timeout))?
-            .map_err(|e| match (denial_in(&e), tls_refusal_in(&host, &e)) {
-                (Some(d), _) => EngineError::Denied(d.clone()),
-                (None, Some(t)) => EngineError::OriginTls(t),
-                (None, None) => EngineError::OriginConnect(error_chain(&e)),
-            })
+            .map_err(|e| dial_error(&host, &e))
     }
 }
 

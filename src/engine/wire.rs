@@ -116,14 +116,7 @@ impl Wire {
         let mut https = self.https.clone();
         match https.call(uri.clone()).await {
             Ok(s) => Ok(Box::new(Dialled::new(s))),
-            Err(e) => {
-                let e: &(dyn std::error::Error + 'static) = &*e;
-                Err(match (denial_in(e), tls_refusal_in(&host, e)) {
-                    (Some(d), _) => EngineError::Denied(d.clone()),
-                    (None, Some(t)) => EngineError::OriginTls(t),
-                    (None, None) => EngineError::OriginConnect(error_chain(e)),
-                })
-            }
+            Err(e) => Err(dial_error(&host, &*e)),
         }
     }
 
@@ -182,6 +175,16 @@ impl Wire {
                 }
             }
         });
+    }
+}
+
+/// Why reaching `host` failed, as the engine says it: the destination policy's refusal, TLS, or the rest.
+/// Shared with the hyper client's requests, whose errors wrap the same connector's.
+pub(super) fn dial_error(host: &str, e: &(dyn std::error::Error + 'static)) -> EngineError {
+    match (denial_in(e), tls_refusal_in(host, e)) {
+        (Some(d), _) => EngineError::Denied(d.clone()),
+        (None, Some(t)) => EngineError::OriginTls(t),
+        (None, None) => EngineError::OriginConnect(error_chain(e)),
     }
 }
 

@@ -10,6 +10,12 @@ fn run(wire: &[u8], chunk: usize, slice: usize) -> Result<(u16, Vec<u8>), String
     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(decode(wire, chunk, slice))
 }
 
+/// A wire over the standard connector, keeping idle connections for `keep`.
+fn wire_keeping(keep: Duration) -> std::sync::Arc<Wire> {
+    let dest = crate::upstream::Destinations::standard();
+    Wire::keeping(crate::upstream::https_connector(Duration::from_secs(1), dest).unwrap(), keep)
+}
+
 /// A chunked coding of `body` in chunks of `size` bytes, with an extension and a trailer.
 fn chunked(body: &[u8], size: usize) -> Vec<u8> {
     let mut w = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
@@ -95,9 +101,7 @@ fn nothing_from_the_origin_at_all_is_an_error() {
 fn an_idle_connection_is_reused_while_fresh_and_closed_after_its_time_without_another_get() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     rt.block_on(async {
-        let dest = crate::upstream::Destinations::standard();
-        let https = crate::upstream::https_connector(Duration::from_secs(1), dest).unwrap();
-        let wire = Wire::keeping(https, Duration::from_millis(100));
+        let wire = wire_keeping(Duration::from_millis(100));
         let (ours, mut theirs) = tokio::io::duplex(64);
         wire.put("http://o.test".into(), Box::new(ours));
         let again = wire.take("http://o.test").expect("a fresh connection is handed out again");
@@ -117,9 +121,7 @@ fn an_idle_connection_is_reused_while_fresh_and_closed_after_its_time_without_an
 fn only_an_answer_framed_one_way_and_read_to_its_end_leaves_its_connection_for_reuse() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     rt.block_on(async {
-        let dest = crate::upstream::Destinations::standard();
-        let https = crate::upstream::https_connector(Duration::from_secs(1), dest).unwrap();
-        let wire = Wire::keeping(https, Duration::from_secs(30));
+        let wire = wire_keeping(Duration::from_secs(30));
         let cases: [(&[u8], bool); 5] = [
             (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc", true),
             (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", true),
