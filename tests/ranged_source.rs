@@ -14,9 +14,11 @@ use common::{content, sha256};
 
 const LEN: usize = (160 << 20) + 12345;
 
-fn fetch(origin: &Origin, ip: &str, yaml: &str) -> String {
+/// Fetches a fresh object through a daemon at `ip`, the origin sending 256 KiB per connection every
+/// `pace` (a per-connection cap of 256 KiB / `pace`).
+fn fetch(origin: &Origin, ip: &str, yaml: &str, pace: Duration) -> String {
     let (_, oid, url) = origin.put_lfs(130, LEN);
-    origin.set_frame_delay(Duration::from_millis(2));
+    origin.set_frame_delay(pace);
     let tmp = tempfile::tempdir().unwrap();
     let d = cluster::daemon_with(ip, &[], false, &tmp.path().join("d"), yaml);
     let out = tmp.path().join("out");
@@ -29,7 +31,8 @@ fn fetch(origin: &Origin, ip: &str, yaml: &str) -> String {
 #[test]
 fn an_origin_that_serves_ranges_is_read_over_several_connections_every_byte_once() {
     let origin = Origin::start("127.0.0.2", FLAVOURS[0]);
-    let err = fetch(&origin, "127.0.0.97", "");
+    // 32 MB/s per connection: each connection the download adds raises its rate, so it widens.
+    let err = fetch(&origin, "127.0.0.97", "", Duration::from_millis(8));
     assert!(err.contains("source=origin"), "{err}");
     let ranges = origin.ranges();
     // 41 pieces of 4 MiB: the first request asks for a 16 MiB window (4 pieces) and proves ranges; the
@@ -53,17 +56,18 @@ fn an_origin_that_serves_ranges_is_read_over_several_connections_every_byte_once
     assert_eq!(origin.bytes_sent(), LEN as u64, "every byte once: no connection was cut mid-body");
     // Each connection takes its next chunk on the connection the last one ended on (keep-alive).
     assert!(origin.connections() <= 4, "20 ranged GETs over {} connections", origin.connections());
+    assert!(origin.connections() >= 2, "a capped origin is read over more than one connection");
 }
 
 #[test]
 fn one_connection_when_the_origin_ignores_ranges_or_the_operator_says_so() {
     let no_ranges = Origin::start("127.0.0.2", FLAVOURS[1]);
-    fetch(&no_ranges, "127.0.0.98", "");
+    fetch(&no_ranges, "127.0.0.98", "", Duration::from_millis(2));
     assert_eq!(no_ranges.requests(), 1, "a 200 to the window's range is read whole");
     assert_eq!(no_ranges.bytes_sent(), LEN as u64);
 
     let ranges = Origin::start("127.0.0.2", FLAVOURS[0]);
-    fetch(&ranges, "127.0.0.99", "engine:\n  origin_connections: 1\n");
+    fetch(&ranges, "127.0.0.99", "engine:\n  origin_connections: 1\n", Duration::from_millis(2));
     assert_eq!((ranges.requests(), ranges.ranges().len()), (1, 0), "one plain GET");
 }
 

@@ -436,7 +436,7 @@ async fn from_origin(
     publish(tx, &task, Source::Origin, Some(resp.headers.clone()), Some(req.credentials.fingerprint));
     spawn_progress_reporter(engine, &task, true);
     let (in_flight, idle) = (engine.cfg.origin_in_flight, engine.cfg.origin_idle_timeout);
-    let s = super::source::Streaming { in_flight, idle, budget: &engine.ingest };
+    let s = super::source::Streaming { in_flight, idle, budget: &engine.ingest, pace: None };
     match super::segments::plan(&task, &resp, engine.cfg.origin_connections) {
         Some(plan) => {
             tracing::debug!(task = %req.task_id, connections = plan.connections, "ranged back-to-source");

@@ -7,6 +7,8 @@
 //! byte); a 206 whose Content-Range is what was asked proves that the origin serves ranges and says the
 //! object's length. That connection reads its window, and it and the others then take the next chunk
 //! ([`CHUNK`], in order, each a `Range: bytes=a-b` GET on a pooled connection) until none is left.
+//! Extra connections join one at a time, each only if it raised the download's rate (pace.rs); where
+//! none did, the first connection takes the rest of the object in one request.
 //!
 //! Why chunks in order rather than one long segment per connection: the whole-object sha256 is one
 //! sequential pass. With contiguous quarters, three quarters arrive before the hash may read them and
@@ -22,9 +24,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::budget::{IngestBudget, Stream};
+use super::budget::Stream;
 use super::error::EngineError;
-use super::source::{stream_pieces, OriginClient, OriginResponse, Streaming};
+use super::pace::{Lane, Pace};
+use super::source::{drain, stream_pieces_on, OriginClient, OriginResponse, Streaming, Writes};
 use super::FetchRequest;
 use crate::storage::buf::HOLD_CAP;
 use crate::storage::{Task, TaskState};
@@ -101,6 +104,13 @@ impl Chunks {
         self.next.load(Ordering::Relaxed) >= u64::from(self.count)
     }
 
+    /// Everything not taken yet, as one chunk.
+    fn take_rest(&self) -> Option<(u32, u32)> {
+        let a = self.next.swap(u64::from(self.count), Ordering::Relaxed);
+        let a = u32::try_from(a).ok().filter(|&a| a < self.count)?;
+        Some((a, self.count))
+    }
+
     fn take(&self) -> Option<(u32, u32)> {
         let a = self.next.fetch_add(u64::from(self.chunk), Ordering::Relaxed);
         let a = u32::try_from(a).ok().filter(|&a| a < self.count)?;
@@ -126,30 +136,37 @@ async fn near_the_hash(task: &Task, (_, b): (u32, u32), chunk: u32, limit: std::
     }
 }
 
+/// An extra connection's right to take chunks: a seat in the ingest budget and, when the download is
+/// probed, a lane within the width the probe found pays ([`Pace`]).
+type Seat<'a> = (Stream, Option<Lane<'a>>);
+
 /// The next chunk for a connection. The first one (`seat` is `None`: its stream is counted by the caller)
-/// always takes it; an extra one only while it holds a seat in the ingest budget
-/// ([`IngestBudget::try_widen`]), given up before a chunk when the budget has become crowded, so that
+/// always takes it; an extra one only while it holds a seat: a lane within the probe's width (extra
+/// connections join one at a time while each raises the download's rate; where this node is the limit
+/// they do not), and room in the ingest budget
+/// ([`super::budget::IngestBudget::try_widen`]), given up before a chunk when the budget has become crowded, so that
 /// when many downloads run at once each reads in order on one connection: its pieces are then hashed as
 /// they arrive instead of waiting in memory, or being read back, for the gaps before them. Measured with
 /// 8 concurrent cold 1 GiB downloads (loopback, 2 cores, two runs each against the previous code): the
 /// daemon's CPU 1.42-1.54 s/GiB against 1.76-1.82, peak RssAnon 86-94 MiB against 113-114, and a capped
 /// origin's single download still took 0.24x a direct GET (scripts/bench-origin-cap.sh). Meanwhile it
 /// waits, until the first connection has taken every chunk or `live` says the download ended.
-async fn next_chunk(
+async fn next_chunk<'a>(
     chunks: &Chunks,
-    seat: Option<&mut Option<Stream>>,
+    seat: Option<&mut Option<Seat<'a>>>,
     piece_length: usize,
-    budget: &IngestBudget,
+    s: &Streaming<'a>,
     live: impl Fn() -> bool,
 ) -> Option<(u32, u32)> {
     let first = seat.is_none();
     if let Some(seat) = seat {
-        if seat.is_some() && budget.crowded(piece_length) {
+        let over = s.pace.is_some_and(|p| p.over());
+        if seat.is_some() && (over || s.budget.crowded(piece_length)) {
             *seat = None;
         }
         // Bounded by the first connection, which takes a chunk every round or ends the download.
         while seat.is_none() && !chunks.is_empty() && live() {
-            *seat = budget.try_widen(piece_length);
+            *seat = take_seat(s, piece_length);
             if seat.is_none() {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
@@ -157,6 +174,24 @@ async fn next_chunk(
     }
     // A failed download's other connections would only ask the origin for bytes no one stores.
     (first || live()).then(|| chunks.take()).flatten()
+}
+
+/// Whether the first connection should take the rest of the object in one request: the probe settled on
+/// one connection, and nothing after the next chunk is stored (a resumed download keeps its chunks,
+/// which skip what is stored). One connection reading chunk by chunk drained its pieces' writes and
+/// waited a round trip every 8 MiB: on loopback the two cores sat idle a third of the time.
+fn alone(task: &Task, chunks: &Chunks, s: &Streaming<'_>) -> bool {
+    let from = u32::try_from(chunks.next.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+    s.pace.is_some_and(Pace::alone) && (from..chunks.count).all(|k| !task.has_piece(k))
+}
+
+/// A lane (when probed), then a seat in the budget; neither is kept without the other.
+fn take_seat<'a>(s: &Streaming<'a>, piece_length: usize) -> Option<Seat<'a>> {
+    let lane = match s.pace {
+        Some(p) => Some(p.join()?),
+        None => None,
+    };
+    Some((s.budget.try_widen(piece_length)?, lane))
 }
 
 /// The part of chunk `[a, b)` from its first missing piece to its last one, if any is missing.
@@ -178,6 +213,8 @@ pub(super) async fn fetch(
     s: &Streaming<'_>,
 ) -> Result<u64, EngineError> {
     let chunks = Chunks::new(plan.window_end, plan.count, plan.chunk);
+    let pace = Pace::new(plan.connections);
+    let s = &Streaming { pace: Some(&pace), ..*s };
     // Every chunk must be of the representation the window was: a new version uploaded meanwhile would
     // make a mixed object that, named by its URL, no digest could catch. If-Range turns that into a 200.
     let validator = validator(&resp.headers);
@@ -185,23 +222,35 @@ pub(super) async fn fetch(
     let worker = |window: Option<OriginResponse>| {
         let chunks = &chunks;
         async move {
-            // An extra connection's seat in the ingest budget; the first one's is its download's.
+            // An extra connection's seat; the first one's is its download's.
             let (first, mut seat) = (window.is_some(), None);
+            // This connection's piece writes, carried from one chunk to the next.
+            let mut writes = Writes::new();
             let mut n = match window {
-                Some(resp) => stream_pieces(task, resp, Some(plan.window_end), s).await?,
+                Some(resp) => stream_pieces_on(task, resp, Some(plan.window_end), s, &mut writes).await?,
                 None => 0,
             };
             // Bounded: every round takes a chunk, and there are finitely many.
             let live = || matches!(task.state(), TaskState::InProgress);
             let pl = task.piece_length() as usize;
-            while let Some(c) = next_chunk(chunks, (!first).then_some(&mut seat), pl, s.budget, live).await {
-                near_the_hash(task, c, plan.chunk, s.idle).await;
+            loop {
+                let c = if first && alone(task, chunks, s) {
+                    chunks.take_rest()
+                } else {
+                    let c = next_chunk(chunks, (!first).then_some(&mut seat), pl, s, live).await;
+                    if let Some(c) = c {
+                        near_the_hash(task, c, plan.chunk, s.idle).await;
+                    }
+                    c
+                };
+                let Some(c) = c else { break };
                 // A resumed download asks only for what is missing: a chunk already stored is skipped,
                 // and one partly stored is narrowed to the pieces between its first and last gap.
                 if let Some(c) = missing_within(task, c) {
-                    n += segment(origin, req, task, c, validator, s).await?;
+                    n += segment(origin, req, task, c, validator, s, &mut writes).await?;
                 }
             }
+            drain(&mut writes).await?;
             Ok::<u64, EngineError>(n)
         }
     };
@@ -237,6 +286,7 @@ async fn segment(
     (a, b): (u32, u32),
     validator: Option<&http::HeaderValue>,
     s: &Streaming<'_>,
+    writes: &mut Writes,
 ) -> Result<u64, EngineError> {
     let pl = u64::from(task.piece_length());
     let last = task.piece_count().is_none_or(|c| b >= c);
@@ -247,36 +297,72 @@ async fn segment(
         // stopped honouring ranges). The download fails; the next request starts afresh.
         return Err(EngineError::BadRange);
     }
-    stream_pieces(task, r, (!last).then_some(b), s).await
+    stream_pieces_on(task, r, (!last).then_some(b), s, writes).await
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{first_range, next_chunk, unjoinable, Chunks, IngestBudget, WINDOW};
+    use super::super::budget::IngestBudget;
+    use super::super::pace::Pace;
+    use super::super::source::Streaming;
+    use super::{first_range, next_chunk, unjoinable, Chunks, WINDOW};
     use std::time::Duration;
+
+    fn streaming<'a>(budget: &'a IngestBudget, pace: Option<&'a Pace>) -> Streaming<'a> {
+        Streaming { in_flight: 4, idle: Duration::from_secs(1), budget, pace }
+    }
+
+    #[test]
+    fn extra_connections_join_only_within_the_width_the_probe_found_pays() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (pl, b, p) = (4usize << 20, IngestBudget::new(32 << 20), Pace::new(4));
+            let s = streaming(&b, Some(&p));
+            let c = Chunks::new(0, 64, 2);
+            let _download = b.count_stream();
+            let (mut one, mut two) = (None, None);
+            let wait = Duration::from_millis(100);
+            let early = tokio::time::timeout(wait, next_chunk(&c, Some(&mut one), pl, &s, || true));
+            assert!(early.await.is_err(), "nothing measured yet: the first connection runs alone");
+            assert!(one.is_none(), "and the extra holds no seat");
+            p.settle_at(2);
+            assert_eq!(next_chunk(&c, Some(&mut one), pl, &s, || true).await, Some((0, 2)), "a second one pays");
+            let third = tokio::time::timeout(wait, next_chunk(&c, Some(&mut two), pl, &s, || true));
+            assert!(third.await.is_err(), "a third does not fit the width");
+            p.settle_at(1);
+            let later = next_chunk(&c, Some(&mut one), pl, &s, || true);
+            let (got, ()) = tokio::join!(later, async {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                p.settle_at(2);
+            });
+            assert_eq!(got, Some((2, 4)), "it left the narrowed width before its next chunk, then came back");
+            assert!(one.is_some());
+        });
+    }
 
     #[test]
     fn a_second_connection_joins_only_while_the_budget_has_two_pieces_for_every_stream() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let (pl, b) = (4usize << 20, IngestBudget::new(32 << 20));
+            let (pl, budget) = (4usize << 20, IngestBudget::new(32 << 20));
+            let b = &streaming(&budget, None);
             let c = Chunks::new(0, 64, 2);
-            let _download = b.count_stream();
+            let _download = budget.count_stream();
             let mut seat = None;
-            let got = next_chunk(&c, Some(&mut seat), pl, &b, || true).await;
+            let got = next_chunk(&c, Some(&mut seat), pl, b, || true).await;
             assert_eq!(got, Some((0, 2)), "alone, it joins at once");
             assert!(seat.is_some(), "and holds a seat");
             // Two more downloads arrive: four streams at 2 x 4 MiB each fill 32 MiB.
-            let more: Vec<_> = (0..2).map(|_| b.count_stream()).collect();
+            let more: Vec<_> = (0..2).map(|_| budget.count_stream()).collect();
             let mut other = None;
             let waiting =
-                tokio::time::timeout(Duration::from_millis(100), next_chunk(&c, Some(&mut other), pl, &b, || true));
+                tokio::time::timeout(Duration::from_millis(100), next_chunk(&c, Some(&mut other), pl, b, || true));
             assert!(waiting.await.is_err(), "a fifth stream would leave less than two pieces each");
             assert!(other.is_none(), "and it took no seat");
-            assert_eq!(next_chunk(&c, None, pl, &b, || true).await, Some((2, 4)), "the first never waits");
+            assert_eq!(next_chunk(&c, None, pl, b, || true).await, Some((2, 4)), "the first never waits");
             // One more: the extra connection gives its seat up before its next chunk, and waits...
-            let fifth = b.count_stream();
-            let later = next_chunk(&c, Some(&mut seat), pl, &b, || true);
+            let fifth = budget.count_stream();
+            let later = next_chunk(&c, Some(&mut seat), pl, b, || true);
             let (got, ()) = tokio::join!(later, async {
                 tokio::time::sleep(Duration::from_millis(60)).await;
                 // ...until a stream ends.
@@ -285,14 +371,14 @@ mod tests {
             assert_eq!(got, Some((4, 6)));
             assert!(seat.is_some(), "it sits again");
             drop(seat);
-            let _full: Vec<_> = (0..2).map(|_| b.count_stream()).collect();
+            let _full: Vec<_> = (0..2).map(|_| budget.count_stream()).collect();
             let mut late = None;
-            let gone = tokio::time::timeout(Duration::from_secs(2), next_chunk(&c, Some(&mut late), pl, &b, || false));
+            let gone = tokio::time::timeout(Duration::from_secs(2), next_chunk(&c, Some(&mut late), pl, b, || false));
             assert_eq!(gone.await.ok(), Some(None), "an ended download stops waiting and takes nothing");
-            assert_eq!(next_chunk(&c, None, pl, &b, || false).await, Some((6, 8)), "the first reports the end itself");
+            assert_eq!(next_chunk(&c, None, pl, b, || false).await, Some((6, 8)), "the first reports the end itself");
             // Bounded by the count.
             while c.take().is_some() {}
-            let none = tokio::time::timeout(Duration::from_secs(2), next_chunk(&c, Some(&mut late), pl, &b, || true));
+            let none = tokio::time::timeout(Duration::from_secs(2), next_chunk(&c, Some(&mut late), pl, b, || true));
             assert_eq!(none.await.ok(), Some(None), "nothing left: it ends");
             drop(more);
         });

@@ -20,6 +20,7 @@ use std::future::Future;
 
 use super::budget::{IngestBudget, Reservation};
 use super::error::EngineError;
+use super::pace::Pace;
 use super::wire::{dial_error, RawBody, Wire};
 use crate::metrics::{self, Metrics};
 use crate::storage::buf::{self, PieceBuf};
@@ -371,14 +372,17 @@ pub async fn stream_into(
     budget: &IngestBudget,
 ) -> Result<u64, EngineError> {
     let _stream = budget.count_stream();
-    stream_pieces(task, resp, None, &Streaming { in_flight, idle, budget }).await
+    stream_pieces(task, resp, None, &Streaming { in_flight, idle, budget, pace: None }).await
 }
 
 /// How a body is streamed into pieces (see [`stream_into`]).
+#[derive(Clone, Copy)]
 pub(super) struct Streaming<'a> {
     pub in_flight: usize,
     pub idle: Duration,
     pub budget: &'a IngestBudget,
+    /// The probe of a download split over ranged connections, told of every byte delivered.
+    pub pace: Option<&'a Pace>,
 }
 
 /// [`stream_into`], stopping after piece `end - 1` when `end` is set (one segment of a download split
@@ -391,13 +395,41 @@ pub(super) async fn stream_pieces(
     end: Option<u32>,
     s: &Streaming<'_>,
 ) -> Result<u64, EngineError> {
+    let mut writes = Writes::new();
+    let n = stream_pieces_on(task, resp, end, s, &mut writes).await?;
+    drain(&mut writes).await?;
+    Ok(n)
+}
+
+/// Piece writes still in flight, oldest first.
+pub(super) type Writes = VecDeque<tokio::task::JoinHandle<crate::storage::Result<()>>>;
+
+/// Waits for every write in `writes`; the first error is the result.
+pub(super) async fn drain(writes: &mut Writes) -> Result<(), EngineError> {
+    while let Some(w) = writes.pop_front() {
+        join(Some(w)).await?;
+    }
+    Ok(())
+}
+
+/// [`stream_pieces`], leaving the last pieces' writes in `writes` rather than waiting for them: a
+/// connection that goes on to its next chunk keeps receiving while they are hashed and written (and
+/// still has at most `in_flight` of them). Waiting at each 8 MiB chunk left the hash idle while the next
+/// chunk's first piece arrived. The caller must [`drain`] `writes`.
+pub(super) async fn stream_pieces_on(
+    task: &Arc<Task>,
+    resp: OriginResponse,
+    end: Option<u32>,
+    s: &Streaming<'_>,
+    writes: &mut Writes,
+) -> Result<u64, EngineError> {
     let pl = task.piece_length() as usize;
     let expected = task.content_length();
     if resp.start % pl as u64 != 0 || expected.is_some_and(|e| resp.start > e) {
         return Err(EngineError::BadRange);
     }
     let mut body = resp.body;
-    let mut w = PieceWriter::new(task, s.in_flight, s.budget, resp.start).await?;
+    let mut w = PieceWriter::new(task, s.in_flight, s.budget, resp.start, writes).await?;
     // Bounded by the body: every round consumes a frame or ends (or the segment is whole).
     while end.is_none_or(|e| w.k < e) {
         if let TaskState::Failed(r) = task.state() {
@@ -410,6 +442,9 @@ pub(super) async fn stream_pieces(
             Ok(Err(e)) => return Err(EngineError::OriginBody { received: w.total, reason: e.to_string() }),
         };
         Metrics::add(&metrics::global().bytes_from_origin, n as u64);
+        if let Some(p) = s.pace {
+            p.delivered(n);
+        }
         if let Some(exp) = expected.filter(|&e| w.total + n as u64 > e) {
             return Err(EngineError::TooLong { expected: exp });
         }
@@ -429,7 +464,7 @@ pub(super) async fn stream_pieces(
             task.set_content_length(w.total)?;
         }
     }
-    w.finish().await?;
+    w.finish();
     Ok(w.total - resp.start)
 }
 
@@ -447,7 +482,7 @@ struct PieceWriter<'a> {
     /// The piece being filled, and the object offset after the last byte taken.
     k: u32,
     total: u64,
-    writes: VecDeque<tokio::task::JoinHandle<crate::storage::Result<()>>>,
+    writes: &'a mut Writes,
 }
 
 impl<'a> PieceWriter<'a> {
@@ -456,11 +491,12 @@ impl<'a> PieceWriter<'a> {
         in_flight: usize,
         budget: &'a IngestBudget,
         start: u64,
+        writes: &'a mut Writes,
     ) -> Result<Self, EngineError> {
         let pl = task.piece_length() as usize;
         let k = u32::try_from(start / pl as u64).map_err(|_| EngineError::BadRange)?;
         let held = budget.reserve(pl).await;
-        let (buf, writes) = (buf::take(pl), VecDeque::new());
+        let buf = buf::take(pl);
         Ok(PieceWriter { task, pl, in_flight, budget, held, buf, k, total: start, writes })
     }
 
@@ -496,17 +532,13 @@ impl<'a> PieceWriter<'a> {
         }));
     }
 
-    /// Writes the last, short piece and waits for every write.
-    async fn finish(&mut self) -> Result<(), EngineError> {
+    /// Writes the last, short piece; the caller waits for the writes ([`drain`]).
+    fn finish(&mut self) {
         if !self.buf.is_empty() {
             let held = std::mem::replace(&mut self.held, Reservation::none());
             let piece = std::mem::replace(&mut self.buf, PieceBuf::empty()).freeze();
             self.spawn_write(piece, held);
         }
-        while let Some(w) = self.writes.pop_front() {
-            join(Some(w)).await?;
-        }
-        Ok(())
     }
 }
 
