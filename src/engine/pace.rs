@@ -11,7 +11,7 @@
 //! origin would give ([`GAIN`]); otherwise it goes back one and stays there.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long one width is measured: long enough that a request's round trip and a connection's start
@@ -110,11 +110,17 @@ impl Pace {
         self.delivered.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// Connections the download may use now, the first one included; advances the probe.
-    pub(super) fn width(&self) -> u32 {
+    /// The probe, advanced to now.
+    fn stepped(&self) -> MutexGuard<'_, Probe> {
         let bytes = self.delivered.load(Ordering::Relaxed);
         let mut p = self.probe.lock().unwrap_or_else(|p| p.into_inner());
-        p.step(Instant::now(), bytes, self.max)
+        p.step(Instant::now(), bytes, self.max);
+        p
+    }
+
+    /// Connections the download may use now, the first one included; advances the probe.
+    pub(super) fn width(&self) -> u32 {
+        self.stepped().width
     }
 
     /// A place for one more extra connection, if the width has room for it.
@@ -132,8 +138,7 @@ impl Pace {
 
     /// Whether the probe has settled on one connection: the download is best read on one, to its end.
     pub(super) fn alone(&self) -> bool {
-        self.width();
-        let p = self.probe.lock().unwrap_or_else(|p| p.into_inner());
+        let p = self.stepped();
         p.settled && p.width == 1
     }
 

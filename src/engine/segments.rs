@@ -143,9 +143,9 @@ type Seat<'a> = (Stream, Option<Lane<'a>>);
 /// The next chunk for a connection. The first one (`seat` is `None`: its stream is counted by the caller)
 /// always takes it; an extra one only while it holds a seat: a lane within the probe's width (extra
 /// connections join one at a time while each raises the download's rate; where this node is the limit
-/// they do not), and room in the ingest budget
-/// ([`super::budget::IngestBudget::try_widen`]), given up before a chunk when the budget has become crowded, so that
-/// when many downloads run at once each reads in order on one connection: its pieces are then hashed as
+/// they do not), and room in the ingest budget ([`super::budget::IngestBudget::try_widen`]). The seat is
+/// given up before a chunk when the width narrows or the budget has become crowded, so that when many
+/// downloads run at once each reads in order on one connection: its pieces are then hashed as
 /// they arrive instead of waiting in memory, or being read back, for the gaps before them. Measured with
 /// 8 concurrent cold 1 GiB downloads (loopback, 2 cores, two runs each against the previous code): the
 /// daemon's CPU 1.42-1.54 s/GiB against 1.76-1.82, peak RssAnon 86-94 MiB against 113-114, and a capped
@@ -178,8 +178,7 @@ async fn next_chunk<'a>(
 
 /// Whether the first connection should take the rest of the object in one request: the probe settled on
 /// one connection, and nothing after the next chunk is stored (a resumed download keeps its chunks,
-/// which skip what is stored). One connection reading chunk by chunk drained its pieces' writes and
-/// waited a round trip every 8 MiB: on loopback the two cores sat idle a third of the time.
+/// which skip what is stored). Alone, chunks only cost a request and a round trip every 8 MiB.
 fn alone(task: &Task, chunks: &Chunks, s: &Streaming<'_>) -> bool {
     let from = u32::try_from(chunks.next.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
     s.pace.is_some_and(Pace::alone) && (from..chunks.count).all(|k| !task.has_piece(k))
