@@ -8,7 +8,9 @@
 //! told the two apart on a node whose origin shares its cores (docs/benchmarks.md), so each download
 //! measures it. After a first window of warming up, it runs at one width for a [`WINDOW`], tries one
 //! more connection for the next, and keeps it only if the delivered rate rose by half of what a capped
-//! origin would give ([`GAIN`]); otherwise it goes back one and stays there.
+//! origin would give ([`GAIN`]); otherwise it goes back one and stays there. A trial that could not
+//! pass is not run: when the rise it needs would take the download past the rate this daemon's
+//! whole-content hash runs at (`storage::hash_rate`), which every byte waits for, the width stays.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -51,7 +53,7 @@ impl Probe {
     /// The width after `bytes` were delivered by `now`: unchanged until a window is full, then one more
     /// while each added connection raised the rate enough ([`GAIN`]), or one less (and settled) once one
     /// did not.
-    fn step(&mut self, now: Instant, bytes: u64, max: u32) -> u32 {
+    fn step(&mut self, now: Instant, bytes: u64, max: u32, hash_rate: Option<f64>) -> u32 {
         if self.settled {
             return self.width;
         }
@@ -71,7 +73,8 @@ impl Probe {
             self.mark = Some((now, bytes));
             return self.width;
         }
-        tracing::debug!(width = self.width, mb_per_s = rate / 1e6, "origin connections probed");
+        let hash_mb_per_s = hash_rate.map(|h| h / 1e6);
+        tracing::debug!(width = self.width, mb_per_s = rate / 1e6, hash_mb_per_s, "origin connections probed");
         let need = 1.0 + GAIN / f64::from(self.width.saturating_sub(1).max(1));
         if self.base.is_some_and(|base| rate < base * need) {
             self.width -= 1;
@@ -79,7 +82,9 @@ impl Probe {
             return self.width;
         }
         self.base = Some(rate);
-        if self.width < max {
+        // The next connection would have to lift the rate to this; past the hash's rate it cannot.
+        let next_needs = rate * (1.0 + GAIN / f64::from(self.width));
+        if self.width < max && hash_rate.is_none_or(|h| next_needs <= h) {
             self.width += 1;
         } else {
             self.settled = true;
@@ -114,7 +119,7 @@ impl Pace {
     fn stepped(&self) -> MutexGuard<'_, Probe> {
         let bytes = self.delivered.load(Ordering::Relaxed);
         let mut p = self.probe.lock().unwrap_or_else(|p| p.into_inner());
-        p.step(Instant::now(), bytes, self.max);
+        p.step(Instant::now(), bytes, self.max, crate::storage::hash_rate());
         p
     }
 
@@ -157,14 +162,33 @@ mod tests {
     /// Runs `rates` (bytes per second at each window's width) through a probe of at most `max`
     /// connections; returns the width after each window.
     fn widths(max: u32, rates: impl Fn(u32) -> f64) -> Vec<u32> {
+        widths_hashing_at(None, max, rates)
+    }
+
+    /// [`widths`] on a daemon whose whole-content hash runs at `hash` bytes per second.
+    fn widths_hashing_at(hash: Option<f64>, max: u32, rates: impl Fn(u32) -> f64) -> Vec<u32> {
         let mut p = Probe { width: 1, settled: max <= 1, mark: None, base: None, warm: false };
         let (t0, mut bytes) = (Instant::now(), 1u64);
-        let mut out = vec![p.step(t0, bytes, max)];
+        let mut out = vec![p.step(t0, bytes, max, hash)];
         for i in 1..9u32 {
             bytes += (rates(p.width) * WINDOW.as_secs_f64()) as u64;
-            out.push(p.step(t0 + WINDOW * i, bytes, max));
+            out.push(p.step(t0 + WINDOW * i, bytes, max, hash));
         }
         out
+    }
+
+    #[test]
+    fn no_connection_is_tried_where_the_rise_it_needs_would_outrun_the_hash() {
+        // One connection delivers 800 MB/s and the hash runs at 1 GB/s: a second would have to reach
+        // 1.2 GB/s to be kept, which the hash cannot take. No trial.
+        assert_eq!(widths_hashing_at(Some(1e9), 4, |_| 800e6), [1; 9]);
+        // The same node without a timed hash yet tries one, and goes back.
+        assert_eq!(widths_hashing_at(None, 4, |_| 800e6), [1, 1, 2, 1, 1, 1, 1, 1, 1]);
+        // A capped origin (10 MB/s a connection) is far below the hash: widened as before.
+        assert_eq!(widths_hashing_at(Some(1e9), 4, |w| 10e6 * w as f64), [1, 1, 2, 3, 4, 4, 4, 4, 4]);
+        // Widening stops where the next step's need passes the hash: 3 × 250 MB/s = 750; a fourth
+        // would need 875 MB/s of a hash that runs at 850.
+        assert_eq!(widths_hashing_at(Some(850e6), 4, |w| 250e6 * w as f64), [1, 1, 2, 3, 3, 3, 3, 3, 3]);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! arrived out of order (from several peers) are read back from the page cache by a hashing thread, their
 //! crc32c checked on the way so a piece corrupted after it was written cannot poison the digest.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
@@ -29,6 +31,32 @@ pub struct HashState {
     /// that write is then abandoned and the piece stored later with other bytes, the digest would not be
     /// the stored content's. Finishing checks these against the stored crcs and starts over on a mismatch.
     crcs: Vec<u32>,
+}
+
+/// The whole-content hash's own rate, daemon-wide: bytes per second of its passes over whole pieces
+/// (sha256, with crc32c on the hot path), as `f64` bits; 0 until one was timed. A recent average, so a
+/// pass slowed by a core shared with other work counts as slow: that is the rate the hash keeps up with.
+static PASS_RATE: AtomicU64 = AtomicU64::new(0);
+
+/// How fast the whole-content hash runs here (bytes per second, recent pieces), once one was timed.
+/// An origin download gains nothing from delivering faster than this: every byte waits for it.
+pub fn hash_rate() -> Option<f64> {
+    Some(f64::from_bits(PASS_RATE.load(Ordering::Relaxed))).filter(|&r| r > 0.0)
+}
+
+/// Counts a pass over `bytes` that began at `t0` in [`hash_rate`]. Short pieces (an object's last) are
+/// left out: their time is mostly the call's, not the hash's.
+fn timed(bytes: usize, t0: Instant) {
+    let dt = t0.elapsed().as_secs_f64();
+    if bytes < 1 << 20 || dt <= 0.0 {
+        return;
+    }
+    let now = bytes as f64 / dt;
+    // One writer at a time per task but several tasks at once: a lost update only drops one sample.
+    let _ = PASS_RATE.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+        let old = f64::from_bits(old);
+        Some(if old > 0.0 { old + (now - old) / 4.0 } else { now }.to_bits())
+    });
 }
 
 /// Called when a complete piece turns out corrupt: the digest must be recomputed over the refetched bytes.
@@ -67,10 +95,12 @@ pub fn crc_and_hash(task: &Task, k: u32, data: &[u8], expected: Option<u32>) -> 
     // Hashed outside the lock (a few ms per piece); `running` keeps every other pass away meanwhile.
     let mut advanced = ctx.clone();
     let mut crc = 0;
+    let t0 = Instant::now();
     for ch in data.chunks(HOT_CHUNK) {
         crc = crc32c::crc32c_append(crc, ch);
         advanced.update(ch);
     }
+    timed(data.len(), t0);
     let ok = expected.is_none_or(|e| e == crc);
     let mut h = lock(&task.hasher);
     h.running = false;
@@ -169,7 +199,9 @@ fn run(task: Arc<Task>, mut ctx: Sha256) {
             // A piece still in memory is the very bytes whose crc was computed before they were stored.
             Some(b) => {
                 let mut hashed = ctx.clone();
+                let t0 = Instant::now();
                 hashed.update(&b);
+                timed(b.len(), t0);
                 Ok((crc, hashed))
             }
             None => read_back(&task, &mut chunk, off, len as usize, &ctx),

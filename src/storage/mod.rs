@@ -28,6 +28,7 @@ mod wanted;
 mod zerocopy;
 
 pub use clock::now_ms;
+pub use digest::hash_rate;
 pub use dirlock::{DirLock, DirLockError, Holder};
 pub use error::{FailReason, Result, StorageError};
 pub use gc::GcReport;
