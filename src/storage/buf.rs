@@ -2,8 +2,9 @@
 //! was received into, and recycled, so a download does not fault in fresh memory for every piece.
 //!
 //! A filled buffer becomes an immutable [`Bytes`] without a copy; when the last clone of it is dropped, the
-//! memory goes back to the daemon-wide pool (up to [`IDLE_CAP`] bytes of idle buffers; beyond that it is
-//! freed). On the VM this project is measured on, memory the kernel hands out fresh costs ~2.5 s of CPU
+//! memory goes back to the daemon-wide pool (up to [`IDLE_CAP`] bytes of idle buffers, and only while all
+//! piece memory is within [`KEEP_UNDER`]; beyond that it is freed). Pieces are kept in memory after they
+//! are stored ([`Held`]) only within the same bound, so buffers in flight are what fills it. On the VM this project is measured on, memory the kernel hands out fresh costs ~2.5 s of CPU
 //! per GiB on first touch (the hypervisor backs it lazily), which is why both the pool and O_DIRECT
 //! (no page-cache pages at all) pay.
 
@@ -20,6 +21,12 @@ pub const ALIGN: usize = 4096;
 /// costs ~2.5 s per GiB there. Measured against keeping idle buffers while all piece memory stayed
 /// under 64 MiB: the same CPU per GiB, and 12 MiB less RSS once downloads end (docs/benchmarks.md).
 pub const IDLE_CAP: usize = 32 << 20;
+
+/// Idle buffers are kept, and stored pieces held, only while all piece-buffer memory is at most this
+/// much. Without it, held pieces (32 MiB), buffers in flight (the ingest budget, 32 MiB) and idle ones
+/// (32 MiB) could all be full at once: 8 concurrent cold 1 GiB downloads peaked at 60-69 MiB of RssAnon,
+/// with it at 52-54 (docs/benchmarks.md). One download rarely reaches it.
+pub const KEEP_UNDER: usize = 48 << 20;
 
 /// Piece-buffer memory that exists right now, idle or in use (see [`live_bytes`]).
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -197,7 +204,7 @@ impl Pool {
             return;
         }
         let mut g = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if IDLE.load(Ordering::Acquire) + size <= IDLE_CAP {
+        if IDLE.load(Ordering::Acquire) + size <= IDLE_CAP && LIVE.load(Ordering::Acquire) <= KEEP_UNDER {
             g.entry(size).or_default().push(mem);
             IDLE.fetch_add(size, Ordering::AcqRel);
             return;
@@ -229,9 +236,13 @@ pub const HOLD_CAP: usize = 32 << 20;
 pub struct Held(Bytes);
 
 impl Held {
-    /// Holds `b` if the daemon-wide cap has room; otherwise gives it back (the piece is read back from the
-    /// file when needed).
+    /// Holds `b` if the daemon-wide cap has room and piece memory is within [`KEEP_UNDER`]; otherwise gives
+    /// it back (the piece is read back from the file when needed).
     pub fn try_new(b: Bytes) -> Result<Held, Bytes> {
+        if LIVE.load(Ordering::Acquire) > KEEP_UNDER {
+            // Many downloads at once: their buffers in flight come first; this one is read back if needed.
+            return Err(b);
+        }
         let n = b.len();
         match HELD.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| (cur + n <= HOLD_CAP).then_some(cur + n)) {
             Ok(_) => Ok(Held(b)),
@@ -374,8 +385,29 @@ mod tests {
         }
     }
 
+    /// The tests that move the daemon-wide piece memory past [`KEEP_UNDER`] or count held bytes run one
+    /// at a time.
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        static SERIAL: Mutex<()> = Mutex::new(());
+        lock(&SERIAL)
+    }
+
+    #[test]
+    fn no_piece_is_held_while_piece_memory_is_past_what_idle_buffers_may_fill() {
+        let _one = serial();
+        // Mapped but never touched: the test's RSS stays small.
+        let busy: Vec<PieceBuf> = (0..=KEEP_UNDER / (4 << 20)).map(|_| take(4 << 20)).collect();
+        assert!(live_bytes() > KEEP_UNDER);
+        assert!(Held::try_new(Bytes::from(vec![1u8; 1 << 20])).is_err(), "buffers in flight come first");
+        drop(busy);
+        assert!(live_bytes() <= KEEP_UNDER, "the idle pool keeps no more than that: {}", live_bytes());
+        let held = Held::try_new(Bytes::from(vec![1u8; 1 << 20]));
+        assert!(held.is_ok(), "room again");
+    }
+
     #[test]
     fn held_pieces_keep_what_the_hash_and_a_reader_need_within_the_cap() {
+        let _one = serial();
         let mib = |k: u32| Bytes::from(vec![k as u8; 1 << 20]);
         let cap = (HOLD_CAP >> 20) as u32;
         let h = HeldPieces::default();
