@@ -97,11 +97,10 @@ for r in $(seq "$ROUNDS"); do
     [ $SECONDS -lt $deadline ] || { echo "bench-resume: the first attempt stalled" >&2; exit 1; }
     sleep 0.02
   done
-  kill -9 "$DAEMON"
+  # Killed and reaped in one quiet group: the shell would otherwise report the kill on stderr.
+  { kill -9 "$DAEMON"; wait "$DAEMON"; } 2>/dev/null || true
   killed_at=$(($(link_sent) - s0))
   if wait "$first"; then echo "bench-resume: the first client's download looked whole after the kill" >&2; exit 1; fi
-  # Reaped here, quietly: the shell would otherwise report the kill on stderr.
-  { wait "$DAEMON"; } 2>/dev/null || true
   node_daemon resume 10 "$CONF"
   DAEMON=${PIDS[-1]}
 

@@ -123,17 +123,21 @@ impl Chunks {
 /// to be read back from the file to be hashed (on a VM, costing more CPU than the hash itself). The
 /// hash follows the first connection's pieces within milliseconds, so this only keeps connections from
 /// racing a slow one; a stalled download is ended by the idle bound on the connection it waits for.
-async fn near_the_hash(task: &Task, (_, b): (u32, u32), chunk: u32, limit: std::time::Duration) {
+/// Returns whether it waited at all.
+async fn near_the_hash(task: &Task, (_, b): (u32, u32), chunk: u32, limit: std::time::Duration) -> bool {
     let pl = u64::from(task.piece_length()).max(1);
     let ahead = u32::try_from(HOLD_CAP as u64 / pl).unwrap_or(u32::MAX).max(chunk);
     let deadline = tokio::time::Instant::now() + limit;
+    let mut waited = false;
     // Bounded by the deadline.
     while b > task.hashed_pieces().saturating_add(ahead)
         && tokio::time::Instant::now() < deadline
         && matches!(task.state(), TaskState::InProgress)
     {
+        waited = true;
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
+    waited
 }
 
 /// An extra connection's right to take chunks: a seat in the ingest budget and, when the download is
@@ -213,6 +217,8 @@ pub(super) async fn fetch(
 ) -> Result<u64, EngineError> {
     let chunks = Chunks::new(plan.window_end, plan.count, plan.chunk);
     let pace = Pace::new(plan.connections);
+    // A resumed download: the pieces before this one were stored by an earlier attempt.
+    let resumed_at = u32::try_from(resp.start / u64::from(task.piece_length()).max(1)).unwrap_or(u32::MAX);
     let s = &Streaming { pace: Some(&pace), ..*s };
     // Every chunk must be of the representation the window was: a new version uploaded meanwhile would
     // make a mixed object that, named by its URL, no digest could catch. If-Range turns that into a 200.
@@ -238,7 +244,13 @@ pub(super) async fn fetch(
                 } else {
                     let c = next_chunk(chunks, (!first).then_some(&mut seat), pl, s, live).await;
                     if let Some(c) = c {
-                        near_the_hash(task, c, plan.chunk, s.idle).await;
+                        // A wait while the hash reads back what an earlier attempt stored says nothing
+                        // of the origin's rate: the probe's window is void. (Waits for a slower
+                        // connection of this download are part of its rate.)
+                        let stored_first = task.hashed_pieces() < resumed_at;
+                        if near_the_hash(task, c, plan.chunk, s.idle).await && stored_first {
+                            s.pace.inspect(|p| p.stalled());
+                        }
                     }
                     c
                 };
