@@ -82,14 +82,14 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
 echo "== $ROUNDS rounds, $SIZE_MIB MiB over $RATE; the daemon is killed at $AT% (origin_connections $CONNS)"
 for r in $(seq "$ROUNDS"); do
   oid=$(make_obj "$SIZE_MIB")
-  t=$(in_node curl -sS --noproxy '*' -o /dev/null -w '%{time_total}' "$ORIGIN/$oid")
+  t=$(in_node curl -sS --max-time 600 --noproxy '*' -o /dev/null -w '%{time_total}' "$ORIGIN/$oid")
   echo "$t" >>"$WORK/direct.s"
   # Let the direct GET's entry reach the log before the daemon's are counted.
   sleep 0.5
   direct=$(origin_body "$oid")
 
   s0=$(link_sent)
-  in_node curl -sS --noproxy '' -x "http://${PROXY[resume]}" -o /dev/null "$ORIGIN/$oid" 2>/dev/null &
+  in_node curl -sS --max-time 600 --noproxy '' -x "http://${PROXY[resume]}" -o /dev/null "$ORIGIN/$oid" 2>/dev/null &
   first=$!
   # Bounded: the whole object at 1 Mbit/s would be far past this.
   deadline=$((SECONDS + 300))
@@ -105,7 +105,7 @@ for r in $(seq "$ROUNDS"); do
   DAEMON=${PIDS[-1]}
 
   t0=$(date +%s%N)
-  in_node curl -sS -f --noproxy '' -x "http://${PROXY[resume]}" -o "$WORK/got" "$ORIGIN/$oid"
+  in_node curl -sS -f --max-time 600 --noproxy '' -x "http://${PROXY[resume]}" -o "$WORK/got" "$ORIGIN/$oid"
   t1=$(date +%s%N)
   [ "$(sha256sum "$WORK/got" | cut -d' ' -f1)" = "$oid" ] || { echo "bench-resume: wrong bytes after the restart" >&2; exit 1; }
   rm -f "$WORK/got" "$WORK/www/$oid"
