@@ -51,6 +51,37 @@ netns_pair() {
 }
 in_node() { ip netns exec "$P-node" "$@"; }
 
+# origin_nginx LISTEN [HTTP_DIRECTIVES] [SERVER_DIRECTIVES]: nginx in namespace "$P-origin" serving
+# $WORK/www on LISTEN (one worker, sendfile; no access log unless HTTP_DIRECTIVES names one). Returns
+# once its pid file is written, up to 5 s; fails if it is not.
+origin_nginx() {
+  cat >"$WORK/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 256; }
+http {
+    sendfile on;
+    ${2:-access_log off;}
+    server {
+        listen $1;
+        root $WORK/www;
+        ${3:-}
+    }
+}
+EOF
+  ip netns exec "$P-origin" nginx -c "$WORK/nginx.conf" -p "$WORK" 2>"$WORK/nginx-start.log" &
+  PIDS+=($!)
+  local i
+  for i in $(seq 50); do
+    [ -s "$WORK/nginx.pid" ] && return 0
+    sleep 0.1
+  done
+  echo "nginx did not start: $(cat "$WORK/nginx-start.log" "$WORK/nginx-error.log" 2>/dev/null)" >&2
+  return 1
+}
+
 # Starts a single-node daemon in "$P-node" as LABEL ($1) on 127.0.0.OCTET ($2) with the config YAML ($3);
 # its proxy address goes to PROXY[LABEL] (the caller declares `declare -A PROXY`), its log to WORK.
 node_daemon() {

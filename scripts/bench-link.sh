@@ -80,7 +80,6 @@ set_rate() {
     tc -n "$P-sw" qdisc "$op" dev "v$P$octet" root tbf rate "$1" burst 1mb latency 50ms
   done
 }
-in_ns() { local ns="$P-$1"; shift; ip netns exec "$ns" "$@"; }
 HOSTS=()
 host origin 2
 host sched 3
@@ -91,21 +90,7 @@ echo "== making $ROUNDS objects per rate of $SIZE_MIB MiB"
 chmod 755 "$WORK"
 mkdir -p "$WORK/www"
 
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log;
-events { worker_connections 256; }
-http {
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    server { listen $NET.2:8080; root $WORK/www; }
-}
-EOF
-in_ns origin nginx -c "$WORK/nginx.conf" -p "$WORK" 2>"$WORK/nginx-start.log" &
-PIDS+=($!)
+origin_nginx "$NET.2:8080" "access_log off; tcp_nopush on;"
 in_ns sched "$BIN" scheduler --listen "$NET.3:8002" 2>"$WORK/sched.log" >/dev/null &
 PIDS+=($!)
 daemon() { # daemon NAME OCTET: proxy on the namespace's loopback, uploads on its link address

@@ -49,25 +49,7 @@ for i in $(seq $((ROUNDS * 3))); do
   chmod 644 "$WORK/www/$oid"
   echo "$oid" >>"$WORK/oids"
 done
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log;
-events { worker_connections 256; }
-http {
-    access_log off;
-    sendfile on;
-    server {
-        listen $NET.1:8080;
-        root $WORK/www;
-        limit_rate $CAP;
-    }
-}
-EOF
-ip netns exec "$P-origin" nginx -c "$WORK/nginx.conf" -p "$WORK" &
-PIDS+=($!)
-for _ in $(seq 50); do [ -s "$WORK/nginx.pid" ] && break; sleep 0.1; done
+origin_nginx "$NET.1:8080" "" "limit_rate $CAP;"
 ORIGIN="http://$NET.1:8080"
 
 declare -A PROXY

@@ -46,25 +46,7 @@ netns_pair "$RATE"
 
 chmod 755 "$WORK"
 mkdir -p "$WORK/www"
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log;
-events { worker_connections 256; }
-http {
-    log_format bytes '\$uri \$status \$body_bytes_sent';
-    access_log $WORK/nginx-access.log bytes;
-    sendfile on;
-    server {
-        listen $NET.1:8080;
-        root $WORK/www;
-    }
-}
-EOF
-ip netns exec "$P-origin" nginx -c "$WORK/nginx.conf" -p "$WORK" &
-PIDS+=($!)
-for _ in $(seq 50); do [ -s "$WORK/nginx.pid" ] && break; sleep 0.1; done
+origin_nginx "$NET.1:8080" "log_format bytes '\$uri \$status \$body_bytes_sent'; access_log $WORK/nginx-access.log bytes;"
 ORIGIN="http://$NET.1:8080"
 SIZE=$((SIZE_MIB << 20))
 

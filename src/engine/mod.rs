@@ -5,8 +5,8 @@
 //! HTTP (source.rs; segments.rs splits a download over ranged connections, as many as pace.rs finds
 //! raise its rate; wire.rs reads a GET's body straight into piece buffers) and the memory origin
 //! downloads may hold (budget.rs). Never: speaks to HTTP clients (that is the proxy) or decides the
-//! on-disk format (storage). Called by: the proxy, `shoal get` and a seed peer's trigger loop; calls storage, transfer and
-//! the scheduler client.
+//! on-disk format (storage). Called by: the proxy, `shoal get` and a seed peer's trigger loop; calls
+//! storage, transfer and the scheduler client.
 
 mod authorize;
 mod budget;
