@@ -3,8 +3,8 @@
 //! Floors, top to bottom; a module uses only what stands below it, so data flows one way:
 //! `cli` → `daemon` → `proxy` → `engine` → `transfer` / `scheduler` (client) → `storage`, `runtime`,
 //! with `config` beside `daemon`, `tls` (the interception CA and its leaf certificates) below `proxy`,
-//! and `upstream` (outbound HTTP, origins' TLS trust) and `units` (sizes, durations) below every floor
-//! that needs them.
+//! and `upstream` (outbound HTTP, origins' TLS trust), `units` (sizes, durations) and `gather` (receive
+//! wake-up marks) below every floor that needs them.
 //! Beside the daemon stand the programs that use one: `lfs` (git-lfs's transfer agent) → `client` (one
 //! download through the local daemon, or an in-process `engine`). `fuzzing` (hidden) holds the fuzz
 //! targets' bodies, over the parsers of every floor.
@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gather;
 pub mod lfs;
 pub mod membership;
 pub mod metrics;

@@ -13,6 +13,7 @@
 //! kept for the next GET to the same origin for up to [`IDLE`].
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,11 +29,25 @@ use tokio::net::TcpStream;
 use tower_service::Service;
 
 use super::error::EngineError;
+use crate::gather::Gather;
 use crate::upstream::{denial_in, error_chain, tls_refusal_in, Https};
 
 /// What a connection is: an origin's TCP or TLS stream, or bytes in memory when fuzzed.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The TCP socket under the stream, for socket options; none for bytes in memory.
+    fn socket(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+}
+
+impl Io for Dialled {
+    fn socket(&self) -> Option<BorrowedFd<'_>> {
+        Some(match self.inner() {
+            MaybeHttpsStream::Http(tcp) => tcp.inner().as_fd(),
+            MaybeHttpsStream::Https(tls) => tls.inner().get_ref().0.inner().inner().as_fd(),
+        })
+    }
+}
 
 /// A connection to an origin, plain or TLS (one dynamic call per read: a read fills up to a piece).
 type Conn = Box<dyn Io>;
@@ -103,7 +118,7 @@ impl Wire {
         let both = headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH);
         let keep = version == Version::HTTP_11 && !closes(&headers) && !both && !matches!(framing, Framing::Close);
         let reuse = keep.then(|| (self.clone(), key));
-        let body = RawBody { conn: Some(conn), buf: rest, framing, reuse };
+        let body = RawBody { conn: Some(conn), buf: rest, framing, reuse, gather: Gather::new() };
         let mut resp = http::Response::new(body);
         *resp.status_mut() = status;
         *resp.version_mut() = version;
@@ -369,6 +384,8 @@ pub struct RawBody {
     framing: Framing,
     /// Where the connection goes once the body is read to its end, when it may be kept.
     reuse: Option<(Arc<Wire>, String)>,
+    /// How many bytes the socket gathers before it wakes this reader.
+    gather: Gather,
 }
 
 /// Why a body could not be read.
@@ -396,11 +413,16 @@ impl RawBody {
                     return Ok(0);
                 }
                 Framing::Length(left) => {
+                    if self.buf.is_empty() {
+                        let fd = self.conn.as_ref().and_then(|c| c.socket());
+                        self.gather.before_read(fd, left);
+                    }
                     let want = clamp(dst.len(), left);
                     let n = self.data(&mut dst[..want]).await?;
                     if n == 0 {
                         return Err(BodyError::Short(left));
                     }
+                    self.gather.read(n);
                     self.framing = Framing::Length(left - n as u64);
                     return Ok(n);
                 }
@@ -458,7 +480,7 @@ impl RawBody {
     /// The body has ended: the connection goes back for reuse when nothing follows it.
     fn release(&mut self) {
         if let (Some((wire, key)), Some(conn)) = (self.reuse.take(), self.conn.take()) {
-            if self.buf.is_empty() {
+            if self.buf.is_empty() && self.gather.end(conn.socket()) {
                 wire.put(key, conn);
             }
         }
@@ -519,7 +541,8 @@ pub(crate) async fn decode(wire: &[u8], chunk: usize, slice: usize) -> Result<(u
     let conn: Conn = Box::new(Trickle { data: wire.to_vec(), at: 0, chunk: chunk.max(1) });
     let head = send(conn, b"GET / HTTP/1.1\r\n\r\n").await.map_err(|e| e.into_engine().to_string())?;
     let status = head.status.as_u16();
-    let mut body = RawBody { conn: Some(head.conn), buf: head.rest, framing: head.framing, reuse: None };
+    let mut body =
+        RawBody { conn: Some(head.conn), buf: head.rest, framing: head.framing, reuse: None, gather: Gather::new() };
     let (mut out, mut dst) = (Vec::new(), vec![0u8; slice.max(1)]);
     // Bounded by the input: every read returns at least one byte of it, or the body ends or fails.
     loop {
@@ -537,6 +560,8 @@ struct Trickle {
     at: usize,
     chunk: usize,
 }
+
+impl Io for Trickle {}
 
 impl AsyncRead for Trickle {
     fn poll_read(

@@ -97,6 +97,8 @@ fn nothing_from_the_origin_at_all_is_an_error() {
     assert!(run(b"HTTP/1.1 200 OK\r\ncontent-le", 64, 64).unwrap_err().contains("inside the response head"));
 }
 
+impl super::Io for tokio::io::DuplexStream {}
+
 #[test]
 fn an_idle_connection_is_reused_while_fresh_and_closed_after_its_time_without_another_get() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
@@ -167,4 +169,68 @@ proptest! {
         };
         prop_assert_eq!(run(&wire, chunk, slice).unwrap(), (200, body));
     }
+}
+
+/// An origin on loopback that answers each GET on one kept connection with the next of `bodies`,
+/// written at once, and then waits for the next request.
+async fn keep_alive_origin(bodies: Vec<Vec<u8>>) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncWriteExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        for body in bodies {
+            let mut req = Vec::new();
+            while !req.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                if s.read(&mut b).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                req.push(b[0]);
+            }
+            s.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes()).await.unwrap();
+            s.write_all(&body).await.unwrap();
+        }
+        let _ = s.read(&mut [0u8; 1]).await;
+    });
+    (addr, task)
+}
+
+#[test]
+fn a_body_read_with_a_receive_mark_leaves_its_connection_waking_at_once_for_the_next_answer() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let big: Vec<u8> = (0..(24u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let (addr, origin) = keep_alive_origin(vec![big.clone(), b"abc".to_vec()]).await;
+        let wire = wire_keeping(Duration::from_secs(30));
+        let get = || http::Request::get(format!("http://{addr}/o")).body(http_body_util::Empty::new()).unwrap();
+        let mut body = wire.exchange(&get()).await.unwrap().into_body();
+        let (mut got, mut dst, mut most) = (Vec::new(), vec![0u8; 1 << 20], 1);
+        let read_all = async {
+            loop {
+                let n = body.read(&mut dst).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&dst[..n]);
+                if let Some(fd) = body.conn.as_ref().and_then(|c| c.socket()) {
+                    most = most.max(crate::gather::mark_of(fd));
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), read_all).await.expect("the body's last bytes woke the reader");
+        assert!(got == big, "the body came out whole");
+        assert!(most > 1, "loopback is fast enough that a mark was set while the body arrived");
+        // The same connection, kept: its next answer is 3 bytes, far under any mark.
+        let next = tokio::time::timeout(Duration::from_secs(5), wire.exchange(&get()))
+            .await
+            .expect("the kept connection's next head woke its reader")
+            .unwrap();
+        let mut body = next.into_body();
+        assert_eq!(crate::gather::mark_of(body.conn.as_ref().unwrap().socket().unwrap()), 1);
+        let mut b = [0u8; 8];
+        assert_eq!(body.read(&mut b).await.unwrap(), 3);
+        drop(body);
+        origin.abort();
+    });
 }

@@ -5,6 +5,7 @@
 //! handler only ever sees well-formed frames. Nothing here panics on input.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -16,6 +17,7 @@ use super::proto::{
     Availability, Error as ErrorMsg, ErrorCode, Have, Hello, PieceError, PieceHeader, PieceRequest, Subscribe,
     SubscriptionEnd, Unsubscribe,
 };
+use crate::gather::Gather;
 use crate::storage::TaskId;
 
 pub const VERSION: u8 = 1;
@@ -217,11 +219,13 @@ pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     max_len: u32,
+    /// How many payload bytes the socket gathers before it wakes [`FrameReader::read_payload`].
+    gather: Gather,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R, max_len: u32) -> Self {
-        FrameReader { inner, buf: BytesMut::with_capacity(64 << 10), max_len }
+        FrameReader { inner, buf: BytesMut::with_capacity(64 << 10), max_len, gather: Gather::new() }
     }
 
     pub fn set_max_len(&mut self, max_len: u32) {
@@ -250,26 +254,39 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+}
+
+impl<R: AsyncRead + Unpin + AsRef<tokio::net::TcpStream>> FrameReader<R> {
     /// Exactly `len` raw bytes (a piece payload), failing if no byte arrives for `stall`. Read straight
-    /// from the socket into a pooled, page-aligned piece buffer: storage can write it with O_DIRECT.
+    /// from the socket into a pooled, page-aligned piece buffer: storage can write it with O_DIRECT. The
+    /// socket wakes this reader only once a few milliseconds' worth of the payload is queued.
     pub async fn read_payload(&mut self, len: usize, stall: Duration) -> Result<Bytes, ReadError> {
         let mut out = crate::storage::buf::take(len);
         let take = out.fill_from(&self.buf[..self.buf.len().min(len)]);
         self.buf.advance(take);
+        self.gather.begin();
         // Bounded: each turn adds at least one byte or returns.
         while !out.is_full() {
+            let due = out.spare_mut().len() as u64;
+            self.gather.before_read(Some(self.inner.as_ref().as_fd()), due);
             match tokio::time::timeout(stall, self.inner.read(out.spare_mut())).await {
                 Err(_) => return Err(ReadError::Stalled),
                 Ok(Err(e)) => return Err(ReadError::Io(e)),
                 Ok(Ok(0)) => return Err(ReadError::Eof { mid_piece: true }),
-                Ok(Ok(n)) => out.advance(n),
+                Ok(Ok(n)) => {
+                    out.advance(n);
+                    self.gather.read(n);
+                }
             }
         }
+        // The next frame's head must wake this reader at once; a socket that keeps its mark is closed.
+        if !self.gather.end(Some(self.inner.as_ref().as_fd())) {
+            return Err(ReadError::Io(io::Error::other("the socket's receive mark could not be reset")));
+        }
         Ok(out.freeze())
-    }
-
-    pub fn get_ref(&self) -> &R {
-        &self.inner
     }
 }
 
@@ -361,6 +378,45 @@ mod tests {
         let mut b = BytesMut::new();
         Frame::Subscribe(Subscribe { task_id: b"../../etc/passwd".to_vec() }).encode(&mut b);
         assert!(matches!(decode(&mut b, 100), Err(FrameError::BadField { field: "task_id", .. })));
+    }
+
+    #[test]
+    fn after_a_payload_read_with_a_receive_mark_the_next_small_frame_wakes_the_reader() {
+        use tokio::io::AsyncWriteExt;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let parent = tokio::spawn(async move {
+                let (mut s, _) = l.accept().await.unwrap();
+                for piece in 0..3u32 {
+                    let mut b = BytesMut::new();
+                    let h =
+                        PieceHeader { id: piece.into(), task_id: tid(1), piece, offset: 0, length: 4 << 20, crc32c: 0 };
+                    Frame::Piece(h).encode(&mut b);
+                    b.extend_from_slice(&vec![piece as u8; 4 << 20]);
+                    s.write_all(&b).await.unwrap();
+                }
+                // Nothing else is due after the last payload: a small frame later must still wake the reader.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let mut b = BytesMut::new();
+                Frame::Have(Have { task_id: tid(1), pieces: vec![3] }).encode(&mut b);
+                s.write_all(&b).await.unwrap();
+                let _ = s.read(&mut [0u8; 1]).await;
+            });
+            let (rd, _wr) = tokio::net::TcpStream::connect(addr).await.unwrap().into_split();
+            let mut rd = FrameReader::new(rd, DEFAULT_MAX_FRAME);
+            for piece in 0..3u32 {
+                let Some(Frame::Piece(h)) = rd.read_frame().await.unwrap() else { panic!("a piece header") };
+                let data = rd.read_payload(h.length as usize, Duration::from_secs(10)).await.unwrap();
+                assert!(data.len() == 4 << 20 && data.iter().all(|&b| b == piece as u8));
+                assert_eq!(crate::gather::mark_of(rd.get_ref().as_ref().as_fd()), 1, "put back after the payload");
+            }
+            assert!(rd.gather.highest > 1, "loopback is fast enough that a mark was set within the payloads");
+            let next = tokio::time::timeout(Duration::from_secs(5), rd.read_frame()).await.expect("woken at once");
+            assert_eq!(next.unwrap(), Some(Frame::Have(Have { task_id: tid(1), pieces: vec![3] })));
+            parent.abort();
+        });
     }
 
     #[test]
