@@ -14,7 +14,7 @@
 //! run: when the rise it needs would take the download past the rate this daemon's whole-content hash
 //! runs at (`storage::hash_rate`), which every byte waits for, the width stays.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -35,8 +35,6 @@ pub(super) struct Pace {
     /// Extra connections (beyond the first) holding a [`Lane`] right now.
     extras: AtomicU32,
     max: u32,
-    /// A connection waited for the whole-content hash since the probe last looked.
-    stalled: AtomicBool,
     probe: Mutex<Probe>,
 }
 
@@ -51,8 +49,6 @@ struct Probe {
     /// The first window is over. It is not measured: its rate is the start's (fresh buffers faulted in,
     /// the first pieces' writes), and against it any second connection looked like a gain.
     warm: bool,
-    /// A connection waited for the hash during this window: its rate is the hash's, not the origin's.
-    void: bool,
     /// This width's window runs twice as long: its first half was neither a gain nor none.
     longer: bool,
 }
@@ -61,11 +57,10 @@ impl Probe {
     /// The width after `bytes` were delivered by `now`: unchanged until a window is full, then one more
     /// while each added connection raised the rate enough ([`GAIN`]), or one less (and settled) once one
     /// did not.
-    fn step(&mut self, now: Instant, bytes: u64, max: u32, hash_rate: Option<f64>, stalled: bool) -> u32 {
+    fn step(&mut self, now: Instant, bytes: u64, max: u32, hash_rate: Option<f64>) -> u32 {
         if self.settled {
             return self.width;
         }
-        self.void |= stalled;
         let Some((t0, b0)) = self.mark else {
             // The window starts with the first byte: the first request's wait is not a rate.
             if bytes > 0 {
@@ -78,10 +73,7 @@ impl Probe {
             return self.width;
         }
         let rate = bytes.saturating_sub(b0) as f64 / dt.as_secs_f64();
-        // A void window is measured again at the same width. On a resumed download, the stored part's
-        // hash held the connections back for a window (7 MB/s, then 119 at the next width): a second
-        // connection the link did not need was kept.
-        if !std::mem::replace(&mut self.warm, true) || std::mem::take(&mut self.void) {
+        if !std::mem::replace(&mut self.warm, true) {
             self.mark = Some((now, bytes));
             return self.width;
         }
@@ -125,10 +117,9 @@ impl Drop for Lane<'_> {
 impl Pace {
     /// A probe for a download that may use up to `max` connections.
     pub(super) fn new(max: u32) -> Pace {
-        let probe =
-            Probe { width: 1, settled: max <= 1, mark: None, base: None, warm: false, void: false, longer: false };
-        let (delivered, extras, stalled) = (AtomicU64::new(0), AtomicU32::new(0), AtomicBool::new(false));
-        Pace { delivered, extras, max, stalled, probe: Mutex::new(probe) }
+        let probe = Probe { width: 1, settled: max <= 1, mark: None, base: None, warm: false, longer: false };
+        let (delivered, extras) = (AtomicU64::new(0), AtomicU32::new(0));
+        Pace { delivered, extras, max, probe: Mutex::new(probe) }
     }
 
     /// `n` more bytes of the object arrived, on any of the download's connections.
@@ -140,8 +131,7 @@ impl Pace {
     fn stepped(&self) -> MutexGuard<'_, Probe> {
         let bytes = self.delivered.load(Ordering::Relaxed);
         let mut p = self.probe.lock().unwrap_or_else(|p| p.into_inner());
-        let stalled = self.stalled.swap(false, Ordering::AcqRel);
-        p.step(Instant::now(), bytes, self.max, crate::storage::hash_rate(), stalled);
+        p.step(Instant::now(), bytes, self.max, crate::storage::hash_rate());
         p
     }
 
@@ -169,12 +159,6 @@ impl Pace {
         p.settled && p.width == 1
     }
 
-    /// A connection waited for the whole-content hash to take pieces an earlier attempt stored: the
-    /// window it fell in says nothing of the origin.
-    pub(super) fn stalled(&self) {
-        self.stalled.store(true, Ordering::Release);
-    }
-
     /// Sets the width and stops the probe (for tests of the connections that follow it).
     #[cfg(test)]
     pub(super) fn settle_at(&self, width: u32) {
@@ -195,22 +179,20 @@ mod tests {
 
     /// [`widths`] on a daemon whose whole-content hash runs at `hash` bytes per second.
     fn widths_hashing_at(hash: Option<f64>, max: u32, rates: impl Fn(u32) -> f64) -> Vec<u32> {
-        widths_of(hash, max, |w, _| (rates(w), false))
+        widths_of(hash, max, |w, _| rates(w))
     }
 
-    /// The probe over nine windows, `window(width, i)` giving the i-th window's rate and whether a
-    /// connection waited for the hash in it.
-    fn widths_of(hash: Option<f64>, max: u32, window: impl Fn(u32, u32) -> (f64, bool)) -> Vec<u32> {
-        let mut p =
-            Probe { width: 1, settled: max <= 1, mark: None, base: None, warm: false, void: false, longer: false };
+    /// The probe over nine windows, `window(width, i)` giving the i-th window's rate.
+    fn widths_of(hash: Option<f64>, max: u32, window: impl Fn(u32, u32) -> f64) -> Vec<u32> {
+        let mut p = Probe { width: 1, settled: max <= 1, mark: None, base: None, warm: false, longer: false };
         let (t0, mut bytes) = (Instant::now(), 1u64);
-        let mut out = vec![p.step(t0, bytes, max, hash, false)];
+        let mut out = vec![p.step(t0, bytes, max, hash)];
         for i in 1..9u32 {
-            let (rate, stalled) = window(p.width, i);
+            let rate = window(p.width, i);
             bytes += (rate * WINDOW.as_secs_f64()) as u64;
-            // The stall is seen mid-window, as a connection's wait would be.
-            p.step(t0 + WINDOW * (i - 1) + WINDOW / 2, bytes, max, hash, stalled);
-            out.push(p.step(t0 + WINDOW * i, bytes, max, hash, false));
+            // Looked at mid-window too, as a connection taking a chunk would.
+            p.step(t0 + WINDOW * (i - 1) + WINDOW / 2, bytes, max, hash);
+            out.push(p.step(t0 + WINDOW * i, bytes, max, hash));
         }
         out
     }
@@ -219,22 +201,12 @@ mod tests {
     fn a_rise_between_none_and_the_one_asked_for_is_measured_over_a_window_more() {
         // A capped origin's second connection starts late in its first window (1.4x), then runs at
         // full rate: over both windows 1.7x, kept.
-        let late = |w: u32, i: u32| (if w == 2 && i == 3 { 14e6 } else { 10e6 * w as f64 }, false);
+        let late = |w: u32, i: u32| if w == 2 && i == 3 { 14e6 } else { 10e6 * w as f64 };
         assert_eq!(widths_of(None, 4, late), [1, 1, 2, 2, 3, 4, 4, 4, 4]);
         // A node at its own limit, whose second connection's window happened to read 1.3x and then
         // 1.0x: 1.15x over both, given back after the longer window.
-        let flat = |w: u32, i: u32| (if w == 2 && i == 3 { 130e6 } else { 100e6 }, false);
+        let flat = |w: u32, i: u32| if w == 2 && i == 3 { 130e6 } else { 100e6 };
         assert_eq!(widths_of(None, 4, flat), [1, 1, 2, 2, 1, 1, 1, 1, 1]);
-    }
-
-    #[test]
-    fn a_window_in_which_a_connection_waited_for_the_hash_is_measured_again() {
-        // A resumed download on a 120 MB/s link: its second window is held to 7 MB/s by the stored
-        // part's hash. Without the void, the next width's 120 MB/s looked like a 17x gain and was kept.
-        let resumed = |_: u32, i: u32| if i == 2 { (7e6, true) } else { (120e6, false) };
-        assert_eq!(widths_of(None, 4, resumed), [1, 1, 1, 2, 1, 1, 1, 1, 1]);
-        let unmarked = |_: u32, i: u32| if i == 2 { (7e6, false) } else { (120e6, false) };
-        assert_eq!(widths_of(None, 4, unmarked), [1, 1, 2, 3, 2, 2, 2, 2, 2], "unmarked, a second is kept");
     }
 
     #[test]
