@@ -10,7 +10,8 @@
 //!
 //! Connections are dialled through the same connector as the engine's hyper client (destination policy,
 //! connect timeout, rustls with ALPN `http/1.1`), and a connection whose body was read to its end is
-//! kept for the next GET to the same origin for up to [`IDLE`].
+//! kept for the next GET to the same origin for up to [`IDLE`]. While a body's length says more is due,
+//! its socket wakes the reader only once a few milliseconds of it are queued ([`crate::gather`]).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
