@@ -9,8 +9,8 @@
 //! measures it. After a first window of warming up, it runs at one width for a [`WINDOW`], tries one
 //! more connection for the next, and keeps it only if the delivered rate rose by half of what a capped
 //! origin would give ([`GAIN`]); otherwise it goes back one and stays there (a rise between none and
-//! that is measured over one window more first). A window in which a connection waited for the hash
-//! to read back what an earlier attempt stored is measured again. A trial that could not pass is not
+//! that is measured over one window more first). A resumed download's connections never wait for the
+//! hash (segments.rs), so its windows measure the origin too. A trial that could not pass is not
 //! run: when the rise it needs would take the download past the rate this daemon's whole-content hash
 //! runs at (`storage::hash_rate`), which every byte waits for, the width stays.
 

@@ -120,7 +120,8 @@ impl Chunks {
 
 /// Waits (up to `limit`) until chunk `[a, b)` ends within what storage keeps in memory ahead of the
 /// whole-object hash ([`HOLD_CAP`]): a connection that ran farther ahead would store pieces that have
-/// to be read back from the file to be hashed (on a VM, costing more CPU than the hash itself). The
+/// to be read back from the file to be hashed (a disk read beside the writes, and a hash pass over
+/// bytes no longer in cache; through the page cache, as it once was, more CPU than the hash). The
 /// hash follows the first connection's pieces within milliseconds, so this only keeps connections from
 /// racing a slow one; a stalled download is ended by the idle bound on the connection it waits for.
 async fn near_the_hash(task: &Task, (_, b): (u32, u32), chunk: u32, limit: std::time::Duration) {
