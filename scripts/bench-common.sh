@@ -51,10 +51,13 @@ netns_pair() {
 }
 in_node() { ip netns exec "$P-node" "$@"; }
 
-# origin_nginx LISTEN [HTTP_DIRECTIVES] [SERVER_DIRECTIVES]: nginx in namespace "$P-origin" serving
-# $WORK/www on LISTEN (one worker, sendfile; no access log unless HTTP_DIRECTIVES names one). Returns
-# once its pid file is written, up to 5 s; fails if it is not.
-origin_nginx() {
+# serve_nginx NS LISTEN [HTTP_DIRECTIVES] [SERVER_DIRECTIVES]: nginx serving $WORK/www on LISTEN (one
+# worker, sendfile; no access log unless HTTP_DIRECTIVES names one), in namespace NS, or on this host when
+# NS is empty. Returns once its pid file is written and its worker runs, up to 5 s; fails if not. The
+# worker's pid is then in NGX_WORKER (its CPU is what the benchmarks charge to nginx).
+serve_nginx() {
+  local ns=$1
+  shift
   cat >"$WORK/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -71,16 +74,25 @@ http {
     }
 }
 EOF
-  ip netns exec "$P-origin" nginx -c "$WORK/nginx.conf" -p "$WORK" 2>"$WORK/nginx-start.log" &
+  if [ -n "$ns" ]; then
+    ip netns exec "$ns" nginx -c "$WORK/nginx.conf" -p "$WORK" 2>"$WORK/nginx-start.log" &
+  else
+    nginx -c "$WORK/nginx.conf" -p "$WORK" 2>"$WORK/nginx-start.log" &
+  fi
   PIDS+=($!)
   local i
   for i in $(seq 50); do
-    [ -s "$WORK/nginx.pid" ] && return 0
+    if [ -s "$WORK/nginx.pid" ]; then
+      NGX_WORKER=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1 || true)
+      [ -n "$NGX_WORKER" ] && return 0
+    fi
     sleep 0.1
   done
   echo "nginx did not start: $(cat "$WORK/nginx-start.log" "$WORK/nginx-error.log" 2>/dev/null)" >&2
   return 1
 }
+# origin_nginx LISTEN [HTTP_DIRECTIVES] [SERVER_DIRECTIVES]: serve_nginx in namespace "$P-origin".
+origin_nginx() { serve_nginx "$P-origin" "$@"; }
 
 # Starts a single-node daemon in "$P-node" as LABEL ($1) on 127.0.0.OCTET ($2) with the config YAML ($3);
 # its proxy address goes to PROXY[LABEL] (the caller declares `declare -A PROXY`), its log to WORK.

@@ -72,31 +72,8 @@ rm -f "$WORK"/base-*
 
 NGX_IP=127.0.0.60
 NGX_PORT=$(free_port $NGX_IP)
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log;
-events { worker_connections 256; }
-http {
-    log_format bytes '\$request_uri \$status \$body_bytes_sent';
-    access_log $WORK/nginx-access.log bytes;
-    sendfile on;
-    tcp_nopush on;
-    server {
-        listen $NGX_IP:$NGX_PORT;
-        root $WORK/www;
-    }
-}
-EOF
-nginx -c "$WORK/nginx.conf" -p "$WORK" 2>"$WORK/nginx-start.log" &
-PIDS+=($!)
-for i in $(seq 100); do
-  [ -s "$WORK/nginx.pid" ] && pgrep -P "$(cat "$WORK/nginx.pid")" >/dev/null && break
-  [ "$i" = 100 ] && { echo "bench-local: nginx did not start" >&2; cat "$WORK/nginx-start.log" >&2; exit 1; }
-  sleep 0.1
-done
-NGX_WORKER=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)
+serve_nginx "" "$NGX_IP:$NGX_PORT" \
+  "log_format bytes '\$request_uri \$status \$body_bytes_sent'; access_log $WORK/nginx-access.log bytes; tcp_nopush on;"
 ORIGIN="http://$NGX_IP:$NGX_PORT"
 origin_bytes() { awk '{s+=$3} END {printf "%.0f\n", s}' "$WORK/nginx-access.log"; }
 

@@ -33,26 +33,7 @@ chmod 644 "$WORK/www/$OID"
 
 NGX_IP=127.0.0.50
 NGX_PORT=$(free_port $NGX_IP)
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log;
-events { worker_connections 64; }
-http {
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    server {
-        listen $NGX_IP:$NGX_PORT;
-        root $WORK/www;
-    }
-}
-EOF
-nginx -c "$WORK/nginx.conf" -p "$WORK" &
-PIDS+=($!)
-for _ in $(seq 50); do [ -s "$WORK/nginx.pid" ] && break; sleep 0.1; done
-NGX_WORKER=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)
+serve_nginx "" "$NGX_IP:$NGX_PORT" "access_log off; tcp_nopush on;"
 URL="http://$NGX_IP:$NGX_PORT/$OID"
 
 declare -A PROXY DAEMON
