@@ -214,8 +214,8 @@ pub(super) async fn fetch(
 ) -> Result<u64, EngineError> {
     let chunks = Chunks::new(plan.window_end, plan.count, plan.chunk);
     let pace = Pace::new(plan.connections);
-    // A resumed download: the pieces before this one were stored by an earlier attempt.
-    let resumed_at = u32::try_from(resp.start / u64::from(task.piece_length()).max(1)).unwrap_or(u32::MAX);
+    // A resumed download: its window starts past pieces an earlier attempt stored.
+    let resumed = resp.start > 0;
     let s = &Streaming { pace: Some(&pace), ..*s };
     // Every chunk must be of the representation the window was: a new version uploaded meanwhile would
     // make a mixed object that, named by its URL, no digest could catch. If-Range turns that into a 200.
@@ -245,7 +245,7 @@ pub(super) async fn fetch(
                     // after it (O_DIRECT, little CPU). A wait would leave the link idle for the stored
                     // part's hash (about a second of a resumed 1 GiB download's 5.5 s at 1 Gbit), and
                     // its windows would tell the probe the hash's rate, not the origin's.
-                    if let Some(c) = c.filter(|_| resumed_at == 0) {
+                    if let Some(c) = c.filter(|_| !resumed) {
                         near_the_hash(task, c, plan.chunk, s.idle).await;
                     }
                     c
