@@ -563,3 +563,65 @@ fn direct_and_buffered_ingest_store_the_same_bytes() {
         }
     }
 }
+
+/// A client streaming a download ahead of the hash (pieces that arrived out of order) does not leave them
+/// in memory once the hash has them: a held piece goes when the hash and every client streaming the task
+/// have it. With a second client still to read them, they stay; with no client, they stay for children.
+#[test]
+fn held_pieces_go_once_hashed_and_read_by_every_streaming_client() {
+    use shoal::storage::buf;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), IoEngineChoice::Sync);
+    let piece: u32 = 64 << 10;
+    let all = content(31, 10 * piece as usize);
+    let task = store.create(&spec(31, Some(all.len() as u64), piece, Some(sha256(&all)))).unwrap();
+    let write = |k: u32| {
+        let mut b = buf::take(piece as usize);
+        b.fill_from(&piece_of(&all, piece, k));
+        let task = task.clone();
+        async move { task.write_piece(k, b.freeze(), None).await.unwrap() }
+    };
+    let read_all = |k: u32| {
+        let task = task.clone();
+        async move { assert_eq!(task.read_piece_slice(k, 0, piece).await.unwrap().len(), piece as usize) }
+    };
+    let hashed = |n: u32| {
+        let task = task.clone();
+        async move {
+            for _ in 0..500 {
+                if task.hashed_pieces() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the hash never reached piece {n}: at {}", task.hashed_pieces());
+        }
+    };
+    rt().block_on(async {
+        let (one, two) = (task.reader(), task.reader());
+        for k in 1..=4 {
+            write(k).await;
+            read_all(k).await;
+        }
+        assert!((1..=4).all(|k| task.in_memory(k)), "ahead of the hash: held for it");
+        write(0).await;
+        hashed(5).await;
+        assert!((1..=4).all(|k| task.in_memory(k)), "hashed, read by one client of two: still held");
+        for k in 1..=4 {
+            read_all(k).await;
+        }
+        assert!((1..=4).all(|k| !task.in_memory(k)), "hashed and read by both: gone");
+        drop(two);
+        write(6).await;
+        read_all(6).await;
+        write(5).await;
+        hashed(7).await;
+        assert!(!task.in_memory(6), "hashed and read by the one client left: gone");
+        assert!(task.in_memory(5), "hashed, not read yet: held for the client");
+        drop(one);
+        write(8).await;
+        write(7).await;
+        hashed(9).await;
+        assert!(task.in_memory(7) && task.in_memory(8), "no client streaming: held for children");
+    });
+}

@@ -32,6 +32,8 @@ pub fn text(status: StatusCode, msg: &str) -> Response<Body> {
 
 struct Cursor {
     task: Arc<Task>,
+    /// Registers this body as a client of the task while it streams (held pieces wait for it).
+    _reading: crate::storage::Reader,
     /// Piece to send from, and the byte within it.
     next: u32,
     part: u32,
@@ -63,7 +65,8 @@ pub fn task_body(
     let start = window.map_or(0, |(s, _)| s);
     let (first, part) = ((start / pl) as u32, (start % pl) as u32);
     let empty = window.is_some_and(|(s, e)| s >= e);
-    let cursor = Cursor { task, next: first, part, window, done: empty, slice: FIRST_SLICE, sent: 0 };
+    let _reading = task.reader();
+    let cursor = Cursor { task, _reading, next: first, part, window, done: empty, slice: FIRST_SLICE, sent: 0 };
     let stream = futures_util::stream::unfold(cursor, move |mut c| async move {
         if c.done {
             return None;

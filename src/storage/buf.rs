@@ -262,13 +262,28 @@ impl Drop for Held {
     }
 }
 
-/// One task's stored pieces still in memory, by piece index.
+/// One task's stored pieces still in memory, by piece index, and which of them a client has read to
+/// their end.
 #[derive(Default)]
-pub struct HeldPieces(Mutex<BTreeMap<u32, Held>>);
+pub struct HeldPieces(Mutex<HeldInner>);
+
+#[derive(Default)]
+struct HeldInner {
+    pieces: BTreeMap<u32, Held>,
+    /// Held pieces streaming clients have read to their end, and how many clients have.
+    read: BTreeMap<u32, usize>,
+}
+
+impl HeldInner {
+    fn remove(&mut self, k: u32) {
+        self.pieces.remove(&k);
+        self.read.remove(&k);
+    }
+}
 
 impl HeldPieces {
     pub fn get(&self, k: u32) -> Option<Bytes> {
-        lock(&self.0).get(&k).map(|h| h.0.clone())
+        lock(&self.0).pieces.get(&k).map(|h| h.0.clone())
     }
 
     /// Keeps piece `k` (the hash has taken every piece before `next`). When the cap is reached, this
@@ -282,13 +297,15 @@ impl HeldPieces {
         while let Some(d) = data.take() {
             match Held::try_new(d) {
                 Ok(h) => {
-                    m.insert(k, h);
+                    m.pieces.insert(k, h);
+                    m.read.remove(&k);
                 }
                 Err(d) => {
                     // The two pieces the hash took last are where a streaming client reads: kept.
-                    let stale = m.keys().next().copied().filter(|&x| x + 2 < next);
-                    if let Some(v) = stale.or_else(|| m.keys().next_back().copied().filter(|&far| far > k)) {
-                        m.remove(&v);
+                    let stale = m.pieces.keys().next().copied().filter(|&x| x + 2 < next);
+                    let far = || m.pieces.keys().next_back().copied().filter(|&far| far > k);
+                    if let Some(v) = stale.or_else(far) {
+                        m.remove(v);
                         data = Some(d);
                     }
                 }
@@ -296,15 +313,40 @@ impl HeldPieces {
         }
     }
 
-    /// A client read piece `k` to its end: once the hash has it too, it need not stay.
-    pub fn consumed(&self, k: u32, next: u32) {
-        if k < next {
-            lock(&self.0).remove(&k);
+    /// One of `readers` streaming clients read piece `k` to its end. Once all of them have and the hash
+    /// has it too (every piece before `next`), it need not stay; until the hash has it, it waits for
+    /// [`HeldPieces::hashed`].
+    pub fn consumed(&self, k: u32, next: u32, readers: usize) {
+        let mut m = lock(&self.0);
+        if !m.pieces.contains_key(&k) {
+            return;
+        }
+        let n = m.read.entry(k).or_default();
+        *n += 1;
+        if *n >= readers && k < next {
+            m.remove(k);
+        }
+    }
+
+    /// The hash has taken every piece before `next`: those that all `readers` streaming clients have
+    /// read too are let go now, so that a client reading ahead of the hash does not leave the cap full of
+    /// pieces nobody needs (their buffers go back to the pool, instead of fresh memory being faulted in
+    /// for the next pieces). With no client streaming, pieces stay for children until the cap needs room.
+    pub fn hashed(&self, next: u32, readers: usize) {
+        if readers == 0 {
+            return;
+        }
+        let mut m = lock(&self.0);
+        let done: Vec<u32> = m.read.range(..next).filter(|(_, &n)| n >= readers).map(|(&k, _)| k).collect();
+        for k in done {
+            m.remove(k);
         }
     }
 
     pub fn clear(&self) {
-        lock(&self.0).clear();
+        let mut m = lock(&self.0);
+        m.pieces.clear();
+        m.read.clear();
     }
 }
 
@@ -427,9 +469,27 @@ mod tests {
         assert!(h.get(0).is_none() && h.get(cap + 2).is_some());
         assert!(h.get(18).is_some() && h.get(19).is_some(), "the last two hashed stay for a reader");
         // A reader that finished a hashed piece lets it go; an unhashed one stays for the hash.
-        h.consumed(5, 20);
-        h.consumed(25, 20);
+        h.consumed(5, 20, 1);
+        h.consumed(25, 20, 1);
         assert!(h.get(5).is_none() && h.get(25).is_some());
+        // ...and the piece read ahead of the hash goes once the hash passes it; an unread one stays.
+        h.hashed(25, 1);
+        assert!(h.get(25).is_some(), "not hashed yet");
+        h.hashed(26, 1);
+        assert!(h.get(25).is_none() && h.get(24).is_some(), "read and hashed: gone; hashed only: kept");
+        // Two clients streaming: a piece waits for the second one, hashed or not.
+        h.consumed(6, 20, 2);
+        assert!(h.get(6).is_some(), "one of two has read it");
+        h.consumed(6, 20, 2);
+        assert!(h.get(6).is_none(), "both have");
+        h.consumed(27, 20, 2);
+        h.hashed(28, 2);
+        assert!(h.get(27).is_some(), "hashed, but one client still to read it");
+        h.consumed(27, 28, 2);
+        assert!(h.get(27).is_none());
+        // No client streaming: the hash passing lets nothing go (children may still ask for it).
+        h.hashed(40, 0);
+        assert!(h.get(24).is_some());
         h.clear();
         assert_eq!(held_bytes(), 0, "dropping held pieces returns their share of the cap");
         // A piece nearer the hash than the farthest held one takes its place.

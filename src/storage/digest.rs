@@ -219,9 +219,12 @@ fn run(task: Arc<Task>, mut ctx: Sha256) {
             continue;
         }
         ctx = hashed;
-        let mut h = lock(&task.hasher);
-        h.next = k + 1;
-        h.crcs.push(crc);
+        {
+            let mut h = lock(&task.hasher);
+            h.next = k + 1;
+            h.crcs.push(crc);
+        }
+        task.hashed_through(k + 1);
     }
 }
 

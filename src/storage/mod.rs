@@ -3,7 +3,7 @@
 //!
 //! Owns: task content files (preallocated, written through io_uring or pread/pwrite, with O_DIRECT from
 //! page-aligned pooled piece buffers by default), their mmap-backed metadata (storage-format.md), the
-//! stored pieces kept in memory for the hash and for streaming readers (`buf`), piece waiters, the
+//! stored pieces kept in memory for the hash and for streaming readers (`buf`, `stream`), piece waiters, the
 //! whole-content digest, zero-copy and upload read handles, GC, and the data directory's one-owner lock.
 //! Never: speaks HTTP or the peer protocol, or decides where bytes come from; it calls nothing above it.
 //! Called by: the engine (writes pieces, waits for them), transfer and proxy (zero-copy reads), the daemon
@@ -21,6 +21,7 @@ pub mod layout;
 mod meta;
 mod scrub;
 mod store;
+mod stream;
 mod task;
 mod upload;
 mod uring;
@@ -36,6 +37,7 @@ pub use id::{BadTaskId, TaskId};
 pub use io::{start_writeback, Ingest, IoEngine, IoEngineChoice};
 pub use meta::{HEADER_SIZE as META_HEADER_SIZE, MAGIC as META_MAGIC, VERSION as META_VERSION};
 pub use store::{GcLimits, LoadReport, Store, StoreConfig, TaskSpec};
+pub use stream::Reader;
 pub use task::{Task, TaskInfo, TaskState};
 pub use zerocopy::{fallback_count as zero_copy_fallbacks, ZeroCopy};
 

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -66,7 +66,7 @@ pub struct Task {
     /// Stored pieces still in memory (daemon-wide cap, [`buf::HOLD_CAP`]): those the whole-content hash
     /// has not reached yet, so it need not read them back, and the newest two, so a client streaming the
     /// download as it lands reads them without a copy (and, with O_DIRECT, without going to the disk).
-    held: buf::HeldPieces,
+    pub(super) held: buf::HeldPieces,
     pub(super) data_path: PathBuf,
     pub(super) io: IoEngine,
     writing: Mutex<HashSet<u32>>,
@@ -86,6 +86,8 @@ pub struct Task {
     pub(super) removed: AtomicBool,
     /// Pieces streaming readers wait for (wanted.rs).
     pub(super) wanted: super::wanted::Wanted,
+    /// Clients streaming this task now ([`Reader`]): a held piece waits for all of them.
+    pub(super) readers: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -115,6 +117,7 @@ impl Task {
             hasher: Mutex::new(HashState::default()),
             removed: AtomicBool::new(false),
             wanted: Default::default(),
+            readers: AtomicUsize::new(0),
         })
     }
 
@@ -408,7 +411,7 @@ impl Task {
         Ok(())
     }
 
-    fn is_verified(&self, k: u32) -> bool {
+    pub(super) fn is_verified(&self, k: u32) -> bool {
         self.verified[(k / 64) as usize].load(Ordering::Acquire) & (1 << (k % 64)) != 0
     }
 
@@ -437,59 +440,9 @@ impl Task {
         }
     }
 
-    /// Bytes `[from, from + max)` of complete piece `k` (fewer at the piece's end), so a client stream
-    /// holds a slice rather than a whole piece per connection. A piece this process has not checked yet is
-    /// read and crc-checked whole first.
-    pub async fn read_piece_slice(&self, k: u32, from: u32, max: u32) -> Result<Bytes> {
-        let (off, len) = self.stored_range(k).ok_or(StorageError::PieceMissing(k))?;
-        if from >= len {
-            return Err(StorageError::Invalid(format!("piece {k} has {len} bytes; slice at {from}")));
-        }
-        let n = max.min(len - from);
-        if let Some(b) = self.resident_piece(k) {
-            self.touch();
-            if from + n == len {
-                self.consumed(k);
-            }
-            return Ok(b.slice(from as usize..(from + n) as usize));
-        }
-        if !self.is_verified(k) || !self.has_piece(k) {
-            let whole = self.read_piece(k).await?;
-            return Ok(whole.slice(from as usize..(from + n) as usize));
-        }
-        let v = self
-            .io
-            .read_exact_at(&self.data, n as usize, off + u64::from(from))
-            .await
-            .map_err(|e| StorageError::io(&self.data_path, e))?;
-        self.touch();
-        Ok(Bytes::from(v))
-    }
-
     /// Pieces the whole-content hash has taken so far (it takes them in order).
     pub fn hashed_pieces(&self) -> u32 {
         super::digest::next_unhashed(self)
-    }
-
-    /// Piece `k`'s bytes if they are still in memory and the piece is still complete (a piece found
-    /// corrupt on disk and cleared must not be served from memory either).
-    pub(super) fn resident_piece(&self, k: u32) -> Option<Bytes> {
-        let (_, len) = self.stored_range(k)?;
-        self.held.get(k).filter(|b| self.has_piece(k) && b.len() == len as usize)
-    }
-
-    fn keep_in_memory(&self, k: u32, data: Bytes) {
-        self.held.keep(k, data, self.hashed_pieces());
-    }
-
-    /// A client has read the last byte of piece `k` from memory; once hashed, it need not stay there.
-    fn consumed(&self, k: u32) {
-        self.held.consumed(k, self.hashed_pieces());
-    }
-
-    /// Lets every piece in memory go (the task is complete, failed or gone): the buffers return to the pool.
-    pub(super) fn release_resident(&self) {
-        self.held.clear();
     }
 
     /// Reads a complete piece through the io engine, checking its crc32c.
