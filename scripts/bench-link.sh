@@ -12,6 +12,12 @@
 # so each time is also compared with max(direct, size / sha256 rate).
 #
 #   sudo scripts/bench-link.sh [-s SIZE_MIB=1024] [-r ROUNDS=2] [--rates "1gbit 4gbit 10gbit"] [-o OUTDIR]
+#                              [--perf DIR]
+#
+# --perf DIR: `perf record -g` on daemon A during each cold fetch and on A and B during each remote-peer
+# hit, one file per daemon, rate and round (DIR/cold_a-4gbit-r1.data, peer_parent_a-…, peer_child_b-…);
+# read them with `perf report -i FILE --no-children`. Sampling costs CPU: its rounds' times and CPU are
+# not comparable with a run without it.
 #
 # Needs root (ip netns, tc), nginx (installed with apt-get when missing), curl, a release build, and about
 # ROUNDS × rates × SIZE × 3 of disk under /var/tmp. Addresses exist only inside this run's namespaces;
@@ -24,13 +30,15 @@ SIZE_MIB=1024
 ROUNDS=2
 RATES="1gbit 4gbit 10gbit"
 OUT=/var/tmp/shoal-bench/bench-link
+PERF_DIR=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -s) SIZE_MIB=$2; shift 2 ;;
     -r) ROUNDS=$2; shift 2 ;;
     --rates) RATES=$2; shift 2 ;;
     -o) OUT=$2; shift 2 ;;
-    *) echo "usage: $0 [-s SIZE_MIB] [-r ROUNDS] [--rates \"1gbit 4gbit\"] [-o OUTDIR]" >&2; exit 2 ;;
+    --perf) PERF_DIR=$2; shift 2 ;;
+    *) echo "usage: $0 [-s SIZE_MIB] [-r ROUNDS] [--rates \"1gbit 4gbit\"] [-o OUTDIR] [--perf DIR]" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench-link: needs root (ip netns, tc)" >&2; exit 1; }
@@ -46,6 +54,10 @@ cargo build --release -q --example cpu_floor
 BIN=${SHOAL_BIN:-$ROOT/target/release/shoal}
 FLOOR_BIN=$ROOT/target/release/examples/cpu_floor
 mkdir -p "$OUT"
+if [ -n "$PERF_DIR" ]; then
+  command -v perf >/dev/null || { echo "bench-link: --perf needs perf (apt-get install linux-perf)" >&2; exit 1; }
+  mkdir -p "$PERF_DIR"
+fi
 
 P=shl$$                      # namespace prefix, unique per run
 NET=10.214.0                 # addresses exist only inside this run's namespaces
@@ -112,22 +124,47 @@ for i in $(seq 100); do
 done
 for i in $(seq 50); do in_ns b curl -s -o /dev/null "http://$NET.2:8080/" && break; sleep 0.1; done
 
-get() { # get NS LABEL URL [proxy]: appends "label rate seconds" to $WORK/gets
-  local px=(--noproxy '*') t
+machine_ticks() { # "busy idle" clock ticks of the whole machine (every process, every core) so far
+  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat
+}
+get() { # get NS LABEL URL [proxy]: appends "label rate seconds machine-busy-%" to $WORK/gets
+  local px=(--noproxy '*') t m0 m1
   [ -n "${4:-}" ] && px=(--noproxy '' -x "http://$4")
+  m0=$(machine_ticks)
   t=$(in_ns "$1" timeout 900 curl -sS -f "${px[@]}" -o /dev/null -w '%{time_total}' "$3") \
     || { echo "bench-link: $2 GET failed" >&2; exit 1; }
-  echo "$2 $RATE $t" >>"$WORK/gets"
+  m1=$(machine_ticks)
+  # How busy both cores were during the fetch: near 100% means the shared CPU, not the link or a
+  # pipeline stall, is what the fetch waited on.
+  echo "$2 $RATE $t $(echo "$m0 $m1" | awk '{ b = $3 - $1; i = $4 - $2; printf "%.0f", (b + i > 0) ? 100 * b / (b + i) : 0 }')" \
+    >>"$WORK/gets"
 }
 charged() { # LABEL PID TICKS_BEFORE: appends "label rate cpu_s_per_GiB"
   awk -v l="$1" -v r="$RATE" -v c=$(($(cpu_ticks "$2") - $3)) -v t="$TCK" -v m="$SIZE_MIB" \
     'BEGIN { printf "%s %s %.4f\n", l, r, c / t / (m / 1024) }' >>"$WORK/cpu"
 }
-cold() { local a0; a0=$(cpu_ticks "$a_PID"); get a cold "$1" 127.0.0.1:65001; charged cold_a "$a_PID" "$a0"; }
+RECORDERS=()
+profile() { # profile LABEL PID: with --perf, samples PID until unprofile
+  [ -n "$PERF_DIR" ] || return 0
+  perf record -q -F 999 -g -p "$2" -o "$PERF_DIR/$1-$RATE-r$r.data" >/dev/null 2>&1 &
+  RECORDERS+=($!); PIDS+=($!)
+  sleep 0.5   # perf attaches to every thread before the fetch starts
+}
+unprofile() {
+  [ ${#RECORDERS[@]} -gt 0 ] || return 0
+  kill -INT "${RECORDERS[@]}" 2>/dev/null || true
+  wait "${RECORDERS[@]}" 2>/dev/null || true
+  RECORDERS=()
+}
+cold() {
+  local a0; profile cold_a "$a_PID"; a0=$(cpu_ticks "$a_PID")
+  get a cold "$1" 127.0.0.1:65001; charged cold_a "$a_PID" "$a0"; unprofile
+}
 peer() {
-  local a0 b0; a0=$(cpu_ticks "$a_PID"); b0=$(cpu_ticks "$b_PID")
+  local a0 b0; profile peer_parent_a "$a_PID"; profile peer_child_b "$b_PID"
+  a0=$(cpu_ticks "$a_PID"); b0=$(cpu_ticks "$b_PID")
   get b peer "$1" 127.0.0.1:65001
-  charged peer_parent_a "$a_PID" "$a0"; charged peer_child_b "$b_PID" "$b0"
+  charged peer_parent_a "$a_PID" "$a0"; charged peer_child_b "$b_PID" "$b0"; unprofile
 }
 wait_complete() { # oid: until A's /tasks lists it complete (up to 60 s), without reading it through A
   local i
@@ -154,7 +191,7 @@ for RATE in $RATES; do
     peer "$url"
     "$FLOOR_BIN" "$SIZE_MIB" >>"$WORK/floor"
     rm -f "$WORK/www/$oid"
-    grep " $RATE " "$WORK/gets" | tail -n 3 | awk -v r="$r" '{printf "  round %s %-7s %7.3f s\n", r, $1, $3}'
+    grep " $RATE " "$WORK/gets" | tail -n 3 | awk -v r="$r" '{printf "  round %s %-7s %7.3f s, machine %3s%% busy\n", r, $1, $3, $4}'
   done
 done
 
@@ -183,5 +220,6 @@ hash_bound=$(awk -v m="$SIZE_MIB" -v r="$sha_rate" 'BEGIN { print m * 1048576 / 
   echo "× bound: the time over max(direct GET, size / one core's sha256). Goals: cold ≤ 1.05×, remote-peer ≤ 1.1×;"
   echo "CPU ≤ 1.3× the floor for A cold and B child, ≤ 0.3 s/GiB for A as the parent."
   echo "Per-round seconds: $(awk '{printf "%s@%s=%.2f ", $1, $2, $3}' "$WORK/gets")"
+  echo "Per-round CPU s/GiB: $(awk '{printf "%s@%s=%.2f ", $1, $2, $3}' "$WORK/cpu")"
 } | tee "$OUT/results.md"
 echo "results: $OUT/results.md"
