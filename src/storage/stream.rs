@@ -57,7 +57,7 @@ impl Task {
         self.held.get(k).filter(|b| self.has_piece(k) && b.len() == len as usize)
     }
 
-    /// Whether piece `k` is still held in memory (for `/tasks`-style introspection and tests).
+    /// Whether piece `k` is still held in memory (what the tests of the release policy observe).
     pub fn in_memory(&self, k: u32) -> bool {
         self.resident_piece(k).is_some()
     }
@@ -66,7 +66,8 @@ impl Task {
         self.held.keep(k, data, self.hashed_pieces());
     }
 
-    /// A client has read the last byte of piece `k` from memory; once hashed, it need not stay there.
+    /// A client has read the last byte of piece `k` from memory; once the hash and every other streaming
+    /// client have it too, it need not stay there.
     fn consumed(&self, k: u32) {
         self.held.consumed(k, self.hashed_pieces(), self.readers.load(Ordering::Acquire));
     }
