@@ -64,8 +64,9 @@ pub struct Task {
     /// The same file opened with O_DIRECT, when the store ingests that way.
     pub(super) direct: Option<Arc<File>>,
     /// Stored pieces still in memory (daemon-wide cap, [`buf::HOLD_CAP`]): those the whole-content hash
-    /// has not reached yet, so it need not read them back, and the newest two, so a client streaming the
-    /// download as it lands reads them without a copy (and, with O_DIRECT, without going to the disk).
+    /// has not reached yet, so it need not read them back, and those a client streaming the download has
+    /// still to read (every [`super::Reader`]), so it reads them without a copy (and, with O_DIRECT,
+    /// without going to the disk). With no client streaming, pieces stay until the cap needs room.
     pub(super) held: buf::HeldPieces,
     pub(super) data_path: PathBuf,
     pub(super) io: IoEngine,
