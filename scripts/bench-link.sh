@@ -5,17 +5,23 @@
 # For each RATE and round, on a fresh object (so every fetch starts from empty caches), interleaved:
 #   direct   curl in B's namespace straight from nginx (the baseline)
 #   cold     curl in A's namespace through A's proxy: A fetches from nginx
+#   relay    curl in A's namespace through examples/relay_floor.rs on A's loopback: a bare verifying relay
+#            (receive, sha256 on a second thread, send; no pieces, no disk), the kernel-TCP floor
 #   peer     curl in B's namespace through B's proxy: B takes the pieces from A (a remote-peer hit)
 # and the CPU seconds per GiB of daemon A (cold; and as the parent of B) and daemon B (the child), beside
 # the floor measured in the same run: one sha256 pass over 1 GiB in memory plus one copy of it
 # (examples/cpu_floor.rs, the daemon's own sha256). A verified download cannot beat one core's sha256,
-# so each time is also compared with max(direct, size / sha256 rate).
+# so each time is also compared with max(direct, size / sha256 rate). A second table sets the daemons
+# beside the relay (A's position: origin link in, a client on loopback out) and the parent beside nginx's
+# worker serving the direct GET (sendfile from the page cache over the same link): what the daemons spend
+# beyond what a program in their place must.
 #
 #   sudo scripts/bench-link.sh [-s SIZE_MIB=1024] [-r ROUNDS=2] [--rates "1gbit 4gbit 10gbit"] [-o OUTDIR]
 #                              [--perf DIR]
 #
-# --perf DIR: `perf record -g` on daemon A during each cold fetch and on A and B during each remote-peer
-# hit, one file per daemon, rate and round (DIR/cold_a-4gbit-r1.data, peer_parent_a-…, peer_child_b-…);
+# --perf DIR: `perf record -g` on daemon A during each cold fetch, on A and B during each remote-peer
+# hit, and on the bare relay, one file per process, rate and round (DIR/cold_a-4gbit-r1.data, relay-…,
+# peer_parent_a-…, peer_child_b-…);
 # read them with `perf report -i FILE --no-children`. Sampling costs CPU: its rounds' times and CPU are
 # not comparable with a run without it.
 #
@@ -49,10 +55,11 @@ if ! command -v nginx >/dev/null; then
   DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq nginx-light >/dev/null
 fi
 cargo build --release -q
-cargo build --release -q --example cpu_floor
+cargo build --release -q --example cpu_floor --example relay_floor
 # SHOAL_BIN: another build of the daemon to measure (an older commit, for a before/after in one sitting).
 BIN=${SHOAL_BIN:-$ROOT/target/release/shoal}
 FLOOR_BIN=$ROOT/target/release/examples/cpu_floor
+RELAY_BIN=$ROOT/target/release/examples/relay_floor
 mkdir -p "$OUT"
 if [ -n "$PERF_DIR" ]; then
   command -v perf >/dev/null || { echo "bench-link: --perf needs perf (apt-get install linux-perf)" >&2; exit 1; }
@@ -116,6 +123,10 @@ daemon() { # daemon NAME OCTET: proxy on the namespace's loopback, uploads on it
 a_PID=""; b_PID=""
 daemon a 4
 daemon b 5
+# The bare relay beside daemon A: the same links, the same client on loopback.
+ip netns exec "$P-a" "$RELAY_BIN" 127.0.0.1:65009 "$NET.2:8080" 2>"$WORK/relay.log" >/dev/null &
+PIDS+=($!)
+relay_PID=$!
 for i in $(seq 100); do
   n=$({ grep -l "daemon started" "$WORK"/daemon-*.log 2>/dev/null || true; } | wc -l)
   [ "$n" -ge 2 ] && break
@@ -156,6 +167,14 @@ unprofile() {
   wait "${RECORDERS[@]}" 2>/dev/null || true
   RECORDERS=()
 }
+direct() { # the baseline GET, and the CPU nginx's worker spends sending it (the parent's baseline)
+  local n0; n0=$(cpu_ticks "$NGX_WORKER")
+  get b direct "$1"; charged direct_nginx "$NGX_WORKER" "$n0"
+}
+relay() { # relay OID: the object through the bare relay in A's namespace (not through A: its cache stays cold)
+  local r0; profile relay "$relay_PID"; r0=$(cpu_ticks "$relay_PID")
+  get a relay "http://127.0.0.1:65009/$1"; charged relay "$relay_PID" "$r0"; unprofile
+}
 cold() {
   local a0; profile cold_a "$a_PID"; a0=$(cpu_ticks "$a_PID")
   get a cold "$1" 127.0.0.1:65001; charged cold_a "$a_PID" "$a0"; unprofile
@@ -186,12 +205,13 @@ for RATE in $RATES; do
     oid=$(make_obj "$SIZE_MIB")
     url="http://$NET.2:8080/$oid"
     cat "$WORK/www/$oid" >/dev/null   # the origin's copy in the page cache for every fetch
-    if [ $((r % 2)) = 1 ]; then get b direct "$url"; cold "$url"; else cold "$url"; get b direct "$url"; fi
+    if [ $((r % 2)) = 1 ]; then direct "$url"; relay "$oid"; cold "$url"
+    else cold "$url"; relay "$oid"; direct "$url"; fi
     wait_complete "$oid"
     peer "$url"
     "$FLOOR_BIN" "$SIZE_MIB" >>"$WORK/floor"
     rm -f "$WORK/www/$oid"
-    grep " $RATE " "$WORK/gets" | tail -n 3 | awk -v r="$r" '{printf "  round %s %-7s %7.3f s, machine %3s%% busy\n", r, $1, $3, $4}'
+    grep " $RATE " "$WORK/gets" | tail -n 4 | awk -v r="$r" '{printf "  round %s %-7s %7.3f s, machine %3s%% busy\n", r, $1, $3, $4}'
   done
 done
 
@@ -219,6 +239,22 @@ hash_bound=$(awk -v m="$SIZE_MIB" -v r="$sha_rate" 'BEGIN { print m * 1048576 / 
   echo
   echo "× bound: the time over max(direct GET, size / one core's sha256). Goals: cold ≤ 1.05×, remote-peer ≤ 1.1×;"
   echo "CPU ≤ 1.3× the floor for A cold and B child, ≤ 0.3 s/GiB for A as the parent."
+  echo
+  echo "Beside what a program in the daemons' place must spend (same run): the bare verifying relay"
+  echo "(examples/relay_floor.rs: the origin's bytes received, sha256'd and sent to curl on loopback) for A cold"
+  echo "and B child, and nginx's worker sending the direct GET (sendfile, page cache) for A as the parent."
+  echo
+  echo "| link | relay (s, × direct) | cold through A ÷ relay (time) | CPU s/GiB: relay / nginx | A cold ÷ relay | B child ÷ relay | A parent ÷ nginx |"
+  echo "|---|---|---|---|---|---|---|"
+  for RATE in $RATES; do
+    d=$(med direct "$RATE" 3 "$WORK/gets"); c=$(med cold "$RATE" 3 "$WORK/gets"); rl=$(med relay "$RATE" 3 "$WORK/gets")
+    ca=$(med cold_a "$RATE" 3 "$WORK/cpu"); cb=$(med peer_child_b "$RATE" 3 "$WORK/cpu"); pa=$(med peer_parent_a "$RATE" 3 "$WORK/cpu")
+    cr=$(med relay "$RATE" 3 "$WORK/cpu"); cn=$(med direct_nginx "$RATE" 3 "$WORK/cpu")
+    awk -v R="$RATE" -v d="$d" -v c="$c" -v rl="$rl" -v ca="$ca" -v cb="$cb" -v pa="$pa" -v cr="$cr" -v cn="$cn" 'BEGIN {
+      printf("| %s | %.3f (%.2f×) | %.2f× | %.2f / %.2f | %.2f× | %.2f× | %.2f× |\n", R, rl, rl / d, c / rl, cr, cn, ca / cr, cb / cr, (cn > 0 ? pa / cn : 0))
+    }'
+  done
+  echo "Relay reads that gave up their receive mark after a 50 ms wait (a relay that stalled is no floor): $(grep -c 'mark dropped' "$WORK/relay.log" || true)."
   echo "Per-round seconds: $(awk '{printf "%s@%s=%.2f ", $1, $2, $3}' "$WORK/gets")"
   echo "Per-round CPU s/GiB: $(awk '{printf "%s@%s=%.2f ", $1, $2, $3}' "$WORK/cpu")"
 } | tee "$OUT/results.md"

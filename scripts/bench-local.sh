@@ -9,7 +9,9 @@
 #       nginx; goal ≤ 2.5× the direct time, and time to first byte within 10 ms of direct
 #       Unshaped loopback is a CPU stress on two shared cores: a verified download pays a sha256 pass that
 #       nginx does not, hence 2.5× here; the link-limited goals (cold ≤ 1.05×, remote-peer ≤ 1.1×) are
-#       scripts/bench-link.sh's, on shaped links.
+#       scripts/bench-link.sh's, on shaped links. Beside it, the same object through a bare verifying relay
+#       (examples/relay_floor.rs: receive, sha256 on a second thread, send; no pieces, no disk): its time
+#       and CPU are what any program in A's place must spend, so A ÷ relay is A's own overhead.
 #   (d) memory: daemon C's anonymous RSS (RssAnon from /proc/PID/status, peak of 20 samples/s) while it
 #       serves CONC concurrent downloads, cold (every object from nginx) and then as local hits; goal ≤ 64 MiB
 # Every round uses its own object, so each cold fetch and each remote-peer hit starts from empty caches.
@@ -48,6 +50,7 @@ if ! command -v nginx >/dev/null; then
   DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq nginx-light >/dev/null
 fi
 cargo build --release -q
+cargo build --release -q --example relay_floor
 # SHOAL_BIN: another build of the daemon to measure (an older commit, for a before/after in one sitting).
 BIN=${SHOAL_BIN:-$ROOT/target/release/shoal}
 mkdir -p "$OUT"
@@ -78,6 +81,11 @@ NGX_PORT=$(free_port $NGX_IP)
 serve_nginx "" "$NGX_IP:$NGX_PORT" \
   "log_format bytes '\$request_uri \$status \$body_bytes_sent'; access_log $WORK/nginx-access.log bytes; tcp_nopush on;"
 ORIGIN="http://$NGX_IP:$NGX_PORT"
+RELAY_IP=127.0.0.65
+RELAY_PORT=$(free_port $RELAY_IP)
+"$ROOT/target/release/examples/relay_floor" "$RELAY_IP:$RELAY_PORT" "$NGX_IP:$NGX_PORT" 2>"$WORK/relay.log" >/dev/null &
+PIDS+=($!)
+RELAY_PID=$!
 origin_bytes() { awk '{s+=$3} END {printf "%.0f\n", s}' "$WORK/nginx-access.log"; }
 
 SCHED_IP=127.0.0.63
@@ -151,10 +159,11 @@ for r in $(seq "$ROUNDS"); do
   cat "$WORK/www/${OIDS[$((r - 1))]}" >/dev/null  # the origin's file in the page cache for both sides
   get warm "$url" >/dev/null
   ob0=$(origin_bytes)
+  relay_url="http://$RELAY_IP:$RELAY_PORT/${OIDS[$((r - 1))]}"
   if [ $((r % 2)) = 1 ]; then
-    get c_direct "$url" >/dev/null; cold "$url"
+    get c_direct "$url" >/dev/null; serve c_relay "$RELAY_PID" "$relay_url"; cold "$url"
   else
-    cold "$url"; get c_direct "$url" >/dev/null
+    cold "$url"; serve c_relay "$RELAY_PID" "$relay_url"; get c_direct "$url" >/dev/null
   fi
   wait_local "$a_PROXY" "$url"
   ob1=$(origin_bytes)
@@ -164,7 +173,7 @@ for r in $(seq "$ROUNDS"); do
     peer "$url"; get b_direct "$url" >/dev/null
   fi
   ob2=$(origin_bytes)
-  echo "origin_bytes_cold $(( (ob1 - ob0) - (SIZE_MIB << 20) ))" >>"$WORK/obytes"  # minus the direct GET
+  echo "origin_bytes_cold $(( (ob1 - ob0) - 2 * (SIZE_MIB << 20) ))" >>"$WORK/obytes"  # minus the direct GET and the relay's
   echo "origin_bytes_peer $(( (ob2 - ob1) - (SIZE_MIB << 20) ))" >>"$WORK/obytes"
   get warm "$url" "$a_PROXY" >/dev/null  # the cache file in the page cache too
   if [ $((r % 2)) = 1 ]; then
@@ -172,7 +181,7 @@ for r in $(seq "$ROUNDS"); do
   else
     serve a_local "$a_PID" "$url" "$a_PROXY"; serve a_nginx "$NGX_WORKER" "$url"
   fi
-  grep -v '^warm ' "$WORK/gets" | tail -n 6 | awk -v r="$r" '{printf "  round %s %-9s %7.3f s  ttfb %6.1f ms  %6.0f MB/s  source %s\n", r, $1, $2, $3 * 1000, $4, $5}'
+  grep -v '^warm ' "$WORK/gets" | tail -n 7 | awk -v r="$r" '{printf "  round %s %-9s %7.3f s  ttfb %6.1f ms  %6.0f MB/s  source %s\n", r, $1, $2, $3 * 1000, $4, $5}'
 done
 
 echo "== memory: daemon C serving $CONC concurrent downloads of $RSS_MIB MiB, cold then local hits"
@@ -230,6 +239,8 @@ c_t=$(med c_cold 2 "$WORK/gets"); cd_t=$(med c_direct 2 "$WORK/gets")
 c_fb=$(med c_cold 3 "$WORK/gets" | awk '{print $1 * 1000}'); cd_fb=$(med c_direct 3 "$WORK/gets" | awk '{print $1 * 1000}')
 a_rt=$(ratio a_local a_nginx 4 gets); a_cr=$(ratio a_local a_nginx 2 cpu)
 b_r=$(ratio b_peer b_direct 2 gets); c_r=$(ratio c_cold c_direct 2 gets)
+rl_t=$(med c_relay 2 "$WORK/gets"); rl_r=$(ratio c_relay c_direct 2 gets); c_rl=$(ratio c_cold c_relay 2 gets)
+rl_cpu=$(med c_relay 2 "$WORK/cpu"); ca_rl=$(ratio c_cold_a c_relay 2 cpu); bb_rl=$(ratio b_peer_b c_relay 2 cpu)
 fb_d=$(paste <(col c_cold 3 "$WORK/gets") <(col c_direct 3 "$WORK/gets") | awk '{printf "%.2f\n", ($1 - $2) * 1000}' | median)
 rss_cold=$(awk '$1 == "d_cold" {printf "%.1f", $2/1024}' "$WORK/rss"); rss_hit=$(awk '$1 == "d_hit" {printf "%.1f", $2/1024}' "$WORK/rss")
 ob_cold=$(col origin_bytes_cold 2 "$WORK/obytes" | median); ob_peer=$(col origin_bytes_peer 2 "$WORK/obytes" | median)
@@ -244,6 +255,8 @@ met() { awk -v r="$1" -v g="$2" 'BEGIN { print (r <= g ? "met" : "missed") }'; }
   echo "| (b) remote-peer hit (B's proxy, pieces from A), seconds | $(fmt "$b_t" %.3f) | direct GET from nginx $(fmt "$bd_t" %.3f) | $(x "$b_r") | ≤ 2.5× $(met "$b_r" 2.5) |"
   echo "| (c) cold through the proxy (A fetches from nginx), seconds | $(fmt "$c_t" %.3f) | direct GET from nginx $(fmt "$cd_t" %.3f) | $(x "$c_r") | ≤ 2.5× $(met "$c_r" 2.5) |"
   echo "| (c) cold, daemon A CPU s/GiB (fetch, crc32c, sha256, store, stream) | $(fmt "$(med c_cold_a 2 "$WORK/cpu")" %.3f) | | | |"
+  echo "| (c) a bare verifying relay in A's place (examples/relay_floor.rs), seconds | $(fmt "$rl_t" %.3f) | direct GET from nginx $(fmt "$cd_t" %.3f) | $(x "$rl_r") | |"
+  echo "| (c) cold through A ÷ the relay: seconds; CPU s/GiB, A cold and B child ÷ the relay's $(fmt "$rl_cpu" %.3f) | | | $(x "$c_rl"); $(x "$ca_rl") and $(x "$bb_rl") | |"
   echo "| (b) remote-peer hit, CPU s/GiB: daemon B (download, verify, store, stream) / daemon A (upload) | $(fmt "$(med b_peer_b 2 "$WORK/cpu")" %.3f) / $(fmt "$(med b_peer_a 2 "$WORK/cpu")" %.3f) | | | |"
   echo "| (c) cold, time to first byte, ms | $(fmt "$c_fb" '%.1f') | direct $(fmt "$cd_fb" '%.1f') | +$(fmt "$fb_d" '%.1f') ms | ≤ +10 ms $(met "$fb_d" 10) |"
   echo "| (d) peak RssAnon, $CONC concurrent cold downloads of $RSS_MIB MiB, MiB | $rss_cold | idle $(fmt "$base_rss" '%.0f' | awk '{printf "%.1f", $1/1024}') | | ≤ 64 MiB $(met "$rss_cold" 64) |"
@@ -253,7 +266,8 @@ met() { awk -v r="$1" -v g="$2" 'BEGIN { print (r <= g ? "met" : "missed") }'; }
   echo
   echo "Served from (x-shoal-source): cold $(srcs c_cold); B $(srcs b_peer); local $(srcs a_local)." \
     "Origin bytes beyond the direct GET, median per round: cold $ob_cold, remote-peer hit $ob_peer."
-  echo "Per-round seconds: cold [$(col c_cold 2 "$WORK/gets" | xargs)] direct [$(col c_direct 2 "$WORK/gets" | xargs)];" \
+  echo "Relay reads that gave up their receive mark after a 50 ms wait (a relay that stalled is no floor): $(grep -c 'mark dropped' "$WORK/relay.log" || true)."
+  echo "Per-round seconds: cold [$(col c_cold 2 "$WORK/gets" | xargs)] relay [$(col c_relay 2 "$WORK/gets" | xargs)] direct [$(col c_direct 2 "$WORK/gets" | xargs)];" \
     "peer [$(col b_peer 2 "$WORK/gets" | xargs)] direct [$(col b_direct 2 "$WORK/gets" | xargs)]."
 } | tee "$OUT/results.md"
 
