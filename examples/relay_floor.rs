@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -128,9 +128,10 @@ fn body(up: &mut TcpStream, client: &mut TcpStream, first: Vec<u8>, len: u64) ->
     // (src/gather.rs): a relay woken per 64 KiB spends more CPU than the daemon and would be no floor.
     let mut gather = shoal::gather::Gather::new();
     gather.begin();
-    // A fixed mark stalled this relay for a minute on some runs (the kernel held the window at the mark
-    // and never woke it); the daemon's reads never did. A read that waits past STALL_GUARD with a mark
-    // set drops the mark for the rest of the body, and the relay says so: a stalled relay is no floor.
+    // A mark set on a fresh connection stalled this relay for a minute on some runs: the read woke only
+    // at its 60 s timeout, with part of the mark queued. A read that waits STALL_GUARD with a mark set
+    // (returning what is queued, or nothing) drops the mark for the rest of the body, and the relay says
+    // so on stderr: a relay that stalled is no floor.
     up.set_read_timeout(Some(STALL_GUARD))?;
     let (mut marked, mut idle) = (true, 0u32);
     // Bounded by len bytes: every turn consumes at least one, or waits STALL_GUARD (at most IDLE_TURNS
@@ -141,13 +142,16 @@ fn body(up: &mut TcpStream, client: &mut TcpStream, first: Vec<u8>, len: u64) ->
         if marked {
             gather.before_read(Some(up.as_fd()), left);
         }
-        let n = match up.read(&mut b) {
+        let t0 = Instant::now();
+        let r = up.read(&mut b);
+        let waited = t0.elapsed();
+        if marked && waited >= STALL_GUARD {
+            marked = false;
+            gather.end(Some(up.as_fd()));
+            eprintln!("relay_floor: a read waited {waited:?} on the receive mark ({left} bytes due); mark dropped");
+        }
+        let n = match r {
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                if marked {
-                    marked = false;
-                    gather.end(Some(up.as_fd()));
-                    eprintln!("relay_floor: a read waited {STALL_GUARD:?} on the receive mark; mark dropped");
-                }
                 idle += 1;
                 if idle > IDLE_TURNS {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "origin sent nothing for 60 s"));

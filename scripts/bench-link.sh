@@ -254,6 +254,8 @@ hash_bound=$(awk -v m="$SIZE_MIB" -v r="$sha_rate" 'BEGIN { print m * 1048576 / 
       printf("| %s | %.3f (%.2f×) | %.2f× | %.2f / %.2f | %.2f× | %.2f× | %.2f× |\n", R, rl, rl / d, c / rl, cr, cn, ca / cr, cb / cr, (cn > 0 ? pa / cn : 0))
     }'
   done
+  given_up() { in_ns "$1" curl -s --noproxy '*' http://127.0.0.1:65003/metrics | awk '/^shoal_receive_marks_given_up_total/ {print $2}'; }
+  echo "Daemon reads that gave up their receive mark after a 25 ms wait (shoal_receive_marks_given_up_total): A $(given_up a || true), B $(given_up b || true)."
   echo "Relay reads that gave up their receive mark after a 50 ms wait (a relay that stalled is no floor): $(grep -c 'mark dropped' "$WORK/relay.log" || true)."
   echo "Per-round seconds: $(awk '{printf "%s@%s=%.2f ", $1, $2, $3}' "$WORK/gets")"
   echo "Per-round CPU s/GiB: $(awk '{printf "%s@%s=%.2f ", $1, $2, $3}' "$WORK/cpu")"

@@ -8,8 +8,14 @@
 //!
 //! The kernel never holds back bytes that nothing will follow: a mark is set only while at least that
 //! many bytes (and a margin for TLS framing) are still due, and is back at 1 before the socket is read
-//! for anything else. The kernel also wakes the reader when the receive window is nearly closed, so a
-//! full buffer never waits on the mark.
+//! for anything else. But a mark also holds back bytes that *something* will follow, for as long as the
+//! sender takes to send the rest of the mark: a sender that pauses (an origin or a parent between
+//! bursts) leaves what it sent unread, and a parent's payload read could time out as stalled while its
+//! bytes sat in the socket. The kernel is meant to wake the reader when the receive window is nearly
+//! closed, yet `examples/relay_floor.rs` (blocking reads under these marks) woke only at its 60 s read
+//! timeout on some runs. So a read that waits [`GUARD`] with a mark set gives the mark up for the rest
+//! of its body or payload ([`Gather::give_up`]), and the metrics count it
+//! (`shoal_receive_marks_given_up_total`).
 //!
 //! Owns: the mark and the rate it is chosen from. Never: reads the socket. Called by: engine (origin
 //! bodies) and transfer (piece payloads from parents).
@@ -31,6 +37,10 @@ const MEASURED_AFTER: u64 = 1 << 20;
 /// far under what is due.
 const SLACK: u64 = 64 << 10;
 
+/// How long a read may wait with a mark set before the mark is given up: six spans, so a sender that
+/// merely slowed down a little still fills the mark first.
+pub const GUARD: Duration = Duration::from_millis(25);
+
 /// The mark on one socket, and the rate its reads have been delivering.
 #[derive(Debug)]
 pub struct Gather {
@@ -39,6 +49,8 @@ pub struct Gather {
     got: u64,
     /// Bytes per second over the last span that was measured; 0 before one was.
     last_rate: f64,
+    /// A read waited [`GUARD`] on the mark: no mark again until the next body or payload.
+    given_up: bool,
     /// The largest mark set so far (tests check that one was).
     #[cfg(test)]
     pub(crate) highest: usize,
@@ -57,6 +69,7 @@ impl Gather {
             since: Instant::now(),
             got: 0,
             last_rate: 0.0,
+            given_up: false,
             #[cfg(test)]
             highest: 1,
         }
@@ -66,6 +79,24 @@ impl Gather {
     pub fn begin(&mut self) {
         self.since = Instant::now();
         self.got = 0;
+        self.given_up = false;
+    }
+
+    /// How long the next read may wait before [`Gather::give_up`]: `None` while no mark is set, when
+    /// only the caller's own timeouts apply.
+    pub fn guard(&self) -> Option<Duration> {
+        (self.set > 1).then_some(GUARD)
+    }
+
+    /// A read waited [`GUARD`] with a mark set: the mark goes back to 1 for the rest of this body or
+    /// payload, and the metrics count it. False as for [`Gather::end`].
+    pub fn give_up(&mut self, fd: Option<BorrowedFd<'_>>) -> bool {
+        self.given_up = true;
+        crate::metrics::Metrics::add(&crate::metrics::global().receive_marks_given_up, 1);
+        if self.set != 1 {
+            self.apply(fd, 1);
+        }
+        self.set == 1
     }
 
     /// Before a read that may wait on `fd`, with `due` bytes certain to arrive on it still.
@@ -87,6 +118,7 @@ impl Gather {
         if self.got >= MEASURED_AFTER {
             self.last_rate = self.rate();
         }
+        self.given_up = false;
         if self.set != 1 {
             self.apply(fd, 1);
         }
@@ -100,6 +132,9 @@ impl Gather {
     /// The mark for a read with `due` bytes still to come: a power of two (a wandering rate does not
     /// set it on every read), or 1.
     fn want(&self, due: u64) -> usize {
+        if self.given_up {
+            return 1;
+        }
         let rate = if self.got >= MEASURED_AFTER { self.rate() } else { self.last_rate };
         let worth = (rate * SPAN.as_secs_f64()).min(MOST as f64) as u64;
         let worth = worth.min(due.saturating_sub(SLACK));
@@ -179,6 +214,31 @@ mod tests {
         assert_eq!(fast.want(100 << 10), 1, "too little due for a mark worth setting");
         // 10 MB/s: 40 KB in 4 ms is not worth a system call.
         assert_eq!(after(10 << 20, 1000).want(1 << 30), 1);
+    }
+
+    #[test]
+    fn a_mark_given_up_stays_off_until_the_next_body() {
+        use std::os::fd::AsFd;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let fd = || Some(sock.as_fd());
+        let mut g = after(8 << 20, 10);
+        assert_eq!(g.guard(), None, "no mark set yet, so only the caller's timeouts apply");
+        g.before_read(fd(), 1 << 30);
+        assert_eq!((mark_of(sock.as_fd()), g.guard()), (MOST, Some(GUARD)));
+        assert!(g.give_up(fd()));
+        assert_eq!((mark_of(sock.as_fd()), g.guard()), (1, None));
+        g.before_read(fd(), 1 << 30);
+        assert_eq!(mark_of(sock.as_fd()), 1, "no mark again within this body");
+        g.begin();
+        g.read(8 << 20);
+        g.before_read(fd(), 1 << 30);
+        assert_eq!(mark_of(sock.as_fd()), MOST, "the next body may set one");
+        assert!(g.give_up(fd()) && g.end(fd()));
+        g.begin();
+        g.read(8 << 20);
+        g.before_read(fd(), 1 << 30);
+        assert_eq!(mark_of(sock.as_fd()), MOST, "and after a body that ended");
     }
 
     #[test]

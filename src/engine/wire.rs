@@ -419,7 +419,7 @@ impl RawBody {
                         self.gather.before_read(fd, left);
                     }
                     let want = clamp(dst.len(), left);
-                    let n = self.data(&mut dst[..want]).await?;
+                    let n = self.marked_data(&mut dst[..want]).await?;
                     if n == 0 {
                         return Err(BodyError::Short(left));
                     }
@@ -447,6 +447,21 @@ impl RawBody {
     }
 
     /// Body bytes into `dst`: what is buffered first, else straight from the socket. 0 at the socket's end.
+    /// [`RawBody::data`] under the receive mark's guard: a read that waits [`crate::gather::GUARD`] with
+    /// a mark set gives the mark up and reads on without it. A read cancelled by the guard took nothing
+    /// (a socket read is cancel-safe), so the next one sees the same bytes.
+    async fn marked_data(&mut self, dst: &mut [u8]) -> std::io::Result<usize> {
+        let Some(guard) = self.gather.guard() else { return self.data(dst).await };
+        if let Ok(r) = tokio::time::timeout(guard, self.data(dst)).await {
+            return r;
+        }
+        if !self.gather.give_up(self.conn.as_ref().and_then(|c| c.socket())) {
+            // A socket that keeps its mark must not be reused; this body may still finish on it.
+            self.reuse = None;
+        }
+        self.data(dst).await
+    }
+
     async fn data(&mut self, dst: &mut [u8]) -> std::io::Result<usize> {
         if !self.buf.is_empty() {
             let n = dst.len().min(self.buf.len());

@@ -234,3 +234,73 @@ fn a_body_read_with_a_receive_mark_leaves_its_connection_waking_at_once_for_the_
         origin.abort();
     });
 }
+
+#[test]
+fn bytes_queued_under_the_receive_mark_are_read_while_the_origin_pauses() {
+    use tokio::io::AsyncWriteExt;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // 16 MiB at loopback speed sets a mark (up to 512 KiB). Once the reader has them all and waits on
+        // the socket, 100 KiB, under any mark, and a pause until the reader has those too (at most 10 s);
+        // then the rest. Without the guard the reader would sleep through the pause.
+        const LEAD: usize = 16 << 20;
+        const FIRST: usize = LEAD + (100 << 10);
+        let body: Vec<u8> = (0..(24u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tell, mut heard) = tokio::sync::mpsc::channel::<usize>(2);
+        let sent = body.clone();
+        let origin = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = Vec::new();
+            while !req.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                assert_eq!(s.read(&mut b).await.unwrap(), 1);
+                req.push(b[0]);
+            }
+            s.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", sent.len()).as_bytes()).await.unwrap();
+            s.write_all(&sent[..LEAD]).await.unwrap();
+            let lead = tokio::time::timeout(Duration::from_secs(10), heard.recv()).await;
+            assert_eq!(lead, Ok(Some(LEAD)), "the reader had the lead");
+            // Long enough for the reader to find the socket empty and wait on it.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.write_all(&sent[LEAD..FIRST]).await.unwrap();
+            let woken = tokio::time::timeout(Duration::from_secs(10), heard.recv()).await == Ok(Some(FIRST));
+            s.write_all(&sent[FIRST..]).await.unwrap();
+            woken
+        });
+        let wire = wire_keeping(Duration::from_secs(30));
+        let given_up = crate::metrics::global().receive_marks_given_up.load(std::sync::atomic::Ordering::Relaxed);
+        let req = http::Request::get(format!("http://{addr}/o")).body(http_body_util::Empty::new()).unwrap();
+        let mut body_in = wire.exchange(&req).await.unwrap().into_body();
+        let (mut got, mut dst, mut most) = (Vec::new(), vec![0u8; 1 << 20], 1);
+        loop {
+            // Reads stop at LEAD and FIRST, so the origin hears of each exactly there.
+            let stop = if got.len() < LEAD {
+                LEAD
+            } else if got.len() < FIRST {
+                FIRST
+            } else {
+                body.len()
+            };
+            let room = dst.len().min(stop - got.len()).max(1);
+            let n =
+                tokio::time::timeout(Duration::from_secs(20), body_in.read(&mut dst[..room])).await.unwrap().unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&dst[..n]);
+            if let Some(fd) = body_in.conn.as_ref().and_then(|c| c.socket()) {
+                most = most.max(crate::gather::mark_of(fd));
+            }
+            if got.len() == LEAD || got.len() == FIRST {
+                let _ = tell.try_send(got.len());
+            }
+        }
+        assert!(got == body, "the body came out whole");
+        assert!(most > 1, "a mark was set while the lead arrived");
+        assert!(origin.await.unwrap(), "the reader had the 100 KiB under the mark before the origin went on");
+        let now = crate::metrics::global().receive_marks_given_up.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(now > given_up, "the mark given up is counted");
+    });
+}

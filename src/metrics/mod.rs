@@ -31,6 +31,8 @@ pub struct Metrics {
     pub authz_cached: AtomicU64,
     pub authz_denied: AtomicU64,
     pub authz_failed: AtomicU64,
+    /// Reads that waited `gather::GUARD` on a socket's receive mark and gave it up.
+    pub receive_marks_given_up: AtomicU64,
     piece_latency_us: Mutex<Histogram<u64>>,
     proxy_status: Mutex<BTreeMap<u16, u64>>,
 }
@@ -99,6 +101,7 @@ impl Metrics {
             authz_cached: AtomicU64::new(0),
             authz_denied: AtomicU64::new(0),
             authz_failed: AtomicU64::new(0),
+            receive_marks_given_up: AtomicU64::new(0),
             piece_latency_us: Mutex::new(h),
             proxy_status: Mutex::new(BTreeMap::new()),
         }
@@ -148,6 +151,13 @@ impl Metrics {
             g.storage_limit_bytes,
         );
         counter(&mut o, "shoal_storage_evictions_total", "Tasks removed by GC.", g.evictions);
+        counter(
+            &mut o,
+            "shoal_receive_marks_given_up_total",
+            "Reads from an origin or a parent that waited 25 ms on their socket's receive mark and read on \
+             without it.",
+            get(&self.receive_marks_given_up),
+        );
         let b = g.piece_buffers;
         labelled(
             &mut o,

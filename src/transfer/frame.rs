@@ -268,11 +268,19 @@ impl<R: AsyncRead + Unpin + AsRef<tokio::net::TcpStream>> FrameReader<R> {
         let take = out.fill_from(&self.buf[..self.buf.len().min(len)]);
         self.buf.advance(take);
         self.gather.begin();
-        // Bounded: each turn adds at least one byte or returns.
+        // Bounded: each turn adds at least one byte, returns, or gives the mark up (once: none is set after).
         while !out.is_full() {
             let due = out.spare_mut().len() as u64;
             self.gather.before_read(Some(self.inner.as_ref().as_fd()), due);
-            match tokio::time::timeout(stall, self.inner.read(out.spare_mut())).await {
+            // With a mark set, a read that waits GUARD gives the mark up and the next turn reads without
+            // it (a cancelled read took nothing); the stall bound applies to reads without a mark.
+            let guard = self.gather.guard();
+            match tokio::time::timeout(guard.unwrap_or(stall), self.inner.read(out.spare_mut())).await {
+                Err(_) if guard.is_some() => {
+                    if !self.gather.give_up(Some(self.inner.as_ref().as_fd())) {
+                        return Err(ReadError::Io(io::Error::other("the socket's receive mark could not be reset")));
+                    }
+                }
                 Err(_) => return Err(ReadError::Stalled),
                 Ok(Err(e)) => return Err(ReadError::Io(e)),
                 Ok(Ok(0)) => return Err(ReadError::Eof { mid_piece: true }),
@@ -415,6 +423,65 @@ mod tests {
             assert!(rd.gather.highest > 1, "loopback is fast enough that a mark was set within the payloads");
             let next = tokio::time::timeout(Duration::from_secs(5), rd.read_frame()).await.expect("woken at once");
             assert_eq!(next.unwrap(), Some(Frame::Have(Have { task_id: tid(1), pieces: vec![3] })));
+            parent.abort();
+        });
+    }
+
+    #[test]
+    fn a_parent_that_pauses_with_bytes_under_the_mark_is_not_taken_for_stalled() {
+        use tokio::io::AsyncWriteExt;
+        const PAUSE: Duration = Duration::from_millis(600);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let parent = tokio::spawn(async move {
+                let (mut s, _) = l.accept().await.unwrap();
+                let len = 4u32 << 20;
+                let header = |piece: u32| {
+                    let mut b = BytesMut::new();
+                    Frame::Piece(PieceHeader {
+                        id: piece.into(),
+                        task_id: tid(1),
+                        piece,
+                        offset: 0,
+                        length: len,
+                        crc32c: 0,
+                    })
+                    .encode(&mut b);
+                    b
+                };
+                // Two payloads at loopback speed: the third starts under the mark their rate sets.
+                for piece in 0..2u32 {
+                    let mut b = header(piece);
+                    b.extend_from_slice(&vec![7u8; len as usize]);
+                    s.write_all(&b).await.unwrap();
+                }
+                let mut b = header(2);
+                b.extend_from_slice(&vec![7u8; 3 << 20]);
+                s.write_all(&b).await.unwrap();
+                // Then 100 KiB twice, PAUSE apart, each far under the mark, and the rest PAUSE later: bytes
+                // arrive at least every PAUSE, but a reader asleep on the mark hears nothing for 2 PAUSE.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                for part in [100 << 10, 100 << 10, (1 << 20) - (200 << 10)] {
+                    s.write_all(&vec![7u8; part]).await.unwrap();
+                    tokio::time::sleep(PAUSE).await;
+                }
+                let _ = s.read(&mut [0u8; 1]).await;
+            });
+            let (rd, _wr) = tokio::net::TcpStream::connect(addr).await.unwrap().into_split();
+            let mut rd = FrameReader::new(rd, DEFAULT_MAX_FRAME);
+            let given_up = crate::metrics::global().receive_marks_given_up.load(std::sync::atomic::Ordering::Relaxed);
+            for piece in 0..3u32 {
+                let Some(Frame::Piece(h)) = rd.read_frame().await.unwrap() else { panic!("a piece header") };
+                // The stall bound sits between PAUSE and what a reader asleep on the mark would wait.
+                let data = rd.read_payload(h.length as usize, PAUSE + Duration::from_millis(400)).await;
+                let data = data.unwrap_or_else(|e| panic!("piece {piece}: {e}"));
+                assert!(data.len() == 4 << 20 && data.iter().all(|&b| b == 7));
+            }
+            assert!(rd.gather.highest > 1, "a mark was set");
+            let now = crate::metrics::global().receive_marks_given_up.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(now > given_up, "the mark given up is counted");
             parent.abort();
         });
     }
