@@ -446,7 +446,6 @@ impl RawBody {
         }
     }
 
-    /// Body bytes into `dst`: what is buffered first, else straight from the socket. 0 at the socket's end.
     /// [`RawBody::data`] under the receive mark's guard: a read that waits [`crate::gather::GUARD`] with
     /// a mark set gives the mark up and reads on without it. A read cancelled by the guard took nothing
     /// (a socket read is cancel-safe), so the next one sees the same bytes.
@@ -462,6 +461,7 @@ impl RawBody {
         self.data(dst).await
     }
 
+    /// Body bytes into `dst`: what is buffered first, else straight from the socket. 0 at the socket's end.
     async fn data(&mut self, dst: &mut [u8]) -> std::io::Result<usize> {
         if !self.buf.is_empty() {
             let n = dst.len().min(self.buf.len());
