@@ -171,6 +171,20 @@ proptest! {
     }
 }
 
+/// Reads one request head from `s`; false if the connection ended first.
+async fn read_request(s: &mut tokio::net::TcpStream) -> bool {
+    let mut req = Vec::new();
+    // Bounded by what the client sends: one byte per turn, or the end.
+    while !req.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        if s.read(&mut b).await.unwrap_or(0) == 0 {
+            return false;
+        }
+        req.push(b[0]);
+    }
+    true
+}
+
 /// An origin on loopback that answers each GET on one kept connection with the next of `bodies`,
 /// written at once, and then waits for the next request.
 async fn keep_alive_origin(bodies: Vec<Vec<u8>>) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
@@ -180,13 +194,8 @@ async fn keep_alive_origin(bodies: Vec<Vec<u8>>) -> (std::net::SocketAddr, tokio
     let task = tokio::spawn(async move {
         let (mut s, _) = l.accept().await.unwrap();
         for body in bodies {
-            let mut req = Vec::new();
-            while !req.ends_with(b"\r\n\r\n") {
-                let mut b = [0u8; 1];
-                if s.read(&mut b).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                req.push(b[0]);
+            if !read_request(&mut s).await {
+                return;
             }
             s.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes()).await.unwrap();
             s.write_all(&body).await.unwrap();
@@ -252,12 +261,7 @@ fn bytes_queued_under_the_receive_mark_are_read_while_the_origin_pauses() {
         let sent = body.clone();
         let origin = tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
-            let mut req = Vec::new();
-            while !req.ends_with(b"\r\n\r\n") {
-                let mut b = [0u8; 1];
-                assert_eq!(s.read(&mut b).await.unwrap(), 1);
-                req.push(b[0]);
-            }
+            assert!(read_request(&mut s).await, "a request head");
             s.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", sent.len()).as_bytes()).await.unwrap();
             s.write_all(&sent[..LEAD]).await.unwrap();
             let lead = tokio::time::timeout(Duration::from_secs(10), heard.recv()).await;

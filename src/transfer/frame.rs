@@ -388,20 +388,38 @@ mod tests {
         assert!(matches!(decode(&mut b, 100), Err(FrameError::BadField { field: "task_id", .. })));
     }
 
+    /// A parent on loopback that runs `script` on the one connection it accepts, and a [`FrameReader`] on
+    /// the child's end of it (its write half kept open beside it).
+    async fn parent_and_child<F, Fut>(
+        script: F,
+    ) -> (tokio::task::JoinHandle<()>, FrameReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf)
+    where
+        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let parent = tokio::spawn(async move { script(l.accept().await.unwrap().0).await });
+        let (rd, wr) = tokio::net::TcpStream::connect(addr).await.unwrap().into_split();
+        (parent, FrameReader::new(rd, DEFAULT_MAX_FRAME), wr)
+    }
+
+    /// Piece `piece`'s header frame for a payload of `len` bytes, to which the caller appends the payload.
+    fn piece_frame(piece: u32, len: u32) -> BytesMut {
+        let mut b = BytesMut::new();
+        Frame::Piece(PieceHeader { id: piece.into(), task_id: tid(1), piece, offset: 0, length: len, crc32c: 0 })
+            .encode(&mut b);
+        b
+    }
+
     #[test]
     fn after_a_payload_read_with_a_receive_mark_the_next_small_frame_wakes_the_reader() {
         use tokio::io::AsyncWriteExt;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = l.local_addr().unwrap();
-            let parent = tokio::spawn(async move {
-                let (mut s, _) = l.accept().await.unwrap();
+            let (parent, mut rd, _wr) = parent_and_child(|mut s| async move {
                 for piece in 0..3u32 {
-                    let mut b = BytesMut::new();
-                    let h =
-                        PieceHeader { id: piece.into(), task_id: tid(1), piece, offset: 0, length: 4 << 20, crc32c: 0 };
-                    Frame::Piece(h).encode(&mut b);
+                    let mut b = piece_frame(piece, 4 << 20);
                     b.extend_from_slice(&vec![piece as u8; 4 << 20]);
                     s.write_all(&b).await.unwrap();
                 }
@@ -411,9 +429,8 @@ mod tests {
                 Frame::Have(Have { task_id: tid(1), pieces: vec![3] }).encode(&mut b);
                 s.write_all(&b).await.unwrap();
                 let _ = s.read(&mut [0u8; 1]).await;
-            });
-            let (rd, _wr) = tokio::net::TcpStream::connect(addr).await.unwrap().into_split();
-            let mut rd = FrameReader::new(rd, DEFAULT_MAX_FRAME);
+            })
+            .await;
             for piece in 0..3u32 {
                 let Some(Frame::Piece(h)) = rd.read_frame().await.unwrap() else { panic!("a piece header") };
                 let data = rd.read_payload(h.length as usize, Duration::from_secs(10)).await.unwrap();
@@ -433,31 +450,15 @@ mod tests {
         const PAUSE: Duration = Duration::from_millis(600);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = l.local_addr().unwrap();
-            let parent = tokio::spawn(async move {
-                let (mut s, _) = l.accept().await.unwrap();
+            let (parent, mut rd, _wr) = parent_and_child(|mut s| async move {
                 let len = 4u32 << 20;
-                let header = |piece: u32| {
-                    let mut b = BytesMut::new();
-                    Frame::Piece(PieceHeader {
-                        id: piece.into(),
-                        task_id: tid(1),
-                        piece,
-                        offset: 0,
-                        length: len,
-                        crc32c: 0,
-                    })
-                    .encode(&mut b);
-                    b
-                };
                 // Two payloads at loopback speed: the third starts under the mark their rate sets.
                 for piece in 0..2u32 {
-                    let mut b = header(piece);
+                    let mut b = piece_frame(piece, len);
                     b.extend_from_slice(&vec![7u8; len as usize]);
                     s.write_all(&b).await.unwrap();
                 }
-                let mut b = header(2);
+                let mut b = piece_frame(2, len);
                 b.extend_from_slice(&vec![7u8; 3 << 20]);
                 s.write_all(&b).await.unwrap();
                 // Then 100 KiB twice, PAUSE apart, each far under the mark, and the rest PAUSE later: bytes
@@ -468,9 +469,8 @@ mod tests {
                     tokio::time::sleep(PAUSE).await;
                 }
                 let _ = s.read(&mut [0u8; 1]).await;
-            });
-            let (rd, _wr) = tokio::net::TcpStream::connect(addr).await.unwrap().into_split();
-            let mut rd = FrameReader::new(rd, DEFAULT_MAX_FRAME);
+            })
+            .await;
             let given_up = crate::metrics::global().receive_marks_given_up.load(std::sync::atomic::Ordering::Relaxed);
             for piece in 0..3u32 {
                 let Some(Frame::Piece(h)) = rd.read_frame().await.unwrap() else { panic!("a piece header") };
