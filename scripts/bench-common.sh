@@ -94,6 +94,21 @@ EOF
 # origin_nginx LISTEN [HTTP_DIRECTIVES] [SERVER_DIRECTIVES]: serve_nginx in namespace "$P-origin".
 origin_nginx() { serve_nginx "$P-origin" "$@"; }
 
+# relay_floor NS LISTEN ORIGIN: the bare verifying relay (examples/relay_floor.rs, built by the caller)
+# answering GETs on LISTEN from ORIGIN, in namespace NS or on this host when NS is empty. Its pid (the
+# relay itself, for its CPU) goes to RELAY_PID, its stderr to $WORK/relay.log.
+relay_floor() {
+  local pre=()
+  [ -n "$1" ] && pre=(ip netns exec "$1")
+  "${pre[@]}" "$ROOT/target/release/examples/relay_floor" "$2" "$3" 2>"$WORK/relay.log" >/dev/null &
+  PIDS+=($!)
+  RELAY_PID=$!
+}
+# relay_stalls: the results line counting the relay's reads that gave up their receive mark.
+relay_stalls() {
+  echo "Relay reads that gave up their receive mark after a 50 ms wait (a relay that stalled is no floor): $(grep -c 'mark dropped' "$WORK/relay.log" || true)."
+}
+
 # Starts a single-node daemon in "$P-node" as LABEL ($1) on 127.0.0.OCTET ($2) with the config YAML ($3);
 # its proxy address goes to PROXY[LABEL] (the caller declares `declare -A PROXY`), its log to WORK.
 node_daemon() {

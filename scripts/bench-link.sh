@@ -59,7 +59,6 @@ cargo build --release -q --example cpu_floor --example relay_floor
 # SHOAL_BIN: another build of the daemon to measure (an older commit, for a before/after in one sitting).
 BIN=${SHOAL_BIN:-$ROOT/target/release/shoal}
 FLOOR_BIN=$ROOT/target/release/examples/cpu_floor
-RELAY_BIN=$ROOT/target/release/examples/relay_floor
 mkdir -p "$OUT"
 if [ -n "$PERF_DIR" ]; then
   command -v perf >/dev/null || { echo "bench-link: --perf needs perf (apt-get install linux-perf)" >&2; exit 1; }
@@ -124,9 +123,7 @@ a_PID=""; b_PID=""
 daemon a 4
 daemon b 5
 # The bare relay beside daemon A: the same links, the same client on loopback.
-ip netns exec "$P-a" "$RELAY_BIN" 127.0.0.1:65009 "$NET.2:8080" 2>"$WORK/relay.log" >/dev/null &
-PIDS+=($!)
-relay_PID=$!
+relay_floor "$P-a" 127.0.0.1:65009 "$NET.2:8080"
 for i in $(seq 100); do
   n=$({ grep -l "daemon started" "$WORK"/daemon-*.log 2>/dev/null || true; } | wc -l)
   [ "$n" -ge 2 ] && break
@@ -172,8 +169,8 @@ direct() { # the baseline GET, and the CPU nginx's worker spends sending it (the
   get b direct "$1"; charged direct_nginx "$NGX_WORKER" "$n0"
 }
 relay() { # relay OID: the object through the bare relay in A's namespace (not through A: its cache stays cold)
-  local r0; profile relay "$relay_PID"; r0=$(cpu_ticks "$relay_PID")
-  get a relay "http://127.0.0.1:65009/$1"; charged relay "$relay_PID" "$r0"; unprofile
+  local r0; profile relay "$RELAY_PID"; r0=$(cpu_ticks "$RELAY_PID")
+  get a relay "http://127.0.0.1:65009/$1"; charged relay "$RELAY_PID" "$r0"; unprofile
 }
 cold() {
   local a0; profile cold_a "$a_PID"; a0=$(cpu_ticks "$a_PID")
@@ -256,7 +253,7 @@ hash_bound=$(awk -v m="$SIZE_MIB" -v r="$sha_rate" 'BEGIN { print m * 1048576 / 
   done
   given_up() { in_ns "$1" curl -s --noproxy '*' http://127.0.0.1:65003/metrics | awk '/^shoal_receive_marks_given_up_total/ {print $2}'; }
   echo "Daemon reads that gave up their receive mark after a 25 ms wait (shoal_receive_marks_given_up_total): A $(given_up a || true), B $(given_up b || true)."
-  echo "Relay reads that gave up their receive mark after a 50 ms wait (a relay that stalled is no floor): $(grep -c 'mark dropped' "$WORK/relay.log" || true)."
+  relay_stalls
   echo "Per-round seconds: $(awk '{printf "%s@%s=%.2f ", $1, $2, $3}' "$WORK/gets")"
   echo "Per-round CPU s/GiB: $(awk '{printf "%s@%s=%.2f ", $1, $2, $3}' "$WORK/cpu")"
 } | tee "$OUT/results.md"

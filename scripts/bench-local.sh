@@ -83,9 +83,7 @@ serve_nginx "" "$NGX_IP:$NGX_PORT" \
 ORIGIN="http://$NGX_IP:$NGX_PORT"
 RELAY_IP=127.0.0.65
 RELAY_PORT=$(free_port $RELAY_IP)
-"$ROOT/target/release/examples/relay_floor" "$RELAY_IP:$RELAY_PORT" "$NGX_IP:$NGX_PORT" 2>"$WORK/relay.log" >/dev/null &
-PIDS+=($!)
-RELAY_PID=$!
+relay_floor "" "$RELAY_IP:$RELAY_PORT" "$NGX_IP:$NGX_PORT"
 origin_bytes() { awk '{s+=$3} END {printf "%.0f\n", s}' "$WORK/nginx-access.log"; }
 
 SCHED_IP=127.0.0.63
@@ -266,7 +264,7 @@ met() { awk -v r="$1" -v g="$2" 'BEGIN { print (r <= g ? "met" : "missed") }'; }
   echo
   echo "Served from (x-shoal-source): cold $(srcs c_cold); B $(srcs b_peer); local $(srcs a_local)." \
     "Origin bytes beyond the direct GET, median per round: cold $ob_cold, remote-peer hit $ob_peer."
-  echo "Relay reads that gave up their receive mark after a 50 ms wait (a relay that stalled is no floor): $(grep -c 'mark dropped' "$WORK/relay.log" || true)."
+  relay_stalls
   echo "Per-round seconds: cold [$(col c_cold 2 "$WORK/gets" | xargs)] relay [$(col c_relay 2 "$WORK/gets" | xargs)] direct [$(col c_direct 2 "$WORK/gets" | xargs)];" \
     "peer [$(col b_peer 2 "$WORK/gets" | xargs)] direct [$(col b_direct 2 "$WORK/gets" | xargs)]."
 } | tee "$OUT/results.md"
