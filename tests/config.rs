@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{free_addr, shoal, Proc};
+use common::cluster::{free_addrs, shoal, Proc};
 
 #[test]
 fn config_default_passes_check_and_bad_files_name_the_key() {
@@ -54,8 +54,7 @@ fn config_default_passes_check_and_bad_files_name_the_key() {
 #[test]
 fn daemon_takes_the_file_and_flags_override_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (proxy, upload, metrics, flag_proxy) =
-        (free_addr("127.0.0.1"), free_addr("127.0.0.1"), free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let [proxy, upload, metrics, flag_proxy] = free_addrs::<4>("127.0.0.1");
     let f = dir.path().join("shoal.yaml");
     std::fs::write(
         &f,

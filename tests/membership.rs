@@ -81,10 +81,10 @@ async fn outsiders_are_refused_by_schedulers_and_parents_and_members_are_served(
     let wrong = dir.path().join("wrong.secret");
     std::fs::write(&wrong, "another-clusters-secret-0123456789abcdef").unwrap();
     let mut cmd = cluster::shoal();
-    let (metrics, proxy) = (cluster::free_addr("127.0.0.22"), cluster::free_addr("127.0.0.22"));
+    let [metrics, proxy, upload] = cluster::free_addrs::<3>("127.0.0.22");
     cmd.args(["daemon", "--workers", "1", "--scheduler", &sched.addr.to_string()])
         .args(["--proxy-addr", &proxy.to_string()])
-        .args(["--upload-addr", &cluster::free_addr("127.0.0.22").to_string()])
+        .args(["--upload-addr", &upload.to_string()])
         .args(["--metrics-addr", &metrics.to_string()])
         .arg("--cluster-secret-file")
         .arg(&wrong)

@@ -371,8 +371,7 @@ fn idle_and_stalled_clients_are_disconnected_after_the_client_timeout() {
     let (obj, oid) = object(77, len);
     let path = format!("/lfs/objects/{oid}");
     origin.put(&path, obj);
-    let proxy = cluster::free_addr("127.0.0.37");
-    let upload = cluster::free_addr("127.0.0.37");
+    let [proxy, upload] = cluster::free_addrs::<2>("127.0.0.37");
     let mut cmd = cluster::shoal();
     cmd.args(["daemon", "--workers", "1", "--proxy-client-timeout", "1s"])
         .args(["--proxy-addr", &proxy.to_string(), "--upload-addr", &upload.to_string()])
@@ -406,8 +405,7 @@ fn a_rule_flag_sends_matching_urls_p2p_named_by_their_url() {
     let (obj, _) = object(78, 3 * MIB + 9);
     origin.put("/plain/file.bin", obj.clone());
     origin.put("/other/file.bin", obj.clone());
-    let proxy = cluster::free_addr("127.0.0.38");
-    let upload = cluster::free_addr("127.0.0.38");
+    let [proxy, upload] = cluster::free_addrs::<2>("127.0.0.38");
     let mut cmd = cluster::shoal();
     cmd.args(["daemon", "--workers", "1", "--rule", r"^http://127\.0\.0\.2:[0-9]+/plain/"])
         .args(["--proxy-addr", &proxy.to_string(), "--upload-addr", &upload.to_string()])

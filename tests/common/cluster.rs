@@ -19,6 +19,14 @@ pub fn free_addr(ip: &str) -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// `N` distinct free TCP ports on `ip`: all are held until the last is found. One [`free_addr`] after
+/// another can hand out the same port twice, and the daemon's listeners (SO_REUSEPORT) would then share
+/// it, its proxy answering some connections meant for its upload server.
+pub fn free_addrs<const N: usize>(ip: &str) -> [SocketAddr; N] {
+    let held: Vec<std::net::TcpListener> = (0..N).map(|_| std::net::TcpListener::bind((ip, 0)).unwrap()).collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap())
+}
+
 /// A running process whose stderr lines are kept for assertions and for failure reports.
 pub struct Proc {
     pub name: String,
@@ -151,9 +159,7 @@ pub fn daemon_env(
     yaml: &str,
     env: &[(&str, &Path)],
 ) -> Daemon {
-    let proxy = free_addr(ip);
-    let upload = free_addr(ip);
-    let metrics = free_addr(ip);
+    let [proxy, upload, metrics] = free_addrs::<3>(ip);
     let mut cmd = shoal();
     cmd.args(["daemon", "--workers", "1", "--proxy-addr", &proxy.to_string(), "--upload-addr", &upload.to_string()])
         .args(["--metrics-addr", &metrics.to_string()])
