@@ -73,6 +73,43 @@ pub enum DaemonError {
     SecretRequired,
     #[error(transparent)]
     DataDir(#[from] crate::storage::DirLockError),
+    /// Two of this daemon's listeners were given one address (a configuration error).
+    #[error("{first} and {second} are both {addr}: each listener needs its own port")]
+    SameAddress { first: &'static str, second: &'static str, addr: SocketAddr },
+    /// A listener could not bind: the port is taken (often by another daemon) or the address is not local.
+    #[error("{setting} {addr}: {source}")]
+    Listen {
+        setting: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The settings that name each listener, as the error messages print them.
+const PROXY: &str = "proxy.addr (--proxy-addr)";
+const UPLOAD: &str = "upload.addr (--upload-addr)";
+const METRICS: &str = "metrics.addr (--metrics-addr)";
+
+impl DaemonConfig {
+    /// Refuses two listeners on one port where their addresses overlap (equal, or either the wildcard).
+    /// Port 0 asks the kernel for a fresh port and never clashes.
+    fn check_addresses(&self) -> Result<(), DaemonError> {
+        let named = [(PROXY, self.proxy_addr), (UPLOAD, self.upload_addr), (METRICS, self.metrics_addr)];
+        for (i, &(first, a)) in named.iter().enumerate() {
+            for &(second, b) in &named[i + 1..] {
+                let overlap = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+                if a.port() != 0 && a.port() == b.port() && a.is_ipv4() == b.is_ipv4() && overlap {
+                    return Err(DaemonError::SameAddress { first, second, addr: b });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn listen_error(setting: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> DaemonError {
+    move |source| DaemonError::Listen { setting, addr, source }
 }
 
 fn hostname() -> String {
@@ -123,6 +160,7 @@ impl Node {
     /// Opens the store, starts the per-core runtimes, upload server, scheduler client (or an embedded
     /// scheduler), engine, proxy, metrics endpoint and the background loops.
     fn start(cfg: &DaemonConfig) -> Result<Node, DaemonError> {
+        cfg.check_addresses()?;
         let holder = crate::storage::Holder::Daemon { proxy: cfg.proxy_addr.to_string() };
         let dir_lock = crate::storage::DirLock::try_acquire(&cfg.store.data_dir, &holder)?;
         let (store, _report) = Store::open(cfg.store.clone())?;
@@ -134,7 +172,8 @@ impl Node {
         let upload_cfg =
             ServerConfig { upload_rate: cfg.upload_rate, membership: membership.clone(), ..Default::default() };
         let upload = UploadServer::new(store.clone(), upload_cfg);
-        let (upload_addr, _accepts) = upload.start_on_cores(&cores, cfg.upload_addr)?;
+        let (upload_addr, _accepts) =
+            upload.start_on_cores(&cores, cfg.upload_addr).map_err(listen_error(UPLOAD, cfg.upload_addr))?;
         // Nothing is dialled on a client's behalf to this daemon's own listeners.
         let own = &cfg.proxy.destinations;
         own.add_own(upload_addr);
@@ -154,7 +193,8 @@ impl Node {
         let sched = SchedulerClient::with_config(scheduler_addrs.clone(), host.clone(), sched_cfg);
         let pool = Pool::new(ClientConfig { bind_ip: Some(host.ip), membership, ..ClientConfig::default() });
         let engine = Engine::new(store.clone(), pool, Some(sched.clone()), cfg.engine.clone())?;
-        let proxy = crate::proxy::server::start(&cores, cfg.proxy_addr, engine.clone(), cfg.proxy.clone())?;
+        let proxy = crate::proxy::server::start(&cores, cfg.proxy_addr, engine.clone(), cfg.proxy.clone())
+            .map_err(listen_error(PROXY, cfg.proxy_addr))?;
         own.add_own(proxy.addr());
         if let Some(triggers) = cfg.seed.then(|| sched.seed_triggers()).flatten() {
             cores.spawn_on(0, engine.serve_seed_triggers(triggers));
@@ -165,7 +205,8 @@ impl Node {
             sched: sched.clone(),
             embedded: embedded.is_some(),
         });
-        let metrics_addr = crate::metrics::server::start(cfg.metrics_addr, probe)?;
+        let metrics_addr =
+            crate::metrics::server::start(cfg.metrics_addr, probe).map_err(listen_error(METRICS, cfg.metrics_addr))?;
         own.add_own(metrics_addr);
         cores.spawn_on(0, report_load(upload.clone(), sched.clone()));
         cores.spawn_on(0, collect_garbage(store.clone(), sched.clone(), cfg.gc_interval));

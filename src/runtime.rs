@@ -104,9 +104,36 @@ impl Drop for Cores {
     }
 }
 
-/// A TCP listener socket with SO_REUSEPORT, so each core can bind its own on the same address. Must be
-/// converted with `tokio::net::TcpListener::from_std` on the core that will accept on it.
-pub fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// `n` SO_REUSEPORT listeners on one address, one per core, and the address they share (port 0 picks one).
+/// Each must be converted with `tokio::net::TcpListener::from_std` on the core that will accept on it.
+///
+/// A named port must be free first. SO_REUSEPORT lets any socket of the same user that also sets it join
+/// a listening group, so without this check a second daemon, or this daemon's other server given the same
+/// port, would start cleanly and the kernel would split connections between them.
+pub fn reuseport_group(addr: SocketAddr, n: usize) -> io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+    if addr.port() != 0 {
+        ensure_free(addr)?;
+    }
+    let first = reuseport_listener(addr)?;
+    let bound = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..n {
+        listeners.push(reuseport_listener(bound)?);
+    }
+    Ok((bound, listeners))
+}
+
+/// Fails with `AddrInUse` if any socket listens on `addr` (or on the wildcard address of its port). The
+/// probe sets SO_REUSEADDR but not SO_REUSEPORT: it binds past connections of an earlier process still in
+/// TIME_WAIT, as a restart must, but never beside a listener.
+fn ensure_free(addr: SocketAddr) -> io::Result<()> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())
+}
+
+/// A TCP listener socket with SO_REUSEPORT, so each core can bind its own on the same address.
+fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
@@ -242,9 +269,29 @@ mod tests {
 
     #[test]
     fn reuseport_listeners_share_an_address() {
-        let a = reuseport_listener("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = a.local_addr().unwrap();
-        let b = reuseport_listener(addr).unwrap();
-        assert_eq!(b.local_addr().unwrap(), addr);
+        let (addr, group) = reuseport_group("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        assert_eq!(group.len(), 3);
+        assert!(group.iter().all(|l| l.local_addr().unwrap() == addr));
+    }
+
+    #[test]
+    fn a_group_never_joins_listeners_already_on_its_port() {
+        let (addr, _held) = reuseport_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        // Without the probe this would bind: every socket involved sets SO_REUSEPORT.
+        let again = reuseport_group(addr, 2).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::AddrInUse);
+        let wildcard = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+        assert_eq!(reuseport_group(wildcard, 1).unwrap_err().kind(), io::ErrorKind::AddrInUse);
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = plain.local_addr().unwrap();
+        assert_eq!(reuseport_group(taken, 1).unwrap_err().kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn a_port_freed_by_a_closed_group_binds_again() {
+        let (addr, held) = reuseport_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        drop(held);
+        let (again, _group) = reuseport_group(addr, 2).unwrap();
+        assert_eq!(again, addr);
     }
 }

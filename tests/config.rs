@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::cluster::{free_addrs, shoal, Proc};
@@ -76,4 +77,40 @@ fn daemon_takes_the_file_and_flags_override_it() {
     assert!(line.contains(&format!("upload={upload}")) && line.contains(&format!("metrics={metrics}")), "{line}");
     assert!(line.contains("io_engine=\"sync\""), "{line}");
     assert!(dir.path().join("data/tasks").is_dir());
+}
+
+/// A daemon whose listeners would share a port refuses to start and names the settings, whether the clash
+/// is in its own configuration or with another daemon already running (SO_REUSEPORT would otherwise let
+/// both bind and split the connections between them). The daemon already running is left serving.
+#[test]
+fn a_daemon_refuses_a_port_that_is_taken_and_names_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let [proxy, upload, metrics, upload2, metrics2] = free_addrs::<5>("127.0.0.1");
+    let daemon = |data: &str, proxy: SocketAddr, upload: SocketAddr, metrics: SocketAddr| {
+        let mut cmd = shoal();
+        cmd.args(["daemon", "--workers", "2", "--data-dir"]).arg(dir.path().join(data));
+        cmd.args(["--proxy-addr", &proxy.to_string(), "--upload-addr", &upload.to_string()]);
+        cmd.args(["--metrics-addr", &metrics.to_string()]);
+        cmd
+    };
+    let out = daemon("same", proxy, proxy, metrics).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with one port for two listeners: {err}");
+    let both = format!("proxy.addr (--proxy-addr) and upload.addr (--upload-addr) are both {proxy}");
+    assert!(err.contains(&both), "{err}");
+
+    let first = Proc::spawn("first", daemon("first", proxy, upload, metrics));
+    first.wait_for("daemon started", Duration::from_secs(20));
+    for (clash, setting) in [
+        (daemon("second", proxy, upload2, metrics2), format!("proxy.addr (--proxy-addr) {proxy}")),
+        (daemon("third", upload2, upload, metrics2), format!("upload.addr (--upload-addr) {upload}")),
+    ] {
+        let mut second = Proc::spawn("second", clash);
+        let status = second.wait_exit(Duration::from_secs(20));
+        assert!(status.is_some_and(|s| !s.success()), "a second daemon started on a port the first holds");
+        second.wait_for(&setting, Duration::from_secs(1));
+        assert!(second.count("in use") > 0, "the reason is given");
+    }
+    let (status, body) = common::cluster::http_get(metrics, "/healthz");
+    assert_eq!(status, 200, "the first daemon still serves: {body}");
 }

@@ -31,7 +31,7 @@ use super::respond::{task_body, text, wait_length, Body};
 use super::rules::Rules;
 use super::stall::WriteStall;
 use crate::engine::{Engine, EngineError};
-use crate::runtime::{reuseport_listener, Cores};
+use crate::runtime::{reuseport_group, Cores};
 
 /// Settings of the proxy front.
 #[derive(Clone, Debug)]
@@ -108,12 +108,7 @@ pub fn start(cores: &Cores, addr: SocketAddr, engine: Arc<Engine>, cfg: ProxyCon
         limits,
         drain: drain.clone(),
     });
-    let first = reuseport_listener(addr)?;
-    let bound = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..cores.len() {
-        listeners.push(reuseport_listener(bound)?);
-    }
+    let (bound, listeners) = reuseport_group(addr, cores.len())?;
     for (core, l) in listeners.into_iter().enumerate() {
         let (front, cfg, drain) = (front.clone(), cfg.clone(), drain.clone());
         let listening = drain.listener();

@@ -24,7 +24,7 @@ use super::error::ReadError;
 use super::frame::{self, flag_set, Frame, FrameReader};
 use super::limit::{RateMeter, TokenBucket};
 use super::proto::{Availability, ErrorCode, Have, Hello, PieceError, PieceHeader, SubscriptionEnd};
-use crate::runtime::{reuseport_listener, Cores};
+use crate::runtime::{reuseport_group, Cores};
 use crate::storage::{StorageError, Store, Task, TaskId, TaskState, ZeroCopy};
 
 /// Limits of the upload server.
@@ -221,12 +221,7 @@ impl UploadServer {
         cores: &Cores,
         addr: SocketAddr,
     ) -> io::Result<(SocketAddr, Vec<tokio::task::JoinHandle<io::Result<()>>>)> {
-        let first = reuseport_listener(addr)?;
-        let bound = first.local_addr()?;
-        let mut listeners = vec![first];
-        for _ in 1..cores.len() {
-            listeners.push(reuseport_listener(bound)?);
-        }
+        let (bound, listeners) = reuseport_group(addr, cores.len())?;
         let handles = listeners
             .into_iter()
             .enumerate()
