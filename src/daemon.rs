@@ -92,19 +92,14 @@ const UPLOAD: &str = "upload.addr (--upload-addr)";
 const METRICS: &str = "metrics.addr (--metrics-addr)";
 
 impl DaemonConfig {
-    /// Refuses two listeners on one port where their addresses overlap (equal, or either the wildcard).
-    /// Port 0 asks the kernel for a fresh port and never clashes.
+    /// Refuses two listeners on one port ([`crate::runtime::clashing`]): flags may have made them so
+    /// after the file was checked.
     fn check_addresses(&self) -> Result<(), DaemonError> {
         let named = [(PROXY, self.proxy_addr), (UPLOAD, self.upload_addr), (METRICS, self.metrics_addr)];
-        for (i, &(first, a)) in named.iter().enumerate() {
-            for &(second, b) in &named[i + 1..] {
-                let overlap = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
-                if a.port() != 0 && a.port() == b.port() && a.is_ipv4() == b.is_ipv4() && overlap {
-                    return Err(DaemonError::SameAddress { first, second, addr: b });
-                }
-            }
+        match crate::runtime::clashing(&named) {
+            Some((first, second, addr)) => Err(DaemonError::SameAddress { first, second, addr }),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -123,6 +123,19 @@ pub fn reuseport_group(addr: SocketAddr, n: usize) -> io::Result<(SocketAddr, Ve
     Ok((bound, listeners))
 }
 
+/// The first two of `named` listeners (a setting's name and its address) that would share a port: the
+/// same port (not 0, which asks for a fresh one) of one address family, on the same address or where
+/// either is the wildcard address.
+pub fn clashing<'a>(named: &[(&'a str, SocketAddr)]) -> Option<(&'a str, &'a str, SocketAddr)> {
+    let overlap = |a: SocketAddr, b: SocketAddr| {
+        let ips = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+        a.port() != 0 && a.port() == b.port() && a.is_ipv4() == b.is_ipv4() && ips
+    };
+    named.iter().enumerate().find_map(|(i, &(first, a))| {
+        named[i + 1..].iter().find(|&&(_, b)| overlap(a, b)).map(|&(second, b)| (first, second, b))
+    })
+}
+
 /// Fails with `AddrInUse` if any socket listens on `addr` (or on the wildcard address of its port). The
 /// probe sets SO_REUSEADDR but not SO_REUSEPORT: it binds past connections of an earlier process still in
 /// TIME_WAIT, as a restart must, but never beside a listener.
@@ -285,6 +298,21 @@ mod tests {
         let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let taken = plain.local_addr().unwrap();
         assert_eq!(reuseport_group(taken, 1).unwrap_err().kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn listeners_clash_on_one_port_of_overlapping_addresses() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let clash = |x: &str, y: &str| clashing(&[("x", a(x)), ("y", a(y))]).is_some();
+        assert!(clash("127.0.0.1:80", "127.0.0.1:80"));
+        assert!(clash("0.0.0.0:80", "127.0.0.1:80") && clash("10.0.0.1:80", "0.0.0.0:80"));
+        assert!(clash("[::]:80", "[::1]:80"));
+        assert!(!clash("127.0.0.1:80", "127.0.0.2:80"), "two addresses, one port each");
+        assert!(!clash("127.0.0.1:80", "127.0.0.1:81"));
+        assert!(!clash("127.0.0.1:0", "127.0.0.1:0"), "port 0 is a fresh port each time");
+        assert!(!clash("0.0.0.0:80", "[::1]:80"), "another address family");
+        let three = [("p", a("127.0.0.1:1")), ("u", a("0.0.0.0:2")), ("m", a("127.0.0.1:2"))];
+        assert_eq!(clashing(&three), Some(("u", "m", a("127.0.0.1:2"))));
     }
 
     #[test]

@@ -39,6 +39,11 @@ fn config_default_passes_check_and_bad_files_name_the_key() {
         ("proxy:\n  filtered_query_params: token\n", "proxy.filtered_query_params", "invalid type"),
         ("proxy:\n  drain_timeout: soon\n", "proxy.drain_timeout", "invalid duration"),
         ("engine:\n  parent_stall: 1ms\n", "engine.parent_stall", "at least 100ms"),
+        (
+            "proxy:\n  addr: 127.0.0.1:7000\nmetrics:\n  addr: 0.0.0.0:7000\n",
+            "metrics.addr",
+            "is also proxy.addr: each listener needs its own port",
+        ),
     ] {
         let f = dir.path().join("bad.yaml");
         std::fs::write(&f, yaml).unwrap();

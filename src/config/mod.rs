@@ -403,6 +403,11 @@ impl Config {
         if self.upload.rate == Some(0) {
             return Err(bad("upload.rate", "must be positive (null for no limit)"));
         }
+        let listeners =
+            [("proxy.addr", self.proxy.addr), ("upload.addr", self.upload.addr), ("metrics.addr", self.metrics.addr)];
+        if let Some((first, second, addr)) = crate::runtime::clashing(&listeners) {
+            return Err(bad(second, &format!("{addr} is also {first}: each listener needs its own port")));
+        }
         self.destinations().map_err(|(key, why)| bad(&key, &why))?;
         self.allow_clients().map_err(|(key, why)| bad(&key, &why))?;
         self.intercept_hosts().map_err(|(key, why)| bad(&key, &why))?;
