@@ -12,6 +12,7 @@ mod authorize;
 mod budget;
 mod conductor;
 mod error;
+mod framing;
 pub mod identity;
 mod pace;
 mod pieces;

@@ -22,7 +22,6 @@ use super::error::{FailReason, Result, StorageError};
 use super::io::IoEngine;
 use super::layout;
 use super::meta::{Meta, ST_COMPLETE, ST_DIRTY};
-use super::zerocopy::ZeroCopy;
 use super::TaskId;
 
 /// Where a task stands.
@@ -477,40 +476,6 @@ impl Task {
             self.set_verified(k);
         }
         Ok(())
-    }
-
-    /// The file, offset and length of piece `k` for sendfile/splice. The first request for a piece in this
-    /// process reads it once to check its crc (from then on the page cache usually serves sendfile).
-    pub async fn zero_copy_piece(self: &Arc<Self>, k: u32) -> Result<ZeroCopy> {
-        let (off, len) = self.stored_range(k).ok_or(StorageError::PieceMissing(k))?;
-        if !self.has_piece(k) {
-            return Err(StorageError::PieceMissing(k));
-        }
-        if !self.is_verified(k) {
-            self.read_piece(k).await?;
-        }
-        self.touch();
-        Ok(ZeroCopy {
-            file: self.data.clone(),
-            offset: off,
-            len: len as u64,
-            mem: None,
-            _lease: None,
-            _pin: self.clone(),
-        })
-    }
-
-    /// A zero-copy handle for any byte range whose pieces are all complete (proxy Range responses).
-    pub async fn zero_copy_range(self: &Arc<Self>, offset: u64, len: u64) -> Result<ZeroCopy> {
-        let total = self.content_length().ok_or(StorageError::Invalid("content length unknown".into()))?;
-        let end = offset.checked_add(len).filter(|&e| e <= total).ok_or(StorageError::Invalid("range".into()))?;
-        if len > 0 {
-            let pl = self.meta.piece_length as u64;
-            for k in (offset / pl) as u32..=((end - 1) / pl) as u32 {
-                self.zero_copy_piece(k).await?;
-            }
-        }
-        Ok(ZeroCopy { file: self.data.clone(), offset, len, mem: None, _lease: None, _pin: self.clone() })
     }
 
     /// Puts a copy of the complete content at `dest`, which must not exist.

@@ -1,5 +1,6 @@
-//! Pieces on their way to peers: from memory when still held, read with O_DIRECT into a pooled buffer
-//! when the task was ingested that way, otherwise from the file with sendfile.
+//! What leaves this node from a task: pieces on their way to peers (from memory when still held, read
+//! with O_DIRECT into a pooled buffer when the task was ingested that way, otherwise from the file with
+//! sendfile), and byte ranges of complete tasks for the proxy's clients (sendfile).
 //!
 //! Why not always sendfile: a piece written with O_DIRECT is not in the page cache, and filling it for
 //! one send cost the receiving side more CPU than the whole copy did (docs/benchmarks.md).
@@ -47,5 +48,39 @@ impl Task {
         self.touch();
         let (file, mem, _pin) = (self.data.clone(), Some(mem), self.clone());
         Ok(ZeroCopy { file, offset: off, len: len as u64, mem, _lease: lease, _pin })
+    }
+
+    /// The file, offset and length of piece `k` for sendfile/splice. The first request for a piece in this
+    /// process reads it once to check its crc (from then on the page cache usually serves sendfile).
+    pub async fn zero_copy_piece(self: &Arc<Self>, k: u32) -> Result<ZeroCopy> {
+        let (off, len) = self.stored_range(k).ok_or(StorageError::PieceMissing(k))?;
+        if !self.has_piece(k) {
+            return Err(StorageError::PieceMissing(k));
+        }
+        if !self.is_verified(k) {
+            self.read_piece(k).await?;
+        }
+        self.touch();
+        Ok(ZeroCopy {
+            file: self.data.clone(),
+            offset: off,
+            len: len as u64,
+            mem: None,
+            _lease: None,
+            _pin: self.clone(),
+        })
+    }
+
+    /// A zero-copy handle for any byte range whose pieces are all complete (proxy Range responses).
+    pub async fn zero_copy_range(self: &Arc<Self>, offset: u64, len: u64) -> Result<ZeroCopy> {
+        let total = self.content_length().ok_or(StorageError::Invalid("content length unknown".into()))?;
+        let end = offset.checked_add(len).filter(|&e| e <= total).ok_or(StorageError::Invalid("range".into()))?;
+        if len > 0 {
+            let pl = self.meta.piece_length as u64;
+            for k in (offset / pl) as u32..=((end - 1) / pl) as u32 {
+                self.zero_copy_piece(k).await?;
+            }
+        }
+        Ok(ZeroCopy { file: self.data.clone(), offset, len, mem: None, _lease: None, _pin: self.clone() })
     }
 }
