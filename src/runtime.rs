@@ -124,12 +124,15 @@ pub fn reuseport_group(addr: SocketAddr, n: usize) -> io::Result<(SocketAddr, Ve
 }
 
 /// The first two of `named` listeners (a setting's name and its address) that would share a port: the
-/// same port (not 0, which asks for a fresh one) of one address family, on the same address or where
-/// either is the wildcard address.
+/// same port (not 0, which asks for a fresh one) on the same address, or where either is its family's
+/// wildcard address. IPv6's `[::]` also takes the port on IPv4 (these sockets are dual-stack, Linux's
+/// default).
 pub fn clashing<'a>(named: &[(&'a str, SocketAddr)]) -> Option<(&'a str, &'a str, SocketAddr)> {
+    let any_v6 = |a: SocketAddr| a.is_ipv6() && a.ip().is_unspecified();
     let overlap = |a: SocketAddr, b: SocketAddr| {
-        let ips = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
-        a.port() != 0 && a.port() == b.port() && a.is_ipv4() == b.is_ipv4() && ips
+        let family =
+            a.is_ipv4() == b.is_ipv4() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified());
+        a.port() != 0 && a.port() == b.port() && (family || any_v6(a) || any_v6(b))
     };
     named.iter().enumerate().find_map(|(i, &(first, a))| {
         named[i + 1..].iter().find(|&&(_, b)| overlap(a, b)).map(|&(second, b)| (first, second, b))
@@ -310,7 +313,8 @@ mod tests {
         assert!(!clash("127.0.0.1:80", "127.0.0.2:80"), "two addresses, one port each");
         assert!(!clash("127.0.0.1:80", "127.0.0.1:81"));
         assert!(!clash("127.0.0.1:0", "127.0.0.1:0"), "port 0 is a fresh port each time");
-        assert!(!clash("0.0.0.0:80", "[::1]:80"), "another address family");
+        assert!(!clash("0.0.0.0:80", "[::1]:80") && !clash("127.0.0.1:80", "[::1]:80"), "another address family");
+        assert!(clash("[::]:80", "127.0.0.1:80") && clash("0.0.0.0:80", "[::]:80"), "[::] is dual-stack");
         let three = [("p", a("127.0.0.1:1")), ("u", a("0.0.0.0:2")), ("m", a("127.0.0.1:2"))];
         assert_eq!(clashing(&three), Some(("u", "m", a("127.0.0.1:2"))));
     }
