@@ -3,6 +3,7 @@
 //! Called by the engine (Pool::fetch_piece, subscribe, download) and the daemon (UploadServer::start_on_cores, load, shutdown).
 
 mod admit;
+mod availability;
 mod client;
 mod download;
 mod error;

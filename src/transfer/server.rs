@@ -1,5 +1,5 @@
 //! The upload server: answers piece requests with sendfile from the task file and pushes piece
-//! availability to subscribed children.
+//! availability to subscribed children (what each hears: availability.rs).
 //!
 //! Per connection, one task runs a reader and a writer side by side. The reader decodes frames and starts a
 //! small task per request or subscription; those tasks queue their answers to the writer, which alone
@@ -23,9 +23,9 @@ use tokio::task::{AbortHandle, JoinSet};
 use super::error::ReadError;
 use super::frame::{self, flag_set, Frame, FrameReader};
 use super::limit::{RateMeter, TokenBucket};
-use super::proto::{Availability, ErrorCode, Have, Hello, PieceError, PieceHeader, SubscriptionEnd};
+use super::proto::{ErrorCode, Hello, PieceError, PieceHeader, SubscriptionEnd};
 use crate::runtime::{reuseport_group, Cores};
-use crate::storage::{StorageError, Store, Task, TaskId, TaskState, ZeroCopy};
+use crate::storage::{StorageError, Store, TaskId, ZeroCopy};
 
 /// Limits of the upload server.
 #[derive(Clone, Debug)]
@@ -516,7 +516,9 @@ impl Conn {
                     let _ = self.out.send(Out::Control(Frame::SubscriptionEnd(end).to_bytes()));
                     return Step::Continue;
                 }
-                let h = self.tasks.spawn(subscription(self.shared.clone(), self.out.clone(), tid));
+                let out = self.out.clone();
+                let send = move |f: Frame| out.send(Out::Control(f.to_bytes())).is_ok();
+                let h = self.tasks.spawn(super::availability::announce(self.shared.store.clone(), send, tid));
                 self.subs.insert(tid, h);
                 Step::Continue
             }
@@ -535,73 +537,4 @@ impl Conn {
             }
         }
     }
-}
-
-/// Streams a task's piece availability to one child until the task is complete, fails, or the child
-/// unsubscribes (the task is aborted then).
-async fn subscription(shared: Arc<Shared>, out: mpsc::UnboundedSender<Out>, tid: TaskId) {
-    let send = |f: Frame| out.send(Out::Control(f.to_bytes())).is_ok();
-    let end = |code: ErrorCode, message: String| {
-        let _ = out.send(Out::Control(
-            Frame::SubscriptionEnd(SubscriptionEnd { task_id: tid.0.to_vec(), code: code as i32, message }).to_bytes(),
-        ));
-    };
-    let Some(task) = shared.store.get(&tid) else {
-        return end(ErrorCode::UnknownTask, String::new());
-    };
-    let mut changes = task.subscribe();
-    let mut sent: Vec<bool> = Vec::new();
-    let mut known_len = None;
-    // Each turn follows one change of the task; ends when everything was announced or the task fails.
-    loop {
-        if let TaskState::Failed(reason) = task.state() {
-            return end(ErrorCode::TaskFailed, reason.to_string());
-        }
-        let len = task.content_length();
-        let done = task.completed_pieces();
-        let ok = if sent.is_empty() || len != known_len {
-            known_len = len;
-            send(Frame::Availability(snapshot(&task, tid, &done, &mut sent)))
-        } else {
-            let new: Vec<u32> = done.into_iter().filter(|&k| !mark(&mut sent, k)).collect();
-            new.chunks(frame::MAX_HAVE).all(|c| send(Frame::Have(Have { task_id: tid.0.to_vec(), pieces: c.to_vec() })))
-        };
-        if !ok {
-            return;
-        }
-        if let Some(n) = task.piece_count() {
-            if sent.len() >= n as usize && sent.iter().take(n as usize).all(|&b| b) {
-                return;
-            }
-        }
-        if changes.changed().await.is_err() {
-            return end(ErrorCode::TaskFailed, "task dropped".into());
-        }
-    }
-}
-
-/// A full Availability; records every piece in it as announced.
-fn snapshot(task: &Arc<Task>, tid: TaskId, done: &[u32], sent: &mut Vec<bool>) -> Availability {
-    let count = task.piece_count().unwrap_or_else(|| done.last().map_or(0, |&k| k + 1));
-    sent.clear();
-    sent.resize(count.max(1) as usize, false);
-    for &k in done {
-        mark(sent, k);
-    }
-    Availability {
-        task_id: tid.0.to_vec(),
-        content_length: task.content_length(),
-        piece_length: task.piece_length(),
-        bitmap: frame::bitmap(done, count),
-        complete: task.piece_count().is_some_and(|n| done.len() as u32 >= n),
-    }
-}
-
-/// Marks piece `k` as announced; returns whether it already was.
-fn mark(sent: &mut Vec<bool>, k: u32) -> bool {
-    let k = k as usize;
-    if k >= sent.len() {
-        sent.resize(k + 1, false);
-    }
-    std::mem::replace(&mut sent[k], true)
 }
