@@ -58,24 +58,11 @@ serve_nginx "" "$NGX" "access_log off; tcp_nopush on;"
 RELAY=127.0.0.83:$(free_port 127.0.0.83)
 relay_floor "" "$RELAY" "$NGX"
 
-start() { # NAME IP BIN YAML: a single-node daemon; its pid in NAME_PID, its proxy in NAME_PROXY
-  local ip=$2 pp up mp i
-  pp=$(free_port "$ip"); up=$(free_port "$ip"); mp=$(free_port "$ip")
-  printf '%s\n' "${4:-workers: 1}" >"$WORK/$1.yaml"
-  SHOAL_LOG=info "$3" daemon --workers 1 --config "$WORK/$1.yaml" --data-dir "$WORK/data-$1" \
-    --proxy-addr "$ip:$pp" --upload-addr "$ip:$up" --metrics-addr "$ip:$mp" 2>"$WORK/daemon-$1.log" >/dev/null &
-  PIDS+=($!)
-  printf -v "${1}_PID" '%s' "$!"
-  printf -v "${1}_PROXY" '%s' "$ip:$pp"
-  for i in $(seq 100); do
-    grep -q "daemon started" "$WORK/daemon-$1.log" && return 0
-    sleep 0.1
-  done
-  echo "bench-ab: daemon $1 did not start" >&2; tail -n 5 "$WORK/daemon-$1.log" >&2; exit 1
-}
 X_PID=""; Y_PID=""; X_PROXY=""; Y_PROXY=""
-start X 127.0.0.81 "$X_BIN" "${X_YAML:-}"
-start Y 127.0.0.82 "$Y_BIN" "${Y_YAML:-}"
+printf '%s\n' "${X_YAML:-workers: 1}" >"$WORK/X.yaml"
+printf '%s\n' "${Y_YAML:-workers: 1}" >"$WORK/Y.yaml"
+DAEMON_BIN=$X_BIN start_daemon X 127.0.0.81 --workers 1 --config "$WORK/X.yaml"
+DAEMON_BIN=$Y_BIN start_daemon Y 127.0.0.82 --workers 1 --config "$WORK/Y.yaml"
 
 machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 disk_writes() { if [ -n "$DISK" ]; then awk '{ print $5, $8 }' "/sys/block/$DISK/stat"; else echo "0 0"; fi; }

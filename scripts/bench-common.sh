@@ -109,6 +109,28 @@ relay_stalls() {
   echo "Relay reads that gave up their receive mark after a 50 ms wait (a relay that stalled is no floor): $(grep -c 'mark dropped' "$WORK/relay.log" || true)."
 }
 
+# start_daemon NAME IP [DAEMON_ARGS...]: a daemon on this host with its data in $WORK/data-NAME and its proxy,
+# upload and metrics listeners on free ports of IP, the extra arguments after them; the build is $BIN, or
+# $DAEMON_BIN when set (`DAEMON_BIN=... start_daemon ...` for one call). Sets NAME_PID, NAME_PROXY and
+# NAME_METRICS once it has logged "daemon started" (up to 20 s; the script fails otherwise).
+start_daemon() {
+  local name=$1 ip=$2 pp up mp i
+  pp=$(free_port "$ip"); up=$(free_port "$ip"); mp=$(free_port "$ip")
+  SHOAL_LOG=info "${DAEMON_BIN:-$BIN}" daemon --data-dir "$WORK/data-$name" --proxy-addr "$ip:$pp" \
+    --upload-addr "$ip:$up" --metrics-addr "$ip:$mp" "${@:3}" 2>"$WORK/daemon-$name.log" >/dev/null &
+  PIDS+=($!)
+  printf -v "${name}_PID" '%s' "$!"
+  for i in $(seq 200); do
+    grep -q "daemon started" "$WORK/daemon-$name.log" 2>/dev/null && break
+    if [ "$i" = 200 ]; then
+      echo "$(basename "$0" .sh): daemon $name did not start" >&2; tail -n 5 "$WORK/daemon-$name.log" >&2; exit 1
+    fi
+    sleep 0.1
+  done
+  printf -v "${name}_PROXY" '%s' "$ip:$pp"
+  printf -v "${name}_METRICS" '%s' "$ip:$mp"
+}
+
 # Starts a single-node daemon in "$P-node" as LABEL ($1) on 127.0.0.OCTET ($2) with the config YAML ($3);
 # its proxy address goes to PROXY[LABEL] (the caller declares `declare -A PROXY`), its log to WORK.
 node_daemon() {

@@ -129,20 +129,6 @@ TOTAL_MIB=$(echo "$SIZES" | tr ',' '\n' | awk '{s+=$1} END {print s}')
 # Daemons and scheduler, fresh each round.
 SCHED_IP=127.0.0.82; A_IP=127.0.0.80; B_IP=127.0.0.81
 a_PROXY=""; b_PROXY=""
-start_daemon() { # name ip -> sets <name>_PROXY
-  local name=$1 ip=$2 pp up mp i
-  pp=$(free_port "$ip"); up=$(free_port "$ip"); mp=$(free_port "$ip")
-  SHOAL_LOG=info "$BIN" daemon --data-dir "$WORK/data-$name" --scheduler "$SCHED" --proxy-addr "$ip:$pp" \
-    --upload-addr "$ip:$up" --metrics-addr "$ip:$mp" 2>"$WORK/daemon-$name.log" >/dev/null &
-  PIDS+=($!)
-  eval "${name}_PID=$!"
-  for i in $(seq 200); do
-    grep -q "daemon started" "$WORK/daemon-$name.log" 2>/dev/null && break
-    [ "$i" = 200 ] && { echo "bench-lfs: daemon $name did not start" >&2; tail -n 5 "$WORK/daemon-$name.log" >&2; exit 1; }
-    sleep 0.1
-  done
-  eval "${name}_PROXY=$ip:$pp"
-}
 stop() { # pid: SIGTERM, then wait (bounded)
   kill "$1" 2>/dev/null || true
   timeout 20 tail --pid="$1" -f /dev/null 2>/dev/null || kill -9 "$1" 2>/dev/null || true
@@ -158,8 +144,8 @@ fresh_cluster() {
   "$BIN" scheduler --listen "$SCHED" 2>"$WORK/scheduler.log" >/dev/null &
   S_PID=$!; PIDS+=("$S_PID")
   wait_port $SCHED_IP "$sp" scheduler
-  start_daemon a $A_IP
-  start_daemon b $B_IP
+  start_daemon a $A_IP --scheduler "$SCHED"
+  start_daemon b $B_IP --scheduler "$SCHED"
 }
 
 # The timed operation: a clone (LFS files smudged) or an LFS pull into a pointer-only clone.

@@ -91,21 +91,6 @@ SP=$(free_port $SCHED_IP)
 SCHED=$SCHED_IP:$SP
 "$BIN" scheduler --listen "$SCHED" 2>"$WORK/scheduler.log" >/dev/null &
 PIDS+=($!)
-start_daemon() { # name ip [extra args] -> sets <name>_PID, <name>_PROXY
-  local name=$1 ip=$2 pp up mp i
-  pp=$(free_port "$ip"); up=$(free_port "$ip"); mp=$(free_port "$ip")
-  SHOAL_LOG=info "$BIN" daemon --data-dir "$WORK/data-$name" --proxy-addr "$ip:$pp" --upload-addr "$ip:$up" \
-    --metrics-addr "$ip:$mp" "${@:3}" 2>"$WORK/daemon-$name.log" >/dev/null &
-  PIDS+=($!)
-  printf -v "${name}_PID" '%s' "$!"
-  for i in $(seq 200); do
-    grep -q "daemon started" "$WORK/daemon-$name.log" 2>/dev/null && break
-    [ "$i" = 200 ] && { echo "bench-local: daemon $name did not start" >&2; tail -n 5 "$WORK/daemon-$name.log" >&2; exit 1; }
-    sleep 0.1
-  done
-  printf -v "${name}_PROXY" '%s' "$ip:$pp"
-  printf -v "${name}_METRICS" '%s' "$ip:$mp"
-}
 a_PID=""; b_PID=""; c_PID=""; a_PROXY=""; b_PROXY=""; c_PROXY=""; c_METRICS=""
 start_daemon a 127.0.0.61 --scheduler "$SCHED"
 start_daemon b 127.0.0.62 --scheduler "$SCHED"
