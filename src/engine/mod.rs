@@ -32,9 +32,10 @@ pub use authorize::{credentials, Authorize, Credentials, CREDENTIAL_HEADERS, SIG
 pub use budget::IngestBudget;
 pub use conductor::{Fetch, Source};
 pub use error::EngineError;
+pub use framing::BodyError;
 pub use source::{stream_into, OriginClient, OriginResponse};
 pub(crate) use wire::decode as decode_origin_answer;
-pub use wire::{BodyError, RawBody};
+pub use wire::RawBody;
 
 use crate::metrics::{self, Metrics};
 use crate::scheduler::SchedulerClient;

@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tower_service::Service;
 
 use super::error::EngineError;
-pub use super::framing::BodyError;
+use super::framing::BodyError;
 use super::framing::{clamp, framing, parse_head, step_chunked, Chunk, Framing, Parsed, MAX_HEAD};
 use crate::gather::Gather;
 use crate::upstream::{denial_in, error_chain, tls_refusal_in, Https};
